@@ -1,0 +1,272 @@
+//! Stage 4, classify: does an observation concern a registry, and which one?
+//!
+//! DNS queries match by name. connect() calls match when their destination
+//! address was recently given for a registry name (captured DNS answers, or
+//! the agent's own resolution of catalog names). DNS responses only teach
+//! addresses; they are not attempts by themselves.
+
+pub mod address_book;
+pub mod catalog;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::Serialize;
+
+pub use self::{
+    address_book::{AddressBook, Learned},
+    catalog::{Catalog, Category, Entry, Pattern, PatternError, Source},
+};
+use crate::decode::Observation;
+
+/// How we know an attempt happened. Names match the report schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    /// The process sent a DNS query for a registry name.
+    DnsQuery,
+    /// A captured DNS answer tied the connect()'s address to the name.
+    DnsAnswer,
+    /// The process called connect() towards a registry address.
+    Connect,
+}
+
+impl Evidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::DnsQuery => "dns_query",
+            Evidence::DnsAnswer => "dns_answer",
+            Evidence::Connect => "connect",
+        }
+    }
+}
+
+/// An observation that concerns a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Match {
+    pub host: String,
+    pub entry: Entry,
+    pub evidence: Vec<Evidence>,
+    pub dest: Option<SocketAddr>,
+    /// Extra human detail for the live line (the DNS query type).
+    pub detail: Option<String>,
+}
+
+/// Remembered lookups per process, so a connect() to an address shared by
+/// several registry names is attributed to the name that process asked for.
+const RECENT_QUERIES_PER_PROCESS: usize = 8;
+const MAX_PROCESSES_WITH_QUERIES: usize = 4096;
+
+pub struct Classifier {
+    catalog: Catalog,
+    book: AddressBook,
+    recent_queries: HashMap<u32, VecDeque<String>>,
+}
+
+impl Classifier {
+    pub fn new(catalog: Catalog, book: AddressBook) -> Classifier {
+        Classifier {
+            catalog,
+            book,
+            recent_queries: HashMap::new(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Addresses the agent resolved for a catalog name itself.
+    pub fn learn_resolved(&mut self, name: &str, addresses: &[IpAddr], now_ns: u64) {
+        for ip in addresses {
+            self.book.learn(*ip, name, 0, now_ns, Learned::Resolved);
+        }
+    }
+
+    pub fn classify(&mut self, observation: &Observation) -> Option<Match> {
+        match observation {
+            Observation::DnsQuery {
+                actor, name, qtype, ..
+            } => {
+                let entry = self.catalog.lookup(name)?.clone();
+                self.remember_query(actor.tgid, name);
+                Some(Match {
+                    host: name.clone(),
+                    entry,
+                    evidence: vec![Evidence::DnsQuery],
+                    dest: None,
+                    detail: Some(qtype.clone()),
+                })
+            }
+            Observation::DnsResponse {
+                actor,
+                name,
+                addresses,
+                ..
+            } => {
+                if self.catalog.lookup(name).is_some() {
+                    for (ip, ttl) in addresses {
+                        self.book
+                            .learn(*ip, name, *ttl, actor.boot_ns, Learned::Answer);
+                    }
+                }
+                None
+            }
+            Observation::Connect {
+                actor, dest, port, ..
+            } => {
+                let asked = self.recent_queries.get(&actor.tgid);
+                let found = self.book.lookup(dest, actor.boot_ns, |name| {
+                    asked.is_some_and(|names| names.iter().any(|n| n == name))
+                })?;
+                let entry = self.catalog.lookup(found.name)?.clone();
+                let evidence = match found.learned {
+                    Learned::Answer => vec![Evidence::DnsAnswer, Evidence::Connect],
+                    Learned::Resolved => vec![Evidence::Connect],
+                };
+                Some(Match {
+                    host: found.name.to_string(),
+                    entry,
+                    evidence,
+                    dest: Some(SocketAddr::new(*dest, *port)),
+                    detail: None,
+                })
+            }
+        }
+    }
+
+    fn remember_query(&mut self, tgid: u32, name: &str) {
+        if !self.recent_queries.contains_key(&tgid)
+            && self.recent_queries.len() >= MAX_PROCESSES_WITH_QUERIES
+        {
+            // Pids of finished processes pile up; a full reset costs at most
+            // a less precise pick between names sharing one address.
+            self.recent_queries.clear();
+        }
+        let names = self.recent_queries.entry(tgid).or_default();
+        if names.iter().any(|n| n == name) {
+            return;
+        }
+        if names.len() == RECENT_QUERIES_PER_PROCESS {
+            names.pop_front();
+        }
+        names.push_back(name.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use hickory_proto::op::ResponseCode;
+
+    use super::*;
+    use crate::decode::Actor;
+
+    fn actor(tgid: u32, boot_ns: u64) -> Actor {
+        Actor {
+            tgid,
+            tid: tgid,
+            uid: Some(0),
+            comm: "skopeo".into(),
+            cgroup_id: 1,
+            boot_ns,
+        }
+    }
+
+    fn classifier() -> Classifier {
+        let mut catalog = Catalog::builtin();
+        catalog.add(
+            Pattern::parse("registry.example.test").unwrap(),
+            Category::ImageRegistry,
+            Source::CommandLine,
+        );
+        Classifier::new(catalog, AddressBook::new(1024, 60_000_000_000))
+    }
+
+    fn query(tgid: u32, name: &str) -> Observation {
+        Observation::DnsQuery {
+            actor: actor(tgid, 1),
+            name: name.into(),
+            qtype: "A".into(),
+            server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+        }
+    }
+
+    fn answer(name: &str, ip: IpAddr) -> Observation {
+        Observation::DnsResponse {
+            actor: actor(0, 2),
+            name: name.into(),
+            rcode: ResponseCode::NoError,
+            addresses: vec![(ip, 0)],
+        }
+    }
+
+    fn connect(tgid: u32, ip: IpAddr, port: u16) -> Observation {
+        Observation::Connect {
+            actor: actor(tgid, 3),
+            dest: ip,
+            port,
+            protocol: 6,
+        }
+    }
+
+    #[test]
+    fn registry_query_then_connect_through_the_answer() {
+        let mut c = classifier();
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        let q = c.classify(&query(10, "quay.io")).unwrap();
+        assert_eq!(q.evidence, vec![Evidence::DnsQuery]);
+        assert_eq!(q.dest, None);
+        assert_eq!(c.classify(&answer("quay.io", ip)), None);
+        let m = c.classify(&connect(10, ip, 443)).unwrap();
+        assert_eq!(m.host, "quay.io");
+        assert_eq!(m.evidence, vec![Evidence::DnsAnswer, Evidence::Connect]);
+        assert_eq!(m.dest, Some(SocketAddr::new(ip, 443)));
+    }
+
+    #[test]
+    fn non_registry_names_and_addresses_do_not_match() {
+        let mut c = classifier();
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
+        assert_eq!(c.classify(&query(10, "notaregistry.test")), None);
+        assert_eq!(c.classify(&answer("notaregistry.test", ip)), None);
+        assert_eq!(c.classify(&connect(10, ip, 80)), None);
+    }
+
+    #[test]
+    fn ipv6_connect_to_a_learned_address() {
+        let mut c = classifier();
+        let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        c.classify(&answer("registry.example.test", ip));
+        let m = c.classify(&connect(11, ip, 5000)).unwrap();
+        assert_eq!(m.host, "registry.example.test");
+        assert_eq!(m.entry.source, Source::CommandLine);
+    }
+
+    #[test]
+    fn shared_address_goes_to_the_name_the_process_asked_for() {
+        let mut c = classifier();
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        c.classify(&query(20, "quay.io"));
+        c.classify(&answer("quay.io", ip));
+        c.classify(&answer("registry.example.test", ip));
+        assert_eq!(c.classify(&connect(20, ip, 443)).unwrap().host, "quay.io");
+        assert_eq!(
+            c.classify(&connect(21, ip, 443)).unwrap().host,
+            "registry.example.test"
+        );
+    }
+
+    #[test]
+    fn resolved_catalog_addresses_match_without_dns_evidence() {
+        let mut c = classifier();
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
+        c.learn_resolved("registry.redhat.io", &[ip], 0);
+        let m = c.classify(&connect(30, ip, 443)).unwrap();
+        assert_eq!(m.host, "registry.redhat.io");
+        assert_eq!(m.evidence, vec![Evidence::Connect]);
+    }
+}

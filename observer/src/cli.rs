@@ -1,0 +1,211 @@
+//! Command-line interface: parsing, help text and exit codes.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    UsageError,
+    agent::{self, RunOptions},
+    classify::Pattern,
+};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    no registry attempt seen (or attempts seen without --fail-on-violation)
+  1    --fail-on-violation was given and a registry was contacted
+  2    usage error, or the observer could not start (privileges, kernel, cgroup2)
+  N    with a COMMAND and no violation: the command's own exit code
+       (127 not found, 126 not executable, 128+S killed by signal S)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "registry-observer",
+    version,
+    about = "Shows which process tried to reach an image registry, when, and how we know",
+    long_about = "Shows which process tried to reach an image registry, when, and how we know.\n\n\
+        eBPF programs attached to the cgroup2 root see every DNS query and every connect() \
+        on the machine (all network namespaces, containers included). Names and addresses \
+        are matched against a catalog of registry hosts (quay.io, registry.redhat.io, \
+        docker.io, gcr.io, ...); each attempt is attributed to its process, cgroup, systemd \
+        unit or container, and written to a JSON report.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Observe registry attempts, live, and write a report at the end.
+    #[command(
+        long_about = "Observe registry attempts and write a JSON report.\n\n\
+            Without COMMAND, watches the whole machine until Ctrl-C (SIGINT), SIGTERM or \
+            --duration, printing one line per attempt to stdout.\n\n\
+            With `-- COMMAND ARGS...`, runs COMMAND in a fresh cgroup, observes only it and \
+            its descendants, and exits when it exits; live lines then go to stderr so the \
+            command's stdout stays its own.\n\n\
+            The line `registry-observer: observing ...` is printed once every hook is \
+            attached: scripts can wait for it. Needs root.",
+        after_help = concat!(
+            "Examples:\n",
+            "  sudo registry-observer run\n",
+            "  sudo registry-observer run --duration 10m --report /var/tmp/node.json\n",
+            "  sudo registry-observer run --fail-on-violation -- ./upgrade.sh\n",
+            "  sudo registry-observer run --registry registry.corp.example --registry '*.mirror.example' -- make e2e\n\n",
+            "Exit codes:\n",
+            "  0    no registry attempt seen (or attempts seen without --fail-on-violation)\n",
+            "  1    --fail-on-violation was given and a registry was contacted\n",
+            "  2    usage error, or the observer could not start (privileges, kernel, cgroup2)\n",
+            "  N    with a COMMAND and no violation: the command's own exit code\n",
+            "       (127 not found, 126 not executable, 128+S killed by signal S)"
+        )
+    )]
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Where to write the JSON report (written atomically at exit).
+    #[arg(long, value_name = "PATH", default_value = "registry-report.json")]
+    pub report: PathBuf,
+
+    /// Also treat this host as a registry: an exact name (registry.example.com)
+    /// or every name below a suffix (*.example.com). Adds to the built-in
+    /// catalog; repeat for several.
+    #[arg(long = "registry", value_name = "PATTERN", value_parser = parse_pattern)]
+    pub registries: Vec<Pattern>,
+
+    /// Stop after this long (e.g. 90s, 10m, 1h) when watching the machine.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "command")]
+    pub duration: Option<Duration>,
+
+    /// Exit 1 when any registry was contacted: for CI jobs.
+    #[arg(long)]
+    pub fail_on_violation: bool,
+
+    /// Phase name recorded on every attempt (e.g. boot, upgrade).
+    #[arg(long, value_name = "NAME", default_value = "boot")]
+    pub phase: String,
+
+    /// How often the agent resolves the catalog's host names itself, so that
+    /// connections to registry addresses looked up before it started are
+    /// recognized. 0 turns this off (the agent then sends no DNS queries).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5m",
+        value_parser = parse_duration
+    )]
+    pub catalog_resolve_interval: Duration,
+
+    /// The command to run and observe, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn parse_pattern(text: &str) -> Result<Pattern, String> {
+    Pattern::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration such as 30s, 10m or 1h"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let options = RunOptions {
+        report: args.report,
+        registries: args.registries,
+        duration: args.duration,
+        fail_on_violation: args.fail_on_violation,
+        phase: args.phase,
+        resolve_interval: args.catalog_resolve_interval,
+        command: args.command,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("registry-observer: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(agent::run(options)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            match error.downcast_ref::<UsageError>() {
+                Some(usage) => eprintln!("registry-observer: {usage}"),
+                None => eprintln!("registry-observer: {error:#}"),
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_wrapped_command_and_patterns() {
+        let cli = Cli::try_parse_from([
+            "registry-observer",
+            "run",
+            "--registry",
+            "*.example.test",
+            "--fail-on-violation",
+            "--",
+            "sh",
+            "-c",
+            "skopeo inspect x",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.command, vec!["sh", "-c", "skopeo inspect x"]);
+        assert_eq!(args.registries[0].to_string(), "*.example.test");
+        assert!(args.fail_on_violation);
+        assert_eq!(args.catalog_resolve_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_reason() {
+        let err = Cli::try_parse_from(["registry-observer", "run", "--registry", "quay.io:443"])
+            .unwrap_err();
+        assert!(err.to_string().contains("without scheme, port or path"), "{err}");
+        let err = Cli::try_parse_from(["registry-observer", "run", "--duration", "soon"])
+            .unwrap_err();
+        assert!(err.to_string().contains("30s"), "{err}");
+        assert!(Cli::try_parse_from(["registry-observer", "run", "--bogus"]).is_err());
+        let zero = Cli::try_parse_from([
+            "registry-observer",
+            "run",
+            "--catalog-resolve-interval",
+            "0",
+        ])
+        .unwrap();
+        let Command::Run(args) = zero.command;
+        assert!(args.catalog_resolve_interval.is_zero());
+    }
+}

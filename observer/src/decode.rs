@@ -1,0 +1,454 @@
+//! Stage 3, decode: kernel records -> [`Observation`]s.
+//!
+//! Pure: bytes in, typed facts out. DNS payloads are parsed with hickory-proto
+//! section by section, so a capture cut short at 512 bytes still yields its
+//! header, question and whatever answers fit. Anything that does not parse is
+//! reported as a [`DecodeError`] for the caller to count; nothing here panics
+//! on input.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hickory_proto::{
+    op::{Header, MessageType, OpCode, Query, ResponseCode},
+    rr::{RData, Record as DnsRecord},
+    serialize::binary::{BinDecodable, BinDecoder},
+};
+use observer_common::{
+    AF_INET, AF_INET6, ConnectEvent, DIRECTION_EGRESS, DnsPacketEvent, EventHeader, Record,
+    RecordError,
+};
+
+/// Who acted, as the kernel saw it at the hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// 0 when the hook ran outside the owning task (packet ingress).
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: Option<u32>,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub boot_ns: u64,
+}
+
+impl Actor {
+    fn from_header(header: &EventHeader) -> Actor {
+        let comm_len = header
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(header.comm.len());
+        Actor {
+            tgid: header.tgid,
+            tid: header.tid,
+            uid: (header.uid != u32::MAX).then_some(header.uid),
+            comm: String::from_utf8_lossy(&header.comm[..comm_len]).into_owned(),
+            cgroup_id: header.cgroup_id,
+            boot_ns: header.boot_ns,
+        }
+    }
+}
+
+/// One fact decoded from one kernel record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation {
+    /// A process called connect().
+    Connect {
+        actor: Actor,
+        dest: IpAddr,
+        port: u16,
+        protocol: u32,
+    },
+    /// A process sent a DNS query.
+    DnsQuery {
+        actor: Actor,
+        /// Lower-case, without the trailing dot.
+        name: String,
+        qtype: String,
+        server: IpAddr,
+    },
+    /// A DNS response arrived for a local socket.
+    DnsResponse {
+        actor: Actor,
+        name: String,
+        rcode: ResponseCode,
+        /// Addresses from A/AAAA records, with their TTLs in seconds.
+        addresses: Vec<(IpAddr, u32)>,
+    },
+}
+
+impl Observation {
+    pub fn actor(&self) -> &Actor {
+        match self {
+            Observation::Connect { actor, .. }
+            | Observation::DnsQuery { actor, .. }
+            | Observation::DnsResponse { actor, .. } => actor,
+        }
+    }
+}
+
+/// Why a record produced no observation.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("malformed ring-buffer record: {0:?}")]
+    Record(RecordError),
+    #[error("unsupported address family {0}")]
+    Family(u16),
+    #[error("malformed DNS message: {0}")]
+    Dns(String),
+}
+
+impl DecodeError {
+    /// The counter this error is reported under in the report.
+    pub fn parser(&self) -> &'static str {
+        match self {
+            DecodeError::Record(_) | DecodeError::Family(_) => "record",
+            DecodeError::Dns(_) => "dns",
+        }
+    }
+}
+
+/// Decodes one raw ring-buffer record. `Ok(None)` means a well-formed record
+/// that carries nothing of interest (a DNS message that is neither a standard
+/// query nor its response, or a query without a question).
+pub fn decode(bytes: &[u8]) -> Result<Option<Observation>, DecodeError> {
+    match Record::read(bytes).map_err(DecodeError::Record)? {
+        Record::Connect(event) => decode_connect(&event).map(Some),
+        Record::DnsPacket(event) => decode_dns(&event),
+    }
+}
+
+fn decode_connect(event: &ConnectEvent) -> Result<Observation, DecodeError> {
+    Ok(Observation::Connect {
+        actor: Actor::from_header(&event.header),
+        dest: ip_from_wire(event.family, &event.addr)?,
+        port: event.port,
+        protocol: event.protocol,
+    })
+}
+
+/// Addresses arrive as 16 bytes in network order; IPv4 uses the first four.
+/// IPv4-mapped IPv6 destinations (`::ffff:a.b.c.d`, dual-stack sockets) are
+/// reported as the IPv4 address they reach.
+fn ip_from_wire(family: u16, addr: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            addr[0], addr[1], addr[2], addr[3],
+        ))),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*addr);
+            Ok(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            })
+        }
+        other => Err(DecodeError::Family(other)),
+    }
+}
+
+fn decode_dns(event: &DnsPacketEvent) -> Result<Option<Observation>, DecodeError> {
+    let captured = (event.captured_len as usize).min(event.payload.len());
+    let message = parse_dns(&event.payload[..captured])?;
+    let Some(name) = message.question_name else {
+        return Ok(None);
+    };
+    let actor = Actor::from_header(&event.header);
+    let egress = event.direction == DIRECTION_EGRESS;
+    let observation = match message.header.metadata.message_type {
+        MessageType::Query if egress => Observation::DnsQuery {
+            actor,
+            name,
+            qtype: message.question_type,
+            server: ip_from_wire(event.family, &event.dst_addr)?,
+        },
+        MessageType::Response if !egress => Observation::DnsResponse {
+            actor,
+            name,
+            rcode: message.header.metadata.response_code,
+            addresses: message.addresses,
+        },
+        // A server's own traffic, or a response leaving a local resolver:
+        // not a client's lookup.
+        _ => return Ok(None),
+    };
+    Ok(Some(observation))
+}
+
+/// The parts of a DNS message this stage uses.
+#[derive(Debug)]
+struct DnsMessage {
+    header: Header,
+    question_name: Option<String>,
+    question_type: String,
+    addresses: Vec<(IpAddr, u32)>,
+}
+
+/// Parses header and first question strictly (an error means the payload is
+/// not DNS), then answers leniently: a capture cut at 512 bytes ends inside
+/// the answer section, and the answers read before the cut are still true.
+fn parse_dns(payload: &[u8]) -> Result<DnsMessage, DecodeError> {
+    let dns_error = |e: &dyn std::fmt::Display| DecodeError::Dns(e.to_string());
+    let mut decoder = BinDecoder::new(payload);
+    let header = Header::read(&mut decoder).map_err(|e| dns_error(&e))?;
+    if header.metadata.op_code != OpCode::Query || header.counts.queries == 0 {
+        return Ok(DnsMessage {
+            header,
+            question_name: None,
+            question_type: String::new(),
+            addresses: Vec::new(),
+        });
+    }
+    let query = Query::read(&mut decoder).map_err(|e| dns_error(&e))?;
+    // Further questions are practically never sent (RFC 9619); skip them so
+    // the decoder reaches the answers.
+    for _ in 1..header.counts.queries {
+        Query::read(&mut decoder).map_err(|e| dns_error(&e))?;
+    }
+    let mut addresses = Vec::new();
+    if header.metadata.message_type == MessageType::Response {
+        for _ in 0..header.counts.answers {
+            let Ok(record) = DnsRecord::read(&mut decoder) else {
+                break;
+            };
+            match &record.data {
+                RData::A(a) => addresses.push((IpAddr::V4(a.0), record.ttl)),
+                RData::AAAA(aaaa) => addresses.push((IpAddr::V6(aaaa.0), record.ttl)),
+                // CNAME targets are followed in a later stage of the project;
+                // the addresses at the end of the chain belong to the
+                // question name either way.
+                _ => {}
+            }
+        }
+    }
+    Ok(DnsMessage {
+        header,
+        question_name: Some(normalize_name(&query.name().to_ascii())),
+        question_type: query.query_type().to_string(),
+        addresses,
+    })
+}
+
+/// Host names are compared lower-case and without the root dot.
+pub fn normalize_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::{
+        op::{Message, MessageType, OpCode, Query},
+        rr::{Name, RData, Record as DnsRecord, RecordType, rdata},
+        serialize::binary::BinEncodable,
+    };
+    use observer_common::{
+        COMM_LEN, DIRECTION_INGRESS, DNS_CAPTURE_LEN, EventKind, record_bytes,
+    };
+
+    use super::*;
+
+    fn header(kind: EventKind) -> EventHeader {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..6].copy_from_slice(b"skopeo");
+        EventHeader {
+            kind: kind as u32,
+            tgid: 77,
+            tid: 78,
+            uid: 0,
+            boot_ns: 5,
+            cgroup_id: 9,
+            comm,
+        }
+    }
+
+    fn dns_event(direction: u16, payload: &[u8], wire_len: usize) -> DnsPacketEvent {
+        let mut buf = [0u8; DNS_CAPTURE_LEN];
+        let n = payload.len().min(DNS_CAPTURE_LEN);
+        buf[..n].copy_from_slice(&payload[..n]);
+        let mut server = [0u8; 16];
+        server[..4].copy_from_slice(&[198, 18, 0, 1]);
+        DnsPacketEvent {
+            header: header(EventKind::DnsPacket),
+            direction,
+            family: AF_INET,
+            wire_len: wire_len as u32,
+            captured_len: n as u32,
+            src_port: if direction == DIRECTION_EGRESS { 40000 } else { 53 },
+            dst_port: if direction == DIRECTION_EGRESS { 53 } else { 40000 },
+            src_addr: [0; 16],
+            dst_addr: server,
+            payload: buf,
+        }
+    }
+
+    fn query_bytes(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        message.to_bytes().unwrap()
+    }
+
+    fn response_bytes(name: &str, answers: usize) -> Vec<u8> {
+        let owner = Name::from_ascii(name).unwrap();
+        let mut message = Message::new(0x1234, MessageType::Response, OpCode::Query);
+        message.add_query(Query::query(owner.clone(), RecordType::A));
+        for i in 0..answers {
+            let ip = Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250) as u8 + 1);
+            message.add_answer(DnsRecord::from_rdata(
+                owner.clone(),
+                30,
+                RData::A(rdata::A(ip)),
+            ));
+        }
+        message.to_bytes().unwrap()
+    }
+
+    #[test]
+    fn query_yields_name_type_and_server() {
+        let bytes = query_bytes("Quay.IO.", RecordType::AAAA);
+        let event = dns_event(DIRECTION_EGRESS, &bytes, bytes.len());
+        let Some(Observation::DnsQuery {
+            actor,
+            name,
+            qtype,
+            server,
+        }) = decode(record_bytes(&event)).unwrap()
+        else {
+            panic!("not a query");
+        };
+        assert_eq!(name, "quay.io");
+        assert_eq!(qtype, "AAAA");
+        assert_eq!(server, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(actor.comm, "skopeo");
+        assert_eq!((actor.tgid, actor.tid, actor.cgroup_id), (77, 78, 9));
+    }
+
+    #[test]
+    fn response_yields_addresses_with_ttl() {
+        let bytes = response_bytes("quay.io.", 2);
+        let event = dns_event(DIRECTION_INGRESS, &bytes, bytes.len());
+        let Some(Observation::DnsResponse {
+            name,
+            rcode,
+            addresses,
+            ..
+        }) = decode(record_bytes(&event)).unwrap()
+        else {
+            panic!("not a response");
+        };
+        assert_eq!(name, "quay.io");
+        assert_eq!(rcode, ResponseCode::NoError);
+        assert_eq!(
+            addresses,
+            vec![
+                (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 30),
+                (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 30)
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_response_keeps_the_answers_that_fit() {
+        // ~40 answers do not fit in the 512 captured bytes.
+        let bytes = response_bytes("quay.io.", 40);
+        assert!(bytes.len() > DNS_CAPTURE_LEN);
+        let event = dns_event(DIRECTION_INGRESS, &bytes, bytes.len());
+        let Some(Observation::DnsResponse { addresses, .. }) =
+            decode(record_bytes(&event)).unwrap()
+        else {
+            panic!("not a response");
+        };
+        assert!(
+            addresses.len() > 10 && addresses.len() < 40,
+            "{}",
+            addresses.len()
+        );
+    }
+
+    #[test]
+    fn direction_must_match_message_type() {
+        // A response leaving the machine is a local DNS server answering.
+        let bytes = response_bytes("quay.io.", 1);
+        let event = dns_event(DIRECTION_EGRESS, &bytes, bytes.len());
+        assert_eq!(decode(record_bytes(&event)).unwrap(), None);
+    }
+
+    #[test]
+    fn garbage_and_adversarial_payloads_are_errors_not_panics() {
+        // Not DNS queries at all (opcode 15): well-formed enough to say so.
+        for payload in [vec![0xff; 12], vec![0xff; 512]] {
+            let event = dns_event(DIRECTION_EGRESS, &payload, payload.len());
+            assert_eq!(decode(record_bytes(&event)), Ok(None));
+        }
+        let mut cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0x12],
+            // A query header that promises a question and stops.
+            vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0],
+        ];
+        // Header claims one question whose name is a compression pointer to
+        // itself: a loop.
+        let mut looped = vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+        looped.extend_from_slice(&[0xc0, 12, 0x00, 0x01, 0x00, 0x01]);
+        cases.push(looped);
+        // A forward pointer past the end of the message.
+        let mut forward = vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+        forward.extend_from_slice(&[0xc0, 200, 0x00, 0x01, 0x00, 0x01]);
+        cases.push(forward);
+        // A name longer than 255 bytes: 5 labels of 63.
+        let mut long = vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+        for _ in 0..5 {
+            long.push(63);
+            long.extend_from_slice(&[b'a'; 63]);
+        }
+        long.extend_from_slice(&[0, 0x00, 0x01, 0x00, 0x01]);
+        cases.push(long);
+        for payload in cases {
+            let event = dns_event(DIRECTION_EGRESS, &payload, payload.len());
+            match decode(record_bytes(&event)) {
+                Err(DecodeError::Dns(_)) => {}
+                other => panic!("{payload:02x?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn connect_maps_v4_mapped_v6_to_v4() {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&[198, 18, 0, 1]);
+        let event = ConnectEvent {
+            header: header(EventKind::Connect),
+            family: AF_INET6,
+            port: 443,
+            protocol: 6,
+            addr,
+        };
+        let Some(Observation::Connect { dest, port, .. }) = decode(record_bytes(&event)).unwrap()
+        else {
+            panic!("not a connect");
+        };
+        assert_eq!(dest, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(port, 443);
+    }
+
+    #[test]
+    fn unknown_family_and_bad_sizes_are_errors() {
+        let mut event = ConnectEvent {
+            header: header(EventKind::Connect),
+            family: 1,
+            port: 1,
+            protocol: 6,
+            addr: [0; 16],
+        };
+        assert_eq!(
+            decode(record_bytes(&event)),
+            Err(DecodeError::Family(1))
+        );
+        event.family = AF_INET;
+        let bytes = record_bytes(&event);
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Record(_))
+        ));
+    }
+}

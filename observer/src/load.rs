@@ -1,0 +1,121 @@
+//! Stage 1, load: the kernel programs, attached to the cgroup2 root.
+//!
+//! Dropping [`Probes`] detaches every program (aya owns the links), which is
+//! how the agent guarantees nothing stays attached to the root cgroup after
+//! it exits.
+
+use std::{fs::File, path::Path};
+
+use anyhow::{Context, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
+};
+
+/// The eBPF object built by build.rs from observer-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Ring-buffer size: at ~600 bytes per DNS record and a drain every 10 ms,
+/// 4 MiB absorbs bursts of ~7000 DNS packets per drain.
+pub const RING_BUFFER_BYTES: u32 = 4 << 20;
+
+pub const HOOKS: [&str; 4] = ["connect4", "connect6", "dns_egress", "dns_ingress"];
+
+/// Attached programs; drop to detach.
+pub struct Probes {
+    _ebpf: Ebpf,
+}
+
+/// The maps user space reads, alive independently of the programs so the
+/// final drain can run after detaching.
+pub struct Maps {
+    pub events: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+pub fn load_and_attach(cgroup_root: &Path) -> anyhow::Result<(Probes, Maps)> {
+    raise_memlock_limit();
+    let own_tgid = std::process::id();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OBSERVER_TGID", &own_tgid, true)
+        .map_max_entries("EVENTS", RING_BUFFER_BYTES)
+        .load(OBJECT)
+        .map_err(|e| anyhow!(explain_load_error(&e.to_string())))?;
+    let cgroup = File::open(cgroup_root)
+        .with_context(|| format!("opening the cgroup2 root {}", cgroup_root.display()))?;
+
+    for name in ["connect4", "connect6"] {
+        let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        program
+            .load()
+            .map_err(|e| anyhow!(explain_load_error(&format!("{name}: {e:?}"))))?;
+        // Single through a link coexists with other programs' links; the
+        // AllowMultiple link mode is rejected by some kernels (EINVAL).
+        program
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
+    }
+    for (name, direction) in [
+        ("dns_egress", CgroupSkbAttachType::Egress),
+        ("dns_ingress", CgroupSkbAttachType::Ingress),
+    ] {
+        let program: &mut CgroupSkb = program(&mut ebpf, name)?;
+        program
+            .load()
+            .map_err(|e| anyhow!(explain_load_error(&format!("{name}: {e:?}"))))?;
+        program
+            .attach(&cgroup, direction, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
+    }
+
+    let events = ebpf
+        .take_map("EVENTS")
+        .ok_or_else(|| anyhow!("the eBPF object has no EVENTS map"))?;
+    let counters = ebpf
+        .take_map("COUNTERS")
+        .ok_or_else(|| anyhow!("the eBPF object has no COUNTERS map"))?;
+    Ok((
+        Probes { _ebpf: ebpf },
+        Maps {
+            events: RingBuf::try_from(events)?,
+            counters: PerCpuArray::try_from(counters)?,
+        },
+    ))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+    program
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Kernels >= 5.11 account BPF memory to the cgroup and ignore
+/// RLIMIT_MEMLOCK; older ones need it raised. Without CAP_SYS_RESOURCE the
+/// raise fails, which is harmless on the newer kernels.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a local rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+}
+
+/// Turns the kernel's terse refusals into a sentence with a fix.
+fn explain_load_error(detail: &str) -> String {
+    let first_line = detail.lines().next().unwrap_or(detail);
+    if detail.contains("Operation not permitted") || detail.contains("PermissionDenied") && detail.contains("code: 1,") {
+        format!("the kernel refused to load the eBPF programs (EPERM): run as root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN ({first_line})")
+    } else if detail.contains("Function not implemented") || detail.contains("Invalid argument") && detail.contains("map") {
+        format!("this kernel lacks the BPF support the observer needs (cgroup BPF programs and ring buffers, Linux >= 5.8 with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF) ({first_line})")
+    } else {
+        format!("loading the eBPF programs failed: {detail}")
+    }
+}

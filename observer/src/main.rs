@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    registry_observer::cli::main()
+}

@@ -1,0 +1,84 @@
+//! Stage 2, read: drain the ring buffer on a short timer into a bounded
+//! queue. The kernel submits without wakeups (a wakeup per event costs
+//! several times the program), so the reader polls instead of waiting on
+//! epoll. Losses are counted where they happen: the kernel counts failed
+//! reserves, this stage counts a full queue.
+
+use std::{net::IpAddr, time::Duration};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use bytes::Bytes;
+use observer_common::Counter;
+use tokio::sync::{mpsc, watch};
+
+/// What flows into the pipeline.
+#[derive(Debug)]
+pub enum Input {
+    /// One raw ring-buffer record.
+    Kernel(Bytes),
+    /// The agent resolved a catalog name itself.
+    Resolved {
+        name: String,
+        addresses: Vec<IpAddr>,
+        boot_ns: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    pub records: u64,
+    /// Records dropped because the pipeline queue was full.
+    pub queue_full: u64,
+}
+
+/// How often the ring buffer is drained; bounds the delay to the live line.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Queue between reader and pipeline, in records.
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+/// Drains until `stop` turns true, then drains once more (programs are
+/// detached by then, so nothing is left behind) and returns its counts.
+pub async fn run_reader(
+    mut ring: RingBuf<MapData>,
+    queue: mpsc::Sender<Input>,
+    mut stop: watch::Receiver<bool>,
+) -> ReadStats {
+    let mut stats = ReadStats::default();
+    let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => drain(&mut ring, &queue, &mut stats),
+            _ = stop.wait_for(|stop| *stop) => {
+                drain(&mut ring, &queue, &mut stats);
+                return stats;
+            }
+        }
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, queue: &mpsc::Sender<Input>, stats: &mut ReadStats) {
+    while let Some(item) = ring.next() {
+        stats.records += 1;
+        match queue.try_send(Input::Kernel(Bytes::copy_from_slice(&item))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => stats.queue_full += 1,
+            // The pipeline is gone only during shutdown; count it as lost.
+            Err(mpsc::error::TrySendError::Closed(_)) => stats.queue_full += 1,
+        }
+    }
+}
+
+/// Sums the kernel's per-CPU counters.
+pub fn kernel_counters(counters: &PerCpuArray<MapData, u64>) -> Vec<(Counter, u64)> {
+    Counter::ALL
+        .iter()
+        .map(|counter| {
+            let total = counters
+                .get(&(*counter as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            (*counter, total)
+        })
+        .collect()
+}

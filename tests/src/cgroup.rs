@@ -1,0 +1,298 @@
+//! cgroup2 discovery and throw-away cgroups whose id a test can predict.
+//!
+//! The cgroup2 mount differs between machines (`/sys/fs/cgroup/unified` in
+//! hybrid layouts, `/sys/fs/cgroup` on pure cgroup2 nodes), so it is always
+//! looked up in /proc/self/mountinfo.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::process::poll_until;
+
+/// Finds the cgroup2 mount point in the text of a mountinfo file.
+///
+/// Prefers a mount of the hierarchy's root (`/`), since only there do paths
+/// below the mount equal the paths /proc/<pid>/cgroup shows; falls back to the
+/// first cgroup2 mount. Octal escapes (`\040` for a space) are decoded.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    let mut fallback = None;
+    for line in mountinfo.lines() {
+        // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> <source> <super opts>"
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
+        let mount_point = PathBuf::from(unescape_mountinfo(mount_point));
+        if *root == "/" {
+            return Some(mount_point);
+        }
+        fallback.get_or_insert(mount_point);
+    }
+    fallback
+}
+
+/// Decodes the `\ooo` octal escapes the kernel uses for space, tab, newline
+/// and backslash in mountinfo paths.
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup2 mount point of this machine, from /proc/self/mountinfo.
+///
+/// Panics if there is none: every test that needs it would be meaningless.
+pub fn cgroup2_root() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_else(|e| panic!("cannot read /proc/self/mountinfo: {e}"));
+    parse_cgroup2_mount(&text).unwrap_or_else(|| {
+        panic!("no cgroup2 mount in /proc/self/mountinfo; this harness needs the unified hierarchy")
+    })
+}
+
+static CGROUP_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh cgroup2 directory directly under the cgroup2 root, removed on drop.
+///
+/// Its id (the directory's inode) is what `bpf_get_current_cgroup_id()`
+/// returns for processes inside it, so a test can assert that the agent
+/// attributed an event to exactly this cgroup.
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+    relative: String,
+    id: u64,
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2 root>/<hint>-<our pid>-<counter>`; the pid and
+    /// counter keep parallel tests and earlier runs from colliding.
+    /// Panics on failure.
+    pub fn create(name_hint: &str) -> TestCgroup {
+        let hint: String = name_hint
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let hint = if hint.is_empty() { "test".into() } else { hint };
+        let n = CGROUP_COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
+        let name = format!("{hint}-{}-{n}", std::process::id());
+        let path = cgroup2_root().join(&name);
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+        let id = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("cannot stat cgroup {}: {e}", path.display()))
+            .ino();
+        TestCgroup {
+            path,
+            relative: format!("/{name}"),
+            id,
+        }
+    }
+
+    /// Absolute directory of the cgroup.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path as /proc/<pid>/cgroup shows it (`0::<this>`), e.g. `/ro-test-123-1`.
+    pub fn relative_path(&self) -> &str {
+        &self.relative
+    }
+
+    /// The cgroup2 id: the inode number of the directory.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// A `Command` whose child joins this cgroup before it execs `program`,
+    /// so even its first instruction (and first connect) is attributed here.
+    ///
+    /// `cgroup.procs` is opened now, in the parent; the child only writes "0"
+    /// (meaning "myself") to the inherited descriptor, which is
+    /// async-signal-safe. The descriptor is close-on-exec.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let procs_path = self.path.join("cgroup.procs");
+        let procs: File = OpenOptions::new()
+            .write(true)
+            .open(&procs_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", procs_path.display()));
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure only calls write(2) on a descriptor it owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                let written = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// PIDs currently in this cgroup or any child cgroup a test made below it.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for dir in dirs_depth_first(&self.path) {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+        }
+        pids
+    }
+}
+
+/// `root` and every directory below it, children before parents (the order
+/// in which cgroup directories can be removed).
+fn dirs_depth_first(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(dirs_depth_first(&entry.path()));
+            }
+        }
+    }
+    out.push(root.to_path_buf());
+    out
+}
+
+impl Drop for TestCgroup {
+    /// Gives processes up to 5 s to leave, SIGKILLs any that remain (by PID:
+    /// they are in a cgroup only this test uses), then removes the directory
+    /// and any sub-cgroups a test made. Never panics: it may run during one.
+    fn drop(&mut self) {
+        if !poll_until(Duration::from_secs(5), || self.pids().is_empty()) {
+            let stragglers = self.pids();
+            eprintln!(
+                "observer-tests: cgroup {} still has pids {stragglers:?}; killing them",
+                self.relative
+            );
+            for pid in stragglers {
+                if let Ok(pid) = libc::pid_t::try_from(pid) {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            poll_until(Duration::from_secs(5), || self.pids().is_empty());
+        }
+        for dir in dirs_depth_first(&self.path) {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                eprintln!(
+                    "observer-tests: cannot remove cgroup {}: {e}",
+                    dir.display()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This machine's hybrid layout: v1 controllers plus cgroup2 at
+    /// /sys/fs/cgroup/unified, with a tmpfs at /sys/fs/cgroup.
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    /// A pure cgroup2 node (systemd, modern distros, OpenShift >= 4.19).
+    const PURE: &str = "\
+22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+26 22 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+28 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+";
+
+    #[test]
+    fn finds_hybrid_unified_mount() {
+        assert_eq!(
+            parse_cgroup2_mount(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn finds_pure_cgroup2_mount_with_optional_fields() {
+        assert_eq!(
+            parse_cgroup2_mount(PURE),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_mount_is_none() {
+        let v1_only = HYBRID
+            .lines()
+            .filter(|l| !l.contains("cgroup2"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(parse_cgroup2_mount(&v1_only), None);
+        assert_eq!(parse_cgroup2_mount(""), None);
+    }
+
+    #[test]
+    fn prefers_hierarchy_root_and_decodes_escapes() {
+        let text = "\
+50 40 0:38 /kubepods /host/sub rw - cgroup2 cgroup2 rw
+51 40 0:38 / /mnt/my\\040cgroup rw shared:3 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            parse_cgroup2_mount(text),
+            Some(PathBuf::from("/mnt/my cgroup"))
+        );
+        // Only a sub-tree mount: still better than nothing.
+        assert_eq!(
+            parse_cgroup2_mount(text.lines().next().unwrap()),
+            Some(PathBuf::from("/host/sub"))
+        );
+    }
+
+    #[test]
+    fn the_real_mountinfo_has_a_cgroup2_mount() {
+        let root = cgroup2_root();
+        assert!(
+            root.join("cgroup.procs").exists(),
+            "{} is not a cgroup2 root",
+            root.display()
+        );
+    }
+}
