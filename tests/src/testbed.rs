@@ -12,7 +12,8 @@
 //! dnsmasq answers `quay.io` (and subdomains) and `registry.example.test`
 //! with X.1 (the latter also with AAAA `::1`), `notaregistry.test` with X.3,
 //! and NXDOMAIN for everything else, so a client in the netns can never reach
-//! a real name. Clients run with `ip netns exec`, which bind-mounts
+//! a real name. Record types a test name lacks (AAAA quay.io) get NODATA, as
+//! from a real server; only subdomains' missing types get NXDOMAIN. Clients run with `ip netns exec`, which bind-mounts
 //! `/etc/netns/<netns>/{resolv.conf,hosts}` over /etc.
 
 use std::fmt::Write as _;
@@ -199,6 +200,19 @@ impl Testbed {
         cmd
     }
 
+    /// [`Testbed::netns_command`] whose process is also in `cgroup` from its
+    /// first instruction (`ip` joins the cgroup, then enters the netns and
+    /// execs `program`), for tests of attribution by cgroup.
+    pub fn netns_command_in(
+        &self,
+        cgroup: &crate::TestCgroup,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Command {
+        let mut cmd = cgroup.command("ip");
+        cmd.args(["netns", "exec", &self.netns]).arg(program);
+        cmd
+    }
+
     /// The testbed's scratch directory (removed on drop).
     pub fn temp_dir(&self) -> &Path {
         self.dir.path()
@@ -279,6 +293,13 @@ impl Testbed {
             format!("log-facility={}", self.dns_log_path().display()),
             // Our own pid file: the default one is shared by every dnsmasq.
             format!("pid-file={}", dir.join("dnsmasq.pid").display()),
+            // host-record makes the exact names answer NODATA (not
+            // NXDOMAIN) for record types they lack, e.g. AAAA quay.io;
+            // with address= alone, `address=/#/` turns those into NXDOMAIN.
+            format!("host-record=quay.io,{h1}"),
+            format!("host-record=registry.example.test,{h1},::1"),
+            format!("host-record=notaregistry.test,{h3}"),
+            // address= also covers subdomains (A only: their AAAA is NXDOMAIN).
             format!("address=/quay.io/{h1}"),
             format!("address=/registry.example.test/{h1}"),
             "address=/registry.example.test/::1".into(),

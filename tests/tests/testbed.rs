@@ -46,6 +46,9 @@ fn testbed_serves_the_image_and_answers_only_test_names() {
         log.contains(&format!("quay.io is {}", bed.host_ip())),
         "{log}"
     );
+    // Go's resolver also asks AAAA: a name that exists must not get NXDOMAIN.
+    assert!(log.contains("query[AAAA] quay.io"), "{log}");
+    assert!(!log.contains("quay.io is NXDOMAIN"), "{log}");
     assert!(
         bed.registry_log().contains("/v2/t/busybox/manifests/1"),
         "registry saw no manifest request:\n{}",
@@ -97,6 +100,26 @@ fn testbed_serves_the_image_and_answers_only_test_names() {
         text(&out.stdout).starts_with(&format!("{} ", bed.other_ip())),
         "{}",
         text(&out.stdout)
+    );
+
+    // A client can be in a test cgroup and the netns at once.
+    let cg = TestCgroup::create("ro-test-client");
+    let out = run_checked(
+        bed.netns_command_in(&cg, "sh")
+            .args(["-c", "cat /proc/self/cgroup; getent hosts quay.io"]),
+        T,
+    )
+    .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == format!("0::{}", cg.relative_path())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{} ", bed.host_ip())) && stdout.contains("quay.io"),
+        "{stdout}"
     );
 
     // The namespace really has the advertised addresses.

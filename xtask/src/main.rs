@@ -1,1 +1,321 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | run | test | bench`.
+//!
+//! Every task starts with `setup`, which installs what a fresh machine lacks
+//! and says what it did, so a new clone needs nothing done by hand.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker's LLVM must be at least the nightly rustc's LLVM
+/// (shared/BUILDING.md): both are pinned here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_FEATURE: &str = "llvm-22";
+
+/// Build dependencies of the kernel programs (bpf-linker links against LLVM).
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+
+/// Real components the privileged tests drive (shared/TESTBED.md).
+const TEST_PACKAGES: &[&str] = &[
+    "dnsmasq-base",
+    "docker-registry",
+    "skopeo",
+    "umoci",
+    "busybox-static",
+    "podman",
+    "runc",
+    "conmon",
+    "containerd",
+    "containernetworking-plugins",
+    "bind9-dnsutils",
+    "iproute2",
+    "openssl",
+    "python3",
+    // An independent validator for the report against docs/report.schema.json.
+    "python3-jsonschema",
+    // Shows which programs are attached to the cgroup2 root (detach checks).
+    "bpftool",
+];
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "registry-observer developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks (idempotent): nightly rust-src,
+    /// LLVM 22, bpf-linker, test packages, bpffs.
+    Setup,
+    /// Setup, build (release) and run the agent as root:
+    /// `cargo xtask run -- [registry-observer run OPTIONS]`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Setup, then formatting, clippy, unit tests and the privileged
+    /// integration tests.
+    Test,
+    /// Setup, build (release) and measure the observer's overhead.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<ExitCode> {
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    setup()?;
+    match task {
+        Task::Setup => Ok(ExitCode::SUCCESS),
+        Task::Run { args } => {
+            cargo(&["build", "--release", "-p", "registry-observer"])?;
+            let binary = root.join("target/release/registry-observer");
+            let status = as_root(&binary)
+                .arg("run")
+                .args(args)
+                .status()
+                .context("starting registry-observer")?;
+            Ok(exit_code(status.code()))
+        }
+        Task::Test => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The privileged tests run the real binary.
+            cargo(&["build", "-p", "registry-observer"])?;
+            let binary = root.join("target/debug/registry-observer");
+            let status = Command::new("cargo")
+                .args(["test", "--no-fail-fast"])
+                .env("REGISTRY_OBSERVER_BIN", &binary)
+                .status()
+                .context("running cargo test")?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench { args } => {
+            cargo(&["build", "--release", "-p", "registry-observer"])?;
+            let status = Command::new("cargo")
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "observer-tests",
+                    "--bin",
+                    "connect-overhead",
+                    "--",
+                ])
+                .args(args)
+                .env(
+                    "REGISTRY_OBSERVER_BIN",
+                    root.join("target/release/registry-observer"),
+                )
+                .status()
+                .context("running the benchmark")?;
+            Ok(exit_code(status.code()))
+        }
+    }
+}
+
+fn exit_code(code: Option<i32>) -> ExitCode {
+    ExitCode::from(code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("cargo")
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `program` as root: directly when we are root, else through sudo.
+fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command.arg("-E").arg(program);
+        command
+    }
+}
+
+fn say(what: &str) {
+    eprintln!("setup: {what}");
+}
+
+fn setup() -> anyhow::Result<()> {
+    setup_rust_src()?;
+    setup_apt_packages()?;
+    setup_bpf_linker()?;
+    setup_bpffs()?;
+    Ok(())
+}
+
+fn setup_rust_src() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup (is rustup installed?)")?;
+    if !installed.status.success() {
+        bail!(
+            "the nightly toolchain is missing; the eBPF programs need it (`rustup toolchain install nightly --component rust-src`)"
+        );
+    }
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        say("rust-src (nightly): already installed");
+        return Ok(());
+    }
+    run_checked(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    say("rust-src (nightly): installed");
+    Ok(())
+}
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn setup_apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = BUILD_PACKAGES
+        .iter()
+        .chain(TEST_PACKAGES)
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        say("apt packages: all present");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing packages {}; install them as root: apt-get install -y --no-install-recommends {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    say(&format!("apt packages: installed {}", missing.join(" ")));
+    Ok(())
+}
+
+fn setup_bpf_linker() -> anyhow::Result<()> {
+    let current = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(output) = &current
+        && String::from_utf8_lossy(&output.stdout).contains(BPF_LINKER_VERSION)
+    {
+        say(&format!("bpf-linker {BPF_LINKER_VERSION}: already installed"));
+        return Ok(());
+    }
+    run_checked(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                LLVM_FEATURE,
+            ])
+            // Without it the build looks for libLLVM under /usr and fails.
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )?;
+    say(&format!(
+        "bpf-linker {BPF_LINKER_VERSION}: installed against {LLVM_PREFIX}"
+    ));
+    Ok(())
+}
+
+/// bpffs is not mounted at boot on these machines; pinning (a later stage
+/// of the project) needs it.
+fn setup_bpffs() -> anyhow::Result<()> {
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split_once(" - ")
+                .is_some_and(|(left, right)| right.starts_with("bpf ") && left.contains(" /sys/fs/bpf "))
+        });
+    if mounted {
+        say("bpffs: mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    if !is_root() {
+        say("bpffs: not mounted (needs root: mount -t bpf bpf /sys/fs/bpf)");
+        return Ok(());
+    }
+    run_checked(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    say("bpffs: mounted at /sys/fs/bpf");
+    Ok(())
+}
+
+fn run_checked(command: &mut Command) -> anyhow::Result<()> {
+    let description = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("starting {description}"))?;
+    if !status.success() {
+        bail!("{description} failed with {status}");
+    }
+    Ok(())
+}

@@ -56,6 +56,8 @@ pub struct Match {
 
 /// Remembered lookups per process, so a connect() to an address shared by
 /// several registry names is attributed to the name that process asked for.
+const DNS_PORT: u16 = 53;
+
 const RECENT_QUERIES_PER_PROCESS: usize = 8;
 const MAX_PROCESSES_WITH_QUERIES: usize = 4096;
 
@@ -117,6 +119,12 @@ impl Classifier {
             Observation::Connect {
                 actor, dest, port, ..
             } => {
+                // A connect() to port 53 is a resolver talking to its DNS
+                // server; DNS is judged by the names it asks for, and a
+                // server may well share an address with a registry name.
+                if *port == DNS_PORT {
+                    return None;
+                }
                 let asked = self.recent_queries.get(&actor.tgid);
                 let found = self.book.lookup(dest, actor.boot_ns, |name| {
                     asked.is_some_and(|names| names.iter().any(|n| n == name))
@@ -225,6 +233,8 @@ mod tests {
         assert_eq!(m.host, "quay.io");
         assert_eq!(m.evidence, vec![Evidence::DnsAnswer, Evidence::Connect]);
         assert_eq!(m.dest, Some(SocketAddr::new(ip, 443)));
+        // The resolver's own UDP connect() to a server at that address.
+        assert_eq!(c.classify(&connect(10, ip, 53)), None);
     }
 
     #[test]
