@@ -1,8 +1,12 @@
 //! cgroup/connect4 and cgroup/connect6: every connect() on the machine, as
 //! the caller asked for it, including the ones that will fail.
 
+use core::ptr::addr_of_mut;
+
 use aya_ebpf::{
-    helpers::bpf_get_current_cgroup_id, macros::cgroup_sock_addr, programs::SockAddrContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
 };
 use observer_common::{AF_INET, AF_INET6, ConnectEvent, Counter, EventKind};
 
@@ -15,9 +19,8 @@ const ALLOW: i32 = 1;
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for this hook.
     let sa = unsafe { &*ctx.sock_addr };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-    emit_connect(AF_INET, sa.user_port, sa.protocol, addr);
+    // Words are in network byte order already; copied verbatim.
+    emit_connect(AF_INET, sa.user_port, sa.protocol, [sa.user_ip4, 0, 0, 0]);
     ALLOW
 }
 
@@ -25,37 +28,49 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as above.
     let sa = unsafe { &*ctx.sock_addr };
-    let mut addr = [0u8; 16];
-    // Each word is stored in network byte order already; copy it verbatim.
-    addr[0..4].copy_from_slice(&sa.user_ip6[0].to_ne_bytes());
-    addr[4..8].copy_from_slice(&sa.user_ip6[1].to_ne_bytes());
-    addr[8..12].copy_from_slice(&sa.user_ip6[2].to_ne_bytes());
-    addr[12..16].copy_from_slice(&sa.user_ip6[3].to_ne_bytes());
-    emit_connect(AF_INET6, sa.user_port, sa.protocol, addr);
+    // One constant-offset load per word: copying the array as a whole makes
+    // LLVM compute a pointer into the context, which the verifier rejects.
+    // SAFETY: volatile reads of context fields.
+    let words = unsafe {
+        [
+            core::ptr::read_volatile(&sa.user_ip6[0]),
+            core::ptr::read_volatile(&sa.user_ip6[1]),
+            core::ptr::read_volatile(&sa.user_ip6[2]),
+            core::ptr::read_volatile(&sa.user_ip6[3]),
+        ]
+    };
+    emit_connect(AF_INET6, sa.user_port, sa.protocol, words);
     ALLOW
 }
 
 #[inline(always)]
-fn emit_connect(family: u16, user_port: u32, protocol: u32, addr: [u8; 16]) {
-    let header = {
-        // SAFETY: helper without arguments, valid in cgroup_sock_addr.
-        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        emit::task_header(EventKind::Connect, cgroup_id)
-    };
-    if header.tgid == emit::observer_tgid() {
+fn emit_connect(family: u16, user_port: u32, protocol: u32, addr_words: [u32; 4]) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == emit::observer_tgid() {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         emit::count(Counter::ConnectReserveFailed);
         return;
     };
-    entry.write(ConnectEvent {
-        header,
-        family,
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved record of the right size, 8-byte
+    // aligned (ring-buffer records are), so `addr` at offset 56 is aligned
+    // for u32 words.
+    unsafe {
+        emit::write_task_header(
+            addr_of_mut!((*event).header),
+            EventKind::Connect,
+            pid_tgid,
+            bpf_get_current_cgroup_id(),
+        );
+        addr_of_mut!((*event).family).write(family);
         // user_port holds the port in network byte order in its low 16 bits.
-        port: u16::from_be(user_port as u16),
-        protocol,
-        addr,
-    });
+        addr_of_mut!((*event).port).write(u16::from_be(user_port as u16));
+        addr_of_mut!((*event).protocol).write(protocol);
+        addr_of_mut!((*event).addr)
+            .cast::<[u32; 4]>()
+            .write(addr_words);
+    }
     entry.submit(SUBMIT_FLAGS);
 }

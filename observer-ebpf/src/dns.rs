@@ -7,7 +7,10 @@
 use core::{ffi::c_void, ptr::addr_of_mut};
 
 use aya_ebpf::{
-    helpers::generated::{bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    },
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -69,15 +72,15 @@ fn capture(ctx: &SkBuffContext, direction: u16) {
     // cgroup_skb. The socket's cgroup is the owner of the exchange, also on
     // ingress where no task context exists.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
-    let header = if direction == DIRECTION_EGRESS {
-        let header = emit::task_header(EventKind::DnsPacket, cgroup_id);
-        if header.tgid == emit::observer_tgid() {
-            return;
-        }
-        header
+    let egress = direction == DIRECTION_EGRESS;
+    let pid_tgid = if egress {
+        bpf_get_current_pid_tgid()
     } else {
-        emit::socket_header(EventKind::DnsPacket, cgroup_id)
+        0
     };
+    if egress && (pid_tgid >> 32) as u32 == emit::observer_tgid() {
+        return;
+    }
 
     // The UDP length field may claim more than the packet holds.
     let in_packet = ctx.len().saturating_sub(datagram.payload_offset);
@@ -118,7 +121,12 @@ fn capture(ctx: &SkBuffContext, direction: u16) {
     // SAFETY: writes of plain fields into the reserved record; `payload` was
     // filled above (bytes past captured_len are never read by user space).
     unsafe {
-        addr_of_mut!((*event).header).write(header);
+        let header = addr_of_mut!((*event).header);
+        if egress {
+            emit::write_task_header(header, EventKind::DnsPacket, pid_tgid, cgroup_id);
+        } else {
+            emit::write_socket_header(header, EventKind::DnsPacket, cgroup_id);
+        }
         addr_of_mut!((*event).direction).write(direction);
         addr_of_mut!((*event).family).write(datagram.family);
         addr_of_mut!((*event).wire_len).write(datagram.payload_len);
@@ -143,12 +151,39 @@ fn verifier_bounded_len(len: u32) -> u32 {
     (opaque.wrapping_sub(1) & (DNS_CAPTURE_LEN as u32 - 1)) + 1
 }
 
+/// Rejects non-UDP packets (nearly all of them: every TCP segment on the
+/// machine passes here) with direct packet reads instead of helper calls.
+/// Answers "maybe" when the header is not in the linear area, leaving the
+/// decision to the helper-based parse.
+#[inline(always)]
+fn may_be_udp(ctx: &SkBuffContext, protocol: u16) -> bool {
+    let skb = ctx.skb.skb;
+    // SAFETY: reading __sk_buff fields; the verifier turns data/data_end
+    // into packet pointers (direct packet access is allowed read-only in
+    // cgroup_skb programs).
+    let (data, data_end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let (needed, offset) = match protocol {
+        ETH_P_IP => (20, 9),
+        ETH_P_IPV6 => (40, 6),
+        _ => return false,
+    };
+    if data + needed > data_end {
+        return true;
+    }
+    // SAFETY: in bounds, checked against data_end just above.
+    let next = unsafe { *((data + offset) as *const u8) };
+    next == IPPROTO_UDP
+}
+
 /// Finds the UDP header of an IPv4 or IPv6 packet. cgroup_skb sees packets
 /// from the network header on. IPv6 extension headers and non-first IPv4
 /// fragments are skipped: DNS queries practically never carry them.
 #[inline(always)]
 fn locate_udp(ctx: &SkBuffContext) -> Option<Datagram> {
     let protocol = u16::from_be(ctx.skb.protocol() as u16);
+    if !may_be_udp(ctx, protocol) {
+        return None;
+    }
     let mut src_addr = [0u8; 16];
     let mut dst_addr = [0u8; 16];
     let (family, l4_offset) = if protocol == ETH_P_IP {

@@ -1,11 +1,10 @@
 //! What every program shares: the ring buffer, the loss counters, the agent's
 //! own tgid, and filling an event header.
 
+use core::{ffi::c_void, ptr::addr_of_mut};
+
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns,
-    },
+    helpers::generated::{bpf_get_current_comm, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns},
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
@@ -45,36 +44,51 @@ pub fn observer_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&OBSERVER_TGID) }
 }
 
-/// Header for an event raised in the context of the task that acts (connect,
-/// egress packets).
+/// Writes the header of an event raised in the context of the acting task
+/// (connect, egress packets) straight into reserved ring-buffer memory.
+/// Building it on the stack first makes LLVM copy `comm` byte by byte,
+/// several times; this is most of a small program's cost.
+///
+/// # Safety
+/// `header` must point into a live ring-buffer reservation.
 #[inline(always)]
-pub fn task_header(kind: EventKind, cgroup_id: u64) -> EventHeader {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid = bpf_get_current_uid_gid() as u32;
-    EventHeader {
-        kind: kind as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid,
-        // SAFETY: helper without arguments.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id,
-        comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
+pub unsafe fn write_task_header(
+    header: *mut EventHeader,
+    kind: EventKind,
+    pid_tgid: u64,
+    cgroup_id: u64,
+) {
+    // SAFETY: the caller guarantees `header` is valid for writes.
+    unsafe {
+        addr_of_mut!((*header).kind).write(kind as u32);
+        addr_of_mut!((*header).tgid).write((pid_tgid >> 32) as u32);
+        addr_of_mut!((*header).tid).write(pid_tgid as u32);
+        addr_of_mut!((*header).uid).write(bpf_get_current_uid_gid() as u32);
+        addr_of_mut!((*header).boot_ns).write(bpf_ktime_get_boot_ns());
+        addr_of_mut!((*header).cgroup_id).write(cgroup_id);
+        let comm = addr_of_mut!((*header).comm);
+        if bpf_get_current_comm(comm.cast::<c_void>(), COMM_LEN as u32) != 0 {
+            comm.write([0u8; COMM_LEN]);
+        }
     }
 }
 
-/// Header for an event raised outside the owning task (packet ingress runs
-/// in softirq context, where "current" is whoever was interrupted).
+/// Writes the header of an event raised outside the owning task (packet
+/// ingress runs in softirq context, where "current" is whoever was
+/// interrupted).
+///
+/// # Safety
+/// As for [`write_task_header`].
 #[inline(always)]
-pub fn socket_header(kind: EventKind, cgroup_id: u64) -> EventHeader {
-    EventHeader {
-        kind: kind as u32,
-        tgid: 0,
-        tid: 0,
-        uid: u32::MAX,
-        // SAFETY: helper without arguments.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id,
-        comm: [0u8; COMM_LEN],
+pub unsafe fn write_socket_header(header: *mut EventHeader, kind: EventKind, cgroup_id: u64) {
+    // SAFETY: the caller guarantees `header` is valid for writes.
+    unsafe {
+        addr_of_mut!((*header).kind).write(kind as u32);
+        addr_of_mut!((*header).tgid).write(0);
+        addr_of_mut!((*header).tid).write(0);
+        addr_of_mut!((*header).uid).write(u32::MAX);
+        addr_of_mut!((*header).boot_ns).write(bpf_ktime_get_boot_ns());
+        addr_of_mut!((*header).cgroup_id).write(cgroup_id);
+        addr_of_mut!((*header).comm).write([0u8; COMM_LEN]);
     }
 }

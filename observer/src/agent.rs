@@ -62,7 +62,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
 
     let mut catalog = Catalog::builtin();
     for pattern in &options.registries {
-        catalog.add(pattern.clone(), Category::ImageRegistry, Source::CommandLine);
+        catalog.add(
+            pattern.clone(),
+            Category::ImageRegistry,
+            Source::CommandLine,
+        );
     }
     let exact_names: Vec<String> = catalog.exact_names().map(String::from).collect();
 
@@ -160,7 +164,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     let pipeline = processor.await.context("the pipeline failed")?;
     let kernel = read::kernel_counters(&counters);
-    let command_cgroup_path = command_cgroup.as_ref().map(|c| c.relative_path().to_string());
+    let command_cgroup_path = command_cgroup
+        .as_ref()
+        .map(|c| c.relative_path().to_string());
     drop(command_cgroup);
 
     let (command_exit_code, command_error) = match &command_status {
@@ -325,10 +331,11 @@ async fn resolve_catalog(names: Vec<String>, every: Duration, queue: mpsc::Sende
         for name in names.iter().cloned() {
             lookups.spawn(async move {
                 let lookup = tokio::net::lookup_host((name.clone(), 443));
-                let addresses: Vec<IpAddr> = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-                    Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-                    _ => Vec::new(),
-                };
+                let addresses: Vec<IpAddr> =
+                    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+                        _ => Vec::new(),
+                    };
                 (name, addresses)
             });
         }

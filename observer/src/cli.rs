@@ -193,9 +193,12 @@ mod tests {
     fn rejects_bad_input_with_a_reason() {
         let err = Cli::try_parse_from(["registry-observer", "run", "--registry", "quay.io:443"])
             .unwrap_err();
-        assert!(err.to_string().contains("without scheme, port or path"), "{err}");
-        let err = Cli::try_parse_from(["registry-observer", "run", "--duration", "soon"])
-            .unwrap_err();
+        assert!(
+            err.to_string().contains("without scheme, port or path"),
+            "{err}"
+        );
+        let err =
+            Cli::try_parse_from(["registry-observer", "run", "--duration", "soon"]).unwrap_err();
         assert!(err.to_string().contains("30s"), "{err}");
         assert!(Cli::try_parse_from(["registry-observer", "run", "--bogus"]).is_err());
         let zero = Cli::try_parse_from([

@@ -240,9 +240,7 @@ mod tests {
         rr::{Name, RData, Record as DnsRecord, RecordType, rdata},
         serialize::binary::BinEncodable,
     };
-    use observer_common::{
-        COMM_LEN, DIRECTION_INGRESS, DNS_CAPTURE_LEN, EventKind, record_bytes,
-    };
+    use observer_common::{COMM_LEN, DIRECTION_INGRESS, DNS_CAPTURE_LEN, EventKind, record_bytes};
 
     use super::*;
 
@@ -272,8 +270,16 @@ mod tests {
             family: AF_INET,
             wire_len: wire_len as u32,
             captured_len: n as u32,
-            src_port: if direction == DIRECTION_EGRESS { 40000 } else { 53 },
-            dst_port: if direction == DIRECTION_EGRESS { 53 } else { 40000 },
+            src_port: if direction == DIRECTION_EGRESS {
+                40000
+            } else {
+                53
+            },
+            dst_port: if direction == DIRECTION_EGRESS {
+                53
+            } else {
+                40000
+            },
             src_addr: [0; 16],
             dst_addr: server,
             payload: buf,
@@ -440,10 +446,7 @@ mod tests {
             protocol: 6,
             addr: [0; 16],
         };
-        assert_eq!(
-            decode(record_bytes(&event)),
-            Err(DecodeError::Family(1))
-        );
+        assert_eq!(decode(record_bytes(&event)), Err(DecodeError::Family(1)));
         event.family = AF_INET;
         let bytes = record_bytes(&event);
         assert!(matches!(

@@ -74,7 +74,10 @@ mod tests {
             host: "quay.io".into(),
             entry: Catalog::builtin().lookup("quay.io").unwrap().clone(),
             evidence: vec![Evidence::DnsAnswer, Evidence::Connect],
-            dest: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 443)),
+            dest: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+                443,
+            )),
             detail: None,
         };
         let mut origin = Origin {

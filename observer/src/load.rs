@@ -111,10 +111,18 @@ fn raise_memlock_limit() {
 /// Turns the kernel's terse refusals into a sentence with a fix.
 fn explain_load_error(detail: &str) -> String {
     let first_line = detail.lines().next().unwrap_or(detail);
-    if detail.contains("Operation not permitted") || detail.contains("PermissionDenied") && detail.contains("code: 1,") {
-        format!("the kernel refused to load the eBPF programs (EPERM): run as root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN ({first_line})")
-    } else if detail.contains("Function not implemented") || detail.contains("Invalid argument") && detail.contains("map") {
-        format!("this kernel lacks the BPF support the observer needs (cgroup BPF programs and ring buffers, Linux >= 5.8 with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF) ({first_line})")
+    if detail.contains("Operation not permitted")
+        || detail.contains("PermissionDenied") && detail.contains("code: 1,")
+    {
+        format!(
+            "the kernel refused to load the eBPF programs (EPERM): run as root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN ({first_line})"
+        )
+    } else if detail.contains("Function not implemented")
+        || detail.contains("Invalid argument") && detail.contains("map")
+    {
+        format!(
+            "this kernel lacks the BPF support the observer needs (cgroup BPF programs and ring buffers, Linux >= 5.8 with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF) ({first_line})"
+        )
     } else {
         format!("loading the eBPF programs failed: {detail}")
     }

@@ -120,9 +120,15 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let pure = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot";
-        assert_eq!(cgroup2_mount_from(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount_from(pure),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let spaced = r"40 24 0:31 / /mnt/my\040cgroups rw - cgroup2 none rw";
-        assert_eq!(cgroup2_mount_from(spaced), Some(PathBuf::from("/mnt/my cgroups")));
+        assert_eq!(
+            cgroup2_mount_from(spaced),
+            Some(PathBuf::from("/mnt/my cgroups"))
+        );
         let none = "22 1 0:21 / /proc rw - proc proc rw\n23 1 0:5 / /dev rw - devtmpfs udev rw";
         assert_eq!(cgroup2_mount_from(none), None);
     }

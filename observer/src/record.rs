@@ -220,7 +220,10 @@ mod tests {
             host: "quay.io".into(),
             entry: entry(),
             evidence: vec![Evidence::DnsAnswer, Evidence::Connect],
-            dest: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 443)),
+            dest: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+                443,
+            )),
             detail: None,
         }
     }
@@ -230,9 +233,19 @@ mod tests {
         let mut recorder = Recorder::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         recorder.record(&query(), &origin(7, 1), "boot", t0);
-        recorder.record(&query(), &origin(7, 1), "boot", t0 + Duration::from_millis(1));
+        recorder.record(
+            &query(),
+            &origin(7, 1),
+            "boot",
+            t0 + Duration::from_millis(1),
+        );
         let attempt = recorder
-            .record(&connect(), &origin(7, 1), "boot", t0 + Duration::from_millis(5))
+            .record(
+                &connect(),
+                &origin(7, 1),
+                "boot",
+                t0 + Duration::from_millis(5),
+            )
             .clone();
         assert_eq!(recorder.attempts().len(), 1);
         assert_eq!(attempt.count, 3);
@@ -251,7 +264,10 @@ mod tests {
         assert_eq!(attempt.last_seen, t0 + Duration::from_millis(5));
         let json = serde_json::to_value(&attempt).unwrap();
         assert_eq!(json["first_seen"], "2027-01-15T08:00:00.000Z");
-        assert_eq!(json["evidence"], serde_json::json!(["dns_query", "dns_answer", "connect"]));
+        assert_eq!(
+            json["evidence"],
+            serde_json::json!(["dns_query", "dns_answer", "connect"])
+        );
         assert_eq!(json["verdict"], "violation");
         assert_eq!(json["registry"]["category"], "image-registry");
     }
@@ -281,7 +297,10 @@ mod tests {
             "/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/{id}"
         ));
         let a = recorder.record(&query(), &o, "boot", SystemTime::now());
-        assert_eq!(a.pod.as_ref().unwrap().uid, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+        assert_eq!(
+            a.pod.as_ref().unwrap().uid,
+            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+        );
         assert_eq!(a.container.as_ref().unwrap().runtime, "containerd");
     }
 }

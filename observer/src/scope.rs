@@ -2,8 +2,7 @@
 //! events from that cgroup (or cgroups below it) count.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
 };

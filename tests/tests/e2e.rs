@@ -14,8 +14,8 @@ use std::{
 };
 
 use observer_tests::{
-    Agent, TESTBED_TOOLS, TestCgroup, Testbed, agent_binary, output_within,
-    require_root_and_tools, run_checked,
+    Agent, TESTBED_TOOLS, TestCgroup, Testbed, agent_binary, output_within, require_root_and_tools,
+    run_checked,
 };
 use serde_json::Value;
 
@@ -62,7 +62,10 @@ fn assert_valid_report(path: &Path) {
         schema=json.load(open(sys.argv[1])); report=json.load(open(sys.argv[2]))\n\
         jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)";
     let output = output_within(
-        Command::new(PYTHON).args(["-c", script]).arg(&schema).arg(path),
+        Command::new(PYTHON)
+            .args(["-c", script])
+            .arg(&schema)
+            .arg(path),
         CLIENT_TIMEOUT,
     )
     .expect("running the schema validator");
@@ -97,7 +100,11 @@ fn assert_complete(report: &Value) {
     let observer = &report["observer"];
     assert_eq!(observer["events_lost"], 0, "{observer:#}");
     assert_eq!(observer["complete"], true, "{observer:#}");
-    assert_eq!(observer["parse_errors"], serde_json::json!({}), "{observer:#}");
+    assert_eq!(
+        observer["parse_errors"],
+        serde_json::json!({}),
+        "{observer:#}"
+    );
 }
 
 /// A command run in `cgroup` inside the testbed's network namespace.
@@ -172,7 +179,11 @@ fn a_failed_lookup_of_a_registry_name_is_an_attempt() {
     let agent = start_agent(&report_path);
 
     let result = output_within(
-        &mut in_netns(&testbed, &cgroup, &["getent", "hosts", "registry.redhat.io"]),
+        &mut in_netns(
+            &testbed,
+            &cgroup,
+            &["getent", "hosts", "registry.redhat.io"],
+        ),
         CLIENT_TIMEOUT,
     )
     .expect("running getent");
@@ -241,7 +252,10 @@ fn non_registry_connects_are_ignored_and_ipv6_registry_connects_count() {
         .find(|a| evidence(a).contains(&"connect"))
         .unwrap_or_else(|| panic!("no connect attempt: {attempts:#?}"));
     assert_eq!(connect["host"], "registry.example.test");
-    assert_eq!(connect["dest"], serde_json::json!({"ip": "::1", "port": 5000}));
+    assert_eq!(
+        connect["dest"],
+        serde_json::json!({"ip": "::1", "port": 5000})
+    );
     assert_eq!(connect["registry"]["source"], "command-line");
     assert!(
         evidence(connect).contains(&"dns_answer"),
@@ -278,12 +292,19 @@ fn detaches_everything_from_the_root_cgroup_on_exit() {
     let ours: Vec<_> = attached().difference(&before).cloned().collect();
     let mut names: Vec<&str> = ours.iter().map(|(_, name)| name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["connect4", "connect6", "dns_egress", "dns_ingress"], "{ours:?}");
+    assert_eq!(
+        names,
+        ["connect4", "connect6", "dns_egress", "dns_ingress"],
+        "{ours:?}"
+    );
     let output = agent.stop();
     assert!(output.status.success(), "{output:?}");
     let after = attached();
     for program in &ours {
-        assert!(!after.contains(program), "{program:?} still attached: {after:?}");
+        assert!(
+            !after.contains(program),
+            "{program:?} still attached: {after:?}"
+        );
     }
 }
 
@@ -307,7 +328,10 @@ fn wrapped_command_exit_codes_and_scope() {
     assert_valid_report(&report_path);
     assert_eq!(report["observer"]["mode"], "command");
     assert_eq!(report["observer"]["command_exit_code"], 0);
-    let command_cgroup = report["observer"]["command_cgroup"].as_str().unwrap().to_string();
+    let command_cgroup = report["observer"]["command_cgroup"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let attempts = report["attempts"].as_array().unwrap();
     assert!(
         attempts.iter().any(|a| a["host"] == "quay.io"
@@ -316,15 +340,24 @@ fn wrapped_command_exit_codes_and_scope() {
         "{attempts:#?}"
     );
     for attempt in attempts {
-        assert_eq!(attempt["cgroup"]["path"], command_cgroup.as_str(), "{attempt:#}");
+        assert_eq!(
+            attempt["cgroup"]["path"],
+            command_cgroup.as_str(),
+            "{attempt:#}"
+        );
     }
     // The cgroup made for the command is gone again.
-    assert!(!observer_tests::cgroup2_root()
-        .join(command_cgroup.trim_start_matches('/'))
-        .exists());
+    assert!(
+        !observer_tests::cgroup2_root()
+            .join(command_cgroup.trim_start_matches('/'))
+            .exists()
+    );
 
     // No registry touched: the command's own exit code, 0 or not.
-    let lookup = format!("ip netns exec {} getent hosts notaregistry.test", testbed.netns());
+    let lookup = format!(
+        "ip netns exec {} getent hosts notaregistry.test",
+        testbed.netns()
+    );
     let output = run(&["sh", "-c", &lookup]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert_eq!(read_report(&report_path)["summary"]["attempts"], 0);
@@ -347,7 +380,11 @@ fn wrapped_command_exit_codes_and_scope() {
         wait_for_file(&started, Duration::from_secs(60));
         let outsider = TestCgroup::create("outsider");
         let _ = output_within(
-            &mut in_netns(&testbed, &outsider, &["getent", "hosts", "registry.redhat.io"]),
+            &mut in_netns(
+                &testbed,
+                &outsider,
+                &["getent", "hosts", "registry.redhat.io"],
+            ),
             CLIENT_TIMEOUT,
         )
         .expect("running getent outside the command");
@@ -376,7 +413,11 @@ fn run_wrapped(report: &Path, command: &[&str]) -> observer_tests::AgentOutput {
 fn wait_for_file(path: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -21,7 +21,12 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_FEATURE: &str = "llvm-22";
 
 /// Build dependencies of the kernel programs (bpf-linker links against LLVM).
-const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 
 /// Real components the privileged tests drive (shared/TESTBED.md).
 const TEST_PACKAGES: &[&str] = &[
@@ -264,7 +269,9 @@ fn setup_bpf_linker() -> anyhow::Result<()> {
     if let Ok(output) = &current
         && String::from_utf8_lossy(&output.stdout).contains(BPF_LINKER_VERSION)
     {
-        say(&format!("bpf-linker {BPF_LINKER_VERSION}: already installed"));
+        say(&format!(
+            "bpf-linker {BPF_LINKER_VERSION}: already installed"
+        ));
         return Ok(());
     }
     run_checked(
@@ -293,8 +300,9 @@ fn setup_bpffs() -> anyhow::Result<()> {
         .unwrap_or_default()
         .lines()
         .any(|l| {
-            l.split_once(" - ")
-                .is_some_and(|(left, right)| right.starts_with("bpf ") && left.contains(" /sys/fs/bpf "))
+            l.split_once(" - ").is_some_and(|(left, right)| {
+                right.starts_with("bpf ") && left.contains(" /sys/fs/bpf ")
+            })
         });
     if mounted {
         say("bpffs: mounted at /sys/fs/bpf");

@@ -143,7 +143,11 @@ mod tests {
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    fn owner(unit: Option<&str>, container: Option<(&str, bool)>, pod: Option<&str>) -> CgroupOwner {
+    fn owner(
+        unit: Option<&str>,
+        container: Option<(&str, bool)>,
+        pod: Option<&str>,
+    ) -> CgroupOwner {
         CgroupOwner {
             unit: unit.map(String::from),
             container: container.map(|(runtime, monitor)| Container {
@@ -161,11 +165,15 @@ mod tests {
         let uid_ = uid.replace('-', "_");
         let cases: Vec<(String, CgroupOwner)> = vec![
             (
-                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/crio-{ID}.scope"),
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/crio-{ID}.scope"
+                ),
                 owner(None, Some(("cri-o", false)), Some(uid)),
             ),
             (
-                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-{ID}.scope/container"),
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-{ID}.scope/container"
+                ),
                 owner(None, Some(("cri-o", false)), Some(uid)),
             ),
             (
@@ -173,7 +181,9 @@ mod tests {
                 owner(None, Some(("cri-o", true)), Some(uid)),
             ),
             (
-                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{ID}.scope"),
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{ID}.scope"
+                ),
                 owner(None, Some(("containerd", false)), Some(uid)),
             ),
             (
@@ -184,7 +194,10 @@ mod tests {
                 format!("/kubepods/burstable/pod{uid}/crio-{ID}"),
                 owner(None, Some(("cri-o", false)), Some(uid)),
             ),
-            (format!("/kubepods/besteffort/pod{uid}"), owner(None, None, Some(uid))),
+            (
+                format!("/kubepods/besteffort/pod{uid}"),
+                owner(None, None, Some(uid)),
+            ),
             (
                 format!("/machine.slice/libpod-{ID}.scope"),
                 owner(None, Some(("podman", false)), None),
@@ -201,8 +214,14 @@ mod tests {
                 format!("/system.slice/docker-{ID}.scope"),
                 owner(None, Some(("docker", false)), None),
             ),
-            (format!("/docker/{ID}"), owner(None, Some(("docker", false)), None)),
-            ("/system.slice/crio.service".into(), owner(Some("crio.service"), None, None)),
+            (
+                format!("/docker/{ID}"),
+                owner(None, Some(("docker", false)), None),
+            ),
+            (
+                "/system.slice/crio.service".into(),
+                owner(Some("crio.service"), None, None),
+            ),
             (
                 "/system.slice/rpm-ostreed.service".into(),
                 owner(Some("rpm-ostreed.service"), None, None),

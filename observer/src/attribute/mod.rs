@@ -287,7 +287,10 @@ mod tests {
         // An event from before this process started belongs to an earlier
         // holder of the pid: its facts must not be borrowed.
         let mut attributor = Attributor::new("/proc".into(), PathBuf::from("/nonexistent"));
-        let earlier = Actor { boot_ns: 0, ..actor };
+        let earlier = Actor {
+            boot_ns: 0,
+            ..actor
+        };
         assert_eq!(attributor.attribute(&earlier).process.exe, None);
         assert_eq!(attributor.stats().process_gone, 1);
     }

@@ -104,7 +104,8 @@ mod tests {
 
     #[test]
     fn cgroup_v2_line_in_hybrid_and_pure_layouts() {
-        let hybrid = "12:pids:/user.slice\n1:name=systemd:/user.slice/session-1.scope\n0::/ro-test-1-1\n";
+        let hybrid =
+            "12:pids:/user.slice\n1:name=systemd:/user.slice/session-1.scope\n0::/ro-test-1-1\n";
         assert_eq!(parse_cgroup2(hybrid), Some("/ro-test-1-1".into()));
         assert_eq!(
             parse_cgroup2("0::/system.slice/crio.service\n"),
@@ -130,7 +131,12 @@ mod tests {
     fn reads_this_process() {
         let me = std::process::id();
         let facts = read_process(Path::new("/proc"), me).expect("own /proc entry");
-        assert_eq!(facts.exe, std::env::current_exe().ok().map(|p| p.to_string_lossy().into_owned()));
+        assert_eq!(
+            facts.exe,
+            std::env::current_exe()
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        );
         assert!(facts.cmdline.unwrap()[0].contains("registry_observer"));
         assert!(facts.stat.ppid > 0);
         assert_eq!(read_process(Path::new("/proc"), u32::MAX), None);

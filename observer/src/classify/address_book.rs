@@ -3,10 +3,7 @@
 //! Fed by DNS answers seen on the wire and by the agent's own resolution of
 //! catalog names; read when a connect() names only an address.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
 
 /// How a binding was learned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -72,7 +72,11 @@ impl Pattern {
                 bad,
             });
         }
-        if host.split('.').any(|label| label.is_empty() || label.len() > 63) || host.len() > 253 {
+        if host
+            .split('.')
+            .any(|label| label.is_empty() || label.len() > 63)
+            || host.len() > 253
+        {
             return Err(PatternError::Label(text.to_string()));
         }
         Ok(if wildcard {
@@ -139,7 +143,10 @@ const BUILTIN: &[(&str, Category)] = &[
     ("cdn01.quay.io", Category::BlobStorage),
     ("cdn02.quay.io", Category::BlobStorage),
     ("cdn03.quay.io", Category::BlobStorage),
-    ("quayio-production-s3.s3.amazonaws.com", Category::BlobStorage),
+    (
+        "quayio-production-s3.s3.amazonaws.com",
+        Category::BlobStorage,
+    ),
     ("registry.redhat.io", Category::ImageRegistry),
     ("registry.access.redhat.com", Category::ImageRegistry),
     ("registry.connect.redhat.com", Category::ImageRegistry),
@@ -199,10 +206,12 @@ impl Catalog {
 
     /// Names that can be resolved up front (wildcards cannot).
     pub fn exact_names(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().filter_map(|entry| match &entry.pattern {
-            Pattern::Exact(name) => Some(name.as_str()),
-            Pattern::Subdomains(_) => None,
-        })
+        self.entries
+            .iter()
+            .filter_map(|entry| match &entry.pattern {
+                Pattern::Exact(name) => Some(name.as_str()),
+                Pattern::Subdomains(_) => None,
+            })
     }
 
     pub fn len(&self) -> usize {
@@ -226,7 +235,10 @@ mod tests {
         assert_eq!(category("cdn01.quay.io"), Some(Category::BlobStorage));
         assert_eq!(category("cdn04.quay.io"), Some(Category::ImageRegistry));
         assert_eq!(category("us-docker.pkg.dev"), Some(Category::ImageRegistry));
-        assert_eq!(category("mirror.openshift.com"), Some(Category::SignatureStore));
+        assert_eq!(
+            category("mirror.openshift.com"),
+            Some(Category::SignatureStore)
+        );
         assert_eq!(category("api.openshift.com"), Some(Category::UpdateService));
         // A wildcard does not match its bare suffix, nor look-alike names.
         assert_eq!(category("pkg.dev"), None);
@@ -267,7 +279,10 @@ mod tests {
             Pattern::parse("10.0.0.1"),
             Err(PatternError::Address(_))
         ));
-        assert!(matches!(Pattern::parse("a..b"), Err(PatternError::Label(_))));
+        assert!(matches!(
+            Pattern::parse("a..b"),
+            Err(PatternError::Label(_))
+        ));
         assert_eq!(
             Pattern::parse("Quay.IO."),
             Ok(Pattern::Exact("quay.io".into()))
@@ -278,6 +293,10 @@ mod tests {
     fn exact_names_exclude_wildcards() {
         let names: Vec<_> = Catalog::builtin().exact_names().map(String::from).collect();
         assert!(names.contains(&"registry.redhat.io".to_string()));
-        assert!(names.iter().all(|n| !n.starts_with('*') && !n.starts_with('.')));
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.starts_with('*') && !n.starts_with('.'))
+        );
     }
 }
