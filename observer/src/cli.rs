@@ -10,13 +10,17 @@ use crate::{
     classify::Pattern,
 };
 
-const EXIT_CODES: &str = "\
-Exit codes:
+/// A macro, not a const, so `concat!` can put it after the run examples.
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:
   0    no registry attempt seen (or attempts seen without --fail-on-violation)
   1    --fail-on-violation was given and a registry was contacted
   2    usage error, or the observer could not start (privileges, kernel, cgroup2)
   N    with a COMMAND and no violation: the command's own exit code
-       (127 not found, 126 not executable, 128+S killed by signal S)";
+       (127 not found, 126 not executable, 128+S killed by signal S)"
+    };
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,7 +33,7 @@ Exit codes:
         are matched against a catalog of registry hosts (quay.io, registry.redhat.io, \
         docker.io, gcr.io, ...); each attempt is attributed to its process, cgroup, systemd \
         unit or container, and written to a JSON report.",
-    after_help = EXIT_CODES
+    after_help = exit_codes!()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -53,13 +57,8 @@ pub enum Command {
             "  sudo registry-observer run\n",
             "  sudo registry-observer run --duration 10m --report /var/tmp/node.json\n",
             "  sudo registry-observer run --fail-on-violation -- ./upgrade.sh\n",
-            "  sudo registry-observer run --registry registry.corp.example --registry '*.mirror.example' -- make e2e\n\n",
-            "Exit codes:\n",
-            "  0    no registry attempt seen (or attempts seen without --fail-on-violation)\n",
-            "  1    --fail-on-violation was given and a registry was contacted\n",
-            "  2    usage error, or the observer could not start (privileges, kernel, cgroup2)\n",
-            "  N    with a COMMAND and no violation: the command's own exit code\n",
-            "       (127 not found, 126 not executable, 128+S killed by signal S)"
+            "  sudo registry-observer run --registry '*.corp.example' -- make e2e\n\n",
+            exit_codes!()
         )
     )]
     Run(RunArgs),

@@ -114,6 +114,20 @@ fn in_netns(testbed: &Testbed, cgroup: &TestCgroup, argv: &[&str]) -> Command {
     command
 }
 
+/// `getent hosts registry.redhat.io` in `cgroup`: NXDOMAIN from the
+/// testbed's dnsmasq, which is checked to have seen the query.
+fn failed_registry_lookup(testbed: &Testbed, cgroup: &TestCgroup) -> std::process::Output {
+    let result = output_within(
+        &mut in_netns(testbed, cgroup, &["getent", "hosts", "registry.redhat.io"]),
+        CLIENT_TIMEOUT,
+    )
+    .expect("running getent");
+    testbed
+        .wait_for_dns_log("registry.redhat.io", Duration::from_secs(5))
+        .expect("dnsmasq saw the query");
+    result
+}
+
 fn skopeo_inspect_argv(testbed: &Testbed) -> Vec<String> {
     vec![
         "skopeo".into(),
@@ -178,20 +192,9 @@ fn a_failed_lookup_of_a_registry_name_is_an_attempt() {
     let cgroup = TestCgroup::create("nxdomain");
     let agent = start_agent(&report_path);
 
-    let result = output_within(
-        &mut in_netns(
-            &testbed,
-            &cgroup,
-            &["getent", "hosts", "registry.redhat.io"],
-        ),
-        CLIENT_TIMEOUT,
-    )
-    .expect("running getent");
+    let result = failed_registry_lookup(&testbed, &cgroup);
     // getent exits 2 when the name does not exist: the NXDOMAIN happened.
     assert_eq!(result.status.code(), Some(2), "{result:?}");
-    testbed
-        .wait_for_dns_log("registry.redhat.io", Duration::from_secs(5))
-        .expect("dnsmasq saw the query");
 
     let output = agent.stop();
     assert!(output.status.success(), "agent failed: {output:?}");
@@ -379,18 +382,7 @@ fn wrapped_command_exit_codes_and_scope() {
         let wrapper = scope.spawn(|| run(&["sh", "-c", &wait_script]));
         wait_for_file(&started, Duration::from_secs(60));
         let outsider = TestCgroup::create("outsider");
-        let _ = output_within(
-            &mut in_netns(
-                &testbed,
-                &outsider,
-                &["getent", "hosts", "registry.redhat.io"],
-            ),
-            CLIENT_TIMEOUT,
-        )
-        .expect("running getent outside the command");
-        testbed
-            .wait_for_dns_log("registry.redhat.io", Duration::from_secs(5))
-            .expect("dnsmasq saw the outside query");
+        failed_registry_lookup(&testbed, &outsider);
         std::fs::write(&release, b"").unwrap();
         wrapper.join().expect("wrapper thread")
     });

@@ -7,6 +7,7 @@ use std::{
     env,
     ffi::OsString,
     fs,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
@@ -97,12 +98,11 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
         Task::Run { args } => {
             cargo(&["build", "--release", "-p", "registry-observer"])?;
             let binary = root.join("target/release/registry-observer");
-            let status = as_root(&binary)
-                .arg("run")
-                .args(args)
-                .status()
-                .context("starting registry-observer")?;
-            Ok(exit_code(status.code()))
+            // Become the agent (as cargo run became us): Ctrl-C then reaches
+            // the agent alone, which writes its report before the shell
+            // prompt returns, and its exit code is ours.
+            let error = as_root(&binary).arg("run").args(args).exec();
+            Err(error).context("starting registry-observer")
         }
         Task::Test => {
             cargo(&["fmt", "--all", "--", "--check"])?;
@@ -110,13 +110,19 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
             // The privileged tests run the real binary.
             cargo(&["build", "-p", "registry-observer"])?;
             let binary = root.join("target/debug/registry-observer");
-            let status = Command::new("cargo")
-                .args(["test", "--no-fail-fast"])
-                .env("REGISTRY_OBSERVER_BIN", &binary)
-                .status()
-                .context("running cargo test")?;
-            if !status.success() {
+            let (status, totals) = run_tests(
+                Command::new("cargo")
+                    .args(["test", "--no-fail-fast"])
+                    .env("REGISTRY_OBSERVER_BIN", &binary),
+            )?;
+            // The last runner lines cargo prints are doc-test runs with no
+            // tests; this line says what ran in all.
+            println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+            if !status.success() || totals.failed > 0 {
                 bail!("tests failed");
+            }
+            if totals.passed == 0 {
+                bail!("no test ran");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -142,6 +148,48 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
             Ok(exit_code(status.code()))
         }
     }
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs a test command, passing its output through, and sums the
+/// `test result: ... N passed; M failed` lines of every test binary.
+fn run_tests(command: &mut Command) -> anyhow::Result<(std::process::ExitStatus, Totals)> {
+    use std::io::{BufRead, BufReader};
+
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            totals.passed += count_before(result, "passed");
+            totals.failed += count_before(result, "failed");
+        }
+    }
+    Ok((child.wait()?, totals))
+}
+
+/// The number just before `label` in "ok. 42 passed; 0 failed; ...".
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label)
+                .map(str::trim)
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn exit_code(code: Option<i32>) -> ExitCode {
@@ -326,4 +374,21 @@ fn run_checked(command: &mut Command) -> anyhow::Result<()> {
         bail!("{description} failed with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn sums_cargo_test_result_lines() {
+        let ok =
+            "ok. 42 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.03s";
+        assert_eq!(count_before(ok, "passed"), 42);
+        assert_eq!(count_before(ok, "failed"), 0);
+        let failed = "FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(count_before(failed, "passed"), 5);
+        assert_eq!(count_before(failed, "failed"), 2);
+        assert_eq!(count_before("garbage", "passed"), 0);
+    }
 }
