@@ -34,10 +34,6 @@ impl CgroupIndex {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The path (relative to the cgroup2 root, starting with `/`) of cgroup
     /// `id`. `hint` is a path the caller believes it has, e.g. from
     /// /proc/<pid>/cgroup.

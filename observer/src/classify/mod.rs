@@ -76,10 +76,6 @@ impl Classifier {
         }
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
-    }
-
     /// Addresses the agent resolved for a catalog name itself.
     pub fn learn_resolved(&mut self, name: &str, addresses: &[IpAddr], now_ns: u64) {
         for ip in addresses {
