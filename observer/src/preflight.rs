@@ -10,27 +10,51 @@ const CAP_BPF: u32 = 39;
 
 /// The cgroup2 mount point from /proc/self/mountinfo: pure cgroup2 systems
 /// mount it at /sys/fs/cgroup, hybrid ones at /sys/fs/cgroup/unified, so it
-/// is looked up, never assumed.
+/// is looked up, never assumed. A mount of the hierarchy's root (`/`) is
+/// preferred: only below it do paths equal what /proc/<pid>/cgroup shows. A
+/// sub-tree mount (e.g. inside a container) is the fallback.
 pub fn cgroup2_mount_from(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // Fields: id parent maj:min root mount-point options [optional...] - fstype source super-options
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        if fstype != "cgroup2" {
-            return None;
+    let mut fallback = None;
+    for line in mountinfo.lines() {
+        // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> <source> <super opts>"
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
         }
-        let mount_point = left.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_mountinfo(mount_point)))
-    })
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
+        let mount_point = PathBuf::from(unescape_mountinfo(mount_point));
+        if *root == "/" {
+            return Some(mount_point);
+        }
+        fallback.get_or_insert(mount_point);
+    }
+    fallback
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
+/// Decodes the `\ooo` octal escapes the kernel uses for space, tab, newline
+/// and backslash in mountinfo paths.
 fn unescape_mountinfo(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4);
+        if bytes[i] == b'\\'
+            && let Some(digits) = octal.filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)))
+        {
+            out.push((digits[0] - b'0') * 64 + (digits[1] - b'0') * 8 + (digits[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn cgroup2_mount() -> Result<PathBuf, String> {
@@ -129,6 +153,29 @@ mod tests {
         );
         let none = "22 1 0:21 / /proc rw - proc proc rw\n23 1 0:5 / /dev rw - devtmpfs udev rw";
         assert_eq!(cgroup2_mount_from(none), None);
+        assert_eq!(cgroup2_mount_from(""), None);
+    }
+
+    #[test]
+    fn prefers_hierarchy_root_and_decodes_escapes() {
+        let text = "\
+50 40 0:38 /kubepods /host/sub rw - cgroup2 cgroup2 rw
+51 40 0:38 / /mnt/my\\040cgroup rw shared:3 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount_from(text),
+            Some(PathBuf::from("/mnt/my cgroup"))
+        );
+        // Only a sub-tree mount: still better than nothing.
+        assert_eq!(
+            cgroup2_mount_from(text.lines().next().unwrap()),
+            Some(PathBuf::from("/host/sub"))
+        );
+        // A backslash that starts no escape stays as it is.
+        assert_eq!(
+            cgroup2_mount_from("1 2 0:3 / /a\\9b rw - cgroup2 none rw"),
+            Some(PathBuf::from("/a\\9b"))
+        );
     }
 
     #[test]

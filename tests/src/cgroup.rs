@@ -15,65 +15,14 @@ use std::time::Duration;
 
 use crate::process::poll_until;
 
-/// Finds the cgroup2 mount point in the text of a mountinfo file.
-///
-/// Prefers a mount of the hierarchy's root (`/`), since only there do paths
-/// below the mount equal the paths /proc/<pid>/cgroup shows; falls back to the
-/// first cgroup2 mount. Octal escapes (`\040` for a space) are decoded.
-pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    let mut fallback = None;
-    for line in mountinfo.lines() {
-        // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> <source> <super opts>"
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() != Some("cgroup2") {
-            continue;
-        }
-        let fields: Vec<&str> = left.split_whitespace().collect();
-        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else {
-            continue;
-        };
-        let mount_point = PathBuf::from(unescape_mountinfo(mount_point));
-        if *root == "/" {
-            return Some(mount_point);
-        }
-        fallback.get_or_insert(mount_point);
-    }
-    fallback
-}
-
-/// Decodes the `\ooo` octal escapes the kernel uses for space, tab, newline
-/// and backslash in mountinfo paths.
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The cgroup2 mount point of this machine, from /proc/self/mountinfo.
+/// The cgroup2 mount point of this machine, found by the agent's own
+/// parser (its table tests live in `registry_observer::preflight`).
 ///
 /// Panics if there is none: every test that needs it would be meaningless.
 pub fn cgroup2_root() -> PathBuf {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_else(|e| panic!("cannot read /proc/self/mountinfo: {e}"));
-    parse_cgroup2_mount(&text).unwrap_or_else(|| {
+    registry_observer::preflight::cgroup2_mount_from(&text).unwrap_or_else(|| {
         panic!("no cgroup2 mount in /proc/self/mountinfo; this harness needs the unified hierarchy")
     })
 }
@@ -224,67 +173,6 @@ impl Drop for TestCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// This machine's hybrid layout: v1 controllers plus cgroup2 at
-    /// /sys/fs/cgroup/unified, with a tmpfs at /sys/fs/cgroup.
-    const HYBRID: &str = "\
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-";
-
-    /// A pure cgroup2 node (systemd, modern distros, OpenShift >= 4.19).
-    const PURE: &str = "\
-22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-26 22 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
-28 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
-";
-
-    #[test]
-    fn finds_hybrid_unified_mount() {
-        assert_eq!(
-            parse_cgroup2_mount(HYBRID),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-    }
-
-    #[test]
-    fn finds_pure_cgroup2_mount_with_optional_fields() {
-        assert_eq!(
-            parse_cgroup2_mount(PURE),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
-    }
-
-    #[test]
-    fn no_cgroup2_mount_is_none() {
-        let v1_only = HYBRID
-            .lines()
-            .filter(|l| !l.contains("cgroup2"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert_eq!(parse_cgroup2_mount(&v1_only), None);
-        assert_eq!(parse_cgroup2_mount(""), None);
-    }
-
-    #[test]
-    fn prefers_hierarchy_root_and_decodes_escapes() {
-        let text = "\
-50 40 0:38 /kubepods /host/sub rw - cgroup2 cgroup2 rw
-51 40 0:38 / /mnt/my\\040cgroup rw shared:3 - cgroup2 cgroup2 rw
-";
-        assert_eq!(
-            parse_cgroup2_mount(text),
-            Some(PathBuf::from("/mnt/my cgroup"))
-        );
-        // Only a sub-tree mount: still better than nothing.
-        assert_eq!(
-            parse_cgroup2_mount(text.lines().next().unwrap()),
-            Some(PathBuf::from("/host/sub"))
-        );
-    }
 
     #[test]
     fn the_real_mountinfo_has_a_cgroup2_mount() {

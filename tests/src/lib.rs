@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary};
-pub use cgroup::{TestCgroup, cgroup2_root, parse_cgroup2_mount};
+pub use cgroup::{TestCgroup, cgroup2_root};
 pub use process::{output_within, run_checked};
 pub use testbed::{TESTBED_TOOLS, Testbed};
 
