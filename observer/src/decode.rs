@@ -6,7 +6,10 @@
 //! reported as a [`DecodeError`] for the caller to count; nothing here panics
 //! on input.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use hickory_proto::{
     op::{Header, MessageType, OpCode, Query, ResponseCode},
@@ -14,9 +17,44 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinDecoder},
 };
 use observer_common::{
-    AF_INET, AF_INET6, ConnectEvent, DIRECTION_EGRESS, DnsPacketEvent, EventHeader, Record,
-    RecordError,
+    AF_INET, AF_INET6, COMM_LEN, ConnectEvent, DIRECTION_EGRESS, DnsPacketEvent, EventHeader,
+    Record, RecordError,
 };
+
+/// A task's comm as the kernel gave it: NUL-padded bytes. It stays bytes on
+/// the per-event path (every connect() on the machine is decoded) and becomes
+/// text only for the few events that turn out to be registry attempts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm([u8; COMM_LEN]);
+
+impl Comm {
+    pub fn to_text(&self) -> String {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        String::from_utf8_lossy(&self.0[..len]).into_owned()
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_text())
+    }
+}
+
+/// As the kernel does, keeps at most COMM_LEN - 1 bytes.
+impl From<&str> for Comm {
+    fn from(text: &str) -> Comm {
+        let mut bytes = [0u8; COMM_LEN];
+        let len = text.len().min(COMM_LEN - 1);
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Comm(bytes)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        *self == Comm::from(*other)
+    }
+}
 
 /// Who acted, as the kernel saw it at the hook.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +63,7 @@ pub struct Actor {
     pub tgid: u32,
     pub tid: u32,
     pub uid: Option<u32>,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup_id: u64,
     /// CLOCK_BOOTTIME nanoseconds.
     pub boot_ns: u64,
@@ -33,16 +71,11 @@ pub struct Actor {
 
 impl Actor {
     fn from_header(header: &EventHeader) -> Actor {
-        let comm_len = header
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(header.comm.len());
         Actor {
             tgid: header.tgid,
             tid: header.tid,
             uid: (header.uid != u32::MAX).then_some(header.uid),
-            comm: String::from_utf8_lossy(&header.comm[..comm_len]).into_owned(),
+            comm: Comm(header.comm),
             cgroup_id: header.cgroup_id,
             boot_ns: header.boot_ns,
         }
@@ -240,7 +273,7 @@ mod tests {
         rr::{Name, RData, Record as DnsRecord, RecordType, rdata},
         serialize::binary::BinEncodable,
     };
-    use observer_common::{COMM_LEN, DIRECTION_INGRESS, DNS_CAPTURE_LEN, EventKind, record_bytes};
+    use observer_common::{DIRECTION_INGRESS, DNS_CAPTURE_LEN, EventKind, record_bytes};
 
     use super::*;
 
@@ -414,6 +447,21 @@ mod tests {
                 other => panic!("{payload:02x?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn comm_becomes_text_only_on_demand() {
+        // The kernel fills all 16 bytes only with a terminating NUL; a full
+        // buffer without one must still read safely.
+        let full = Comm(*b"0123456789abcdef");
+        assert_eq!(full.to_text(), "0123456789abcdef");
+        assert_eq!(Comm::from("isc-net-0000").to_text(), "isc-net-0000");
+        assert_eq!(
+            Comm::from("a-very-long-thread-name").to_text(),
+            "a-very-long-thr"
+        );
+        assert_eq!(format!("{:?}", Comm::from("dig")), "\"dig\"");
+        assert!(Comm::from("dig") == "dig" && Comm::from("dig") != "dug");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use self::cgroup_path::{CgroupOwner, Container};
 use self::{cgroups::CgroupIndex, procfs::ProcessFacts};
-use crate::decode::Actor;
+use crate::decode::{Actor, Comm};
 
 /// Ancestors recorded per process: enough to reach systemd or a container
 /// runtime from any realistic process tree.
@@ -68,7 +68,7 @@ pub struct AttributionStats {
 }
 
 struct CachedProcess {
-    comm: String,
+    comm: Comm,
     facts: Option<ProcessFacts>,
     ancestors: Vec<Ancestor>,
 }
@@ -115,7 +115,7 @@ impl Attributor {
             // thread's (dig's resolver thread is "isc-net-0000").
             comm: facts
                 .as_ref()
-                .map_or_else(|| actor.comm.clone(), |f| f.stat.comm.clone()),
+                .map_or_else(|| actor.comm.to_text(), |f| f.stat.comm.clone()),
             uid: actor.uid,
             exe: facts.as_ref().and_then(|f| f.exe.clone()),
             cmdline: facts.as_ref().and_then(|f| f.cmdline.clone()),
@@ -157,7 +157,7 @@ impl Attributor {
             self.processes.insert(
                 actor.tgid,
                 CachedProcess {
-                    comm: actor.comm.clone(),
+                    comm: actor.comm,
                     facts,
                     ancestors,
                 },
