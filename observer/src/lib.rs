@@ -2,7 +2,8 @@
 //! know.
 //!
 //! Stages, one module each, data flowing one way:
-//! load -> read -> decode -> classify -> attribute -> record -> export.
+//! load -> read -> decode -> join (connections, process lineage) ->
+//! classify -> attribute -> record -> export.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
 //! middle stages on one thread.
 
@@ -11,6 +12,7 @@ pub mod attribute;
 pub mod classify;
 pub mod cli;
 pub mod clock;
+pub mod connections;
 pub mod decode;
 pub mod export;
 pub mod load;
