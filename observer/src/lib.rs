@@ -3,6 +3,8 @@
 //!
 //! Stages, one module each, data flowing one way:
 //! load -> read -> decode -> classify -> attribute -> record -> export.
+//! `payload` turns the first bytes of TCP connections (TLS, HTTP proxy
+//! requests, DNS over TCP) into host names for decode.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
 //! middle stages on one thread.
 
@@ -14,6 +16,7 @@ pub mod clock;
 pub mod decode;
 pub mod export;
 pub mod load;
+pub mod payload;
 pub mod pipeline;
 pub mod preflight;
 pub mod read;
