@@ -3,8 +3,8 @@
 //!
 //! Stages, one module each, data flowing one way:
 //! load -> read -> decode -> classify -> attribute -> record -> export.
-//! `payload` turns the first bytes of TCP connections (TLS, HTTP proxy
-//! requests, DNS over TCP) into host names for decode.
+//! `payload` holds the pure parsers for the first bytes of TCP connections
+//! (TLS SNI, HTTP proxy requests, DNS over TCP).
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
 //! middle stages on one thread.
 

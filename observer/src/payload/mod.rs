@@ -23,7 +23,7 @@ mod testing;
 pub use stats::{ParserStats, PayloadStats};
 
 /// How many bytes of a stream are kept. A ClientHello with a post-quantum key
-/// share is ~1.8 KiB and proxy request headers are a few hundred bytes; the
+/// share is 1.4 to 1.8 KiB and proxy request headers a few hundred bytes; the
 /// kernel sends at most a few 2 KiB segments, so this bound is reached only by
 /// streams that would never parse.
 pub const PREFIX_LIMIT: usize = 16 * 1024;
@@ -491,6 +491,33 @@ mod tests {
             };
             assert_eq!(assemble(Mode::Auto, &segments), expected, "pattern {index}");
         }
+    }
+
+    #[test]
+    fn a_segment_reaching_back_before_the_start_adds_only_its_new_bytes() {
+        let query = dns_query("quay.io.");
+        let stream = length_prefixed(&query);
+        let base = 1_000u32;
+        let mut assembler = StreamAssembler::new(Mode::DnsTcp);
+        assert_eq!(
+            assembler.push(segment(base, &stream[..6])),
+            Progress::NeedMore
+        );
+        // Ten bytes of an earlier exchange, then the stream again and more.
+        let mut reaching_back = vec![0xee; 10];
+        reaching_back.extend(&stream[..20]);
+        assert_eq!(
+            assembler.push(segment(base - 10, &reaching_back)),
+            Progress::NeedMore
+        );
+        assert_eq!(assembler.buffer, stream[..20]);
+        assert_eq!(
+            assembler.push(segment(base + 20, &stream[20..])),
+            Progress::Done(Finding::DnsMessage {
+                message: query,
+                complete: true
+            })
+        );
     }
 
     #[test]
