@@ -4,6 +4,8 @@
 //! Stages, one module each, data flowing one way:
 //! load -> read -> decode -> join (connections, process lineage) ->
 //! classify -> attribute -> record -> export.
+//! `payload` holds the pure parsers for the first bytes of TCP connections
+//! (TLS SNI, HTTP proxy requests, DNS over TCP), used by `connections`.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
 //! middle stages on one thread.
 
@@ -16,6 +18,7 @@ pub mod connections;
 pub mod decode;
 pub mod export;
 pub mod load;
+pub mod payload;
 pub mod pipeline;
 pub mod preflight;
 pub mod read;
