@@ -481,9 +481,7 @@ impl Record {
                 EventKind::Exec => Record::Exec(core::ptr::read_unaligned(ptr.cast())),
                 EventKind::Fork => Record::Fork(core::ptr::read_unaligned(ptr.cast())),
                 EventKind::Exit => Record::Exit(core::ptr::read_unaligned(ptr.cast())),
-                EventKind::TcpPayload => {
-                    Record::TcpPayload(core::ptr::read_unaligned(ptr.cast()))
-                }
+                EventKind::TcpPayload => Record::TcpPayload(core::ptr::read_unaligned(ptr.cast())),
                 EventKind::SockState => Record::SockState(core::ptr::read_unaligned(ptr.cast())),
             }
         })

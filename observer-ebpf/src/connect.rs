@@ -60,7 +60,14 @@ fn sock_addr4(ctx: &SockAddrContext, op: u32) {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for this hook.
     let sa = unsafe { &*ctx.sock_addr };
     // Words are in network byte order already; copied verbatim.
-    emit_connect(ctx, op, AF_INET, sa.user_port, sa.protocol, [sa.user_ip4, 0, 0, 0]);
+    emit_connect(
+        ctx,
+        op,
+        AF_INET,
+        sa.user_port,
+        sa.protocol,
+        [sa.user_ip4, 0, 0, 0],
+    );
 }
 
 #[inline(always)]

@@ -10,9 +10,7 @@ use aya_ebpf::{
     },
     programs::SkBuffContext,
 };
-use observer_common::{
-    Counter, DIRECTION_EGRESS, DNS_CAPTURE_LEN, DnsPacketEvent, EventKind,
-};
+use observer_common::{Counter, DIRECTION_EGRESS, DNS_CAPTURE_LEN, DnsPacketEvent, EventKind};
 
 use crate::{
     emit::{self, EVENTS, SUBMIT_FLAGS},

@@ -3,10 +3,7 @@
 //! its executable, argv and parent. Field offsets come from the running
 //! kernel's BTF via [`crate::emit::offsets`].
 
-use core::{
-    ffi::c_void,
-    ptr::addr_of_mut,
-};
+use core::{ffi::c_void, ptr::addr_of_mut};
 
 use aya_ebpf::{
     helpers::{

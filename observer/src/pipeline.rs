@@ -85,7 +85,9 @@ impl Pipeline {
                 Joined::DnsError(error) => self.count_error(&error),
                 Joined::Nothing => {}
             },
-            Observation::ConnectDone { cookie, outcome, .. } => {
+            Observation::ConnectDone {
+                cookie, outcome, ..
+            } => {
                 self.connections.ended_handshake(*cookie, *outcome);
                 self.recorder.connection_outcome(*cookie, &outcome.name());
             }

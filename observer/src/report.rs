@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::{
     attribute::AttributionStats,
-    payload::PayloadStats,
     classify::Category,
+    payload::PayloadStats,
     record::{Attempt, Verdict, rfc3339},
 };
 

@@ -163,12 +163,25 @@ impl Attributor {
             if self.processes.len() >= MAX_CACHED_PROCESSES {
                 self.processes.clear();
             }
-            let mut facts = procfs::read_process(&self.proc_root, actor.tgid)
+            let live = procfs::read_process(&self.proc_root, actor.tgid)
                 .filter(|facts| started_before(facts.stat.start_ticks, actor.boot_ns));
-            if facts.is_none() {
-                facts = self.lineage.get(actor.tgid, actor.boot_ns).map(|known| {
+            let known = self.lineage.get(actor.tgid, actor.boot_ns);
+            let facts = match (live, known) {
+                // An exiting process (a zombie) still has a stat file but no
+                // exe or cmdline: the exec event has them.
+                (Some(mut live), Some(known)) => {
+                    if live.exe.is_none() {
+                        live.exe = known.exe.clone();
+                    }
+                    if live.cmdline.is_none() {
+                        live.cmdline = known.argv.clone();
+                    }
+                    Some(live)
+                }
+                (Some(live), None) => Some(live),
+                (None, Some(known)) => {
                     self.stats.from_lineage += 1;
-                    ProcessFacts {
+                    Some(ProcessFacts {
                         stat: StatFields {
                             comm: known.comm.clone(),
                             ppid: known.ppid,
@@ -177,9 +190,10 @@ impl Attributor {
                         exe: known.exe.clone(),
                         cmdline: known.argv.clone(),
                         cgroup: None,
-                    }
-                });
-            }
+                    })
+                }
+                (None, None) => None,
+            };
             if facts.is_none() {
                 self.stats.process_gone += 1;
             }
@@ -221,16 +235,19 @@ fn read_ancestors(
     while pid != 0 && ancestors.len() < MAX_ANCESTORS {
         let live = procfs::read_stat(proc_root, pid)
             .filter(|stat| started_before(stat.start_ticks, at_ns));
+        let known = lineage.get(pid, at_ns);
         let (ancestor, parent) = match live {
             Some(stat) => (
                 Ancestor {
                     pid,
                     comm: stat.comm,
-                    exe: procfs::read_exe(proc_root, pid),
+                    // A zombie has no exe link; its exec event named it.
+                    exe: procfs::read_exe(proc_root, pid)
+                        .or_else(|| known.and_then(|k| k.exe.clone())),
                 },
                 stat.ppid,
             ),
-            None => match lineage.get(pid, at_ns) {
+            None => match known {
                 Some(known) => (
                     Ancestor {
                         pid,

@@ -148,7 +148,9 @@ impl Classifier {
                             Learned::Answer,
                             actor.cgroup_id,
                         ),
-                        None => self.book.learn_other(*ip, *ttl, actor.boot_ns, actor.cgroup_id),
+                        None => self
+                            .book
+                            .learn_other(*ip, *ttl, actor.boot_ns, actor.cgroup_id),
                     }
                 }
                 None
@@ -374,12 +376,16 @@ mod tests {
         c.classify(&in_cgroup(answer("quay.io", ip), 1));
         c.classify(&in_cgroup(answer("intranet.example", ip), 2));
         assert_eq!(
-            c.classify(&in_cgroup(connect(10, ip, 443), 1)).unwrap().host,
+            c.classify(&in_cgroup(connect(10, ip, 443), 1))
+                .unwrap()
+                .host,
             "quay.io"
         );
         assert_eq!(c.classify(&in_cgroup(connect(11, ip, 443), 2)), None);
         assert_eq!(
-            c.classify(&in_cgroup(connect(12, ip, 443), 3)).unwrap().host,
+            c.classify(&in_cgroup(connect(12, ip, 443), 3))
+                .unwrap()
+                .host,
             "quay.io"
         );
         // A non-registry answer for an address the book never held is not
@@ -400,7 +406,10 @@ mod tests {
             sni: "registry.example.test".into(),
         };
         let m = c.classify(&sni).unwrap();
-        assert_eq!((m.host.as_str(), m.cookie), ("registry.example.test", Some(5)));
+        assert_eq!(
+            (m.host.as_str(), m.cookie),
+            ("registry.example.test", Some(5))
+        );
         assert_eq!(m.evidence, vec![Evidence::TlsSni]);
         let proxy = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3)), 3128);
         let tunnel = Observation::ProxyConnect {

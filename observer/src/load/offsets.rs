@@ -31,7 +31,11 @@ struct Bytes<'a>(&'a [u8]);
 impl Readable for Bytes<'_> {
     fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match self.0.get(start..).and_then(|rest| rest.get(..buffer.len())) {
+        match self
+            .0
+            .get(start..)
+            .and_then(|rest| rest.get(..buffer.len()))
+        {
             Some(bytes) => {
                 buffer.copy_from_slice(bytes);
                 Ok(())
@@ -53,8 +57,8 @@ pub fn read(btf_path: &Path) -> anyhow::Result<KernelOffsets> {
 
 /// Pure: BTF bytes in, offsets out.
 pub fn from_btf(data: &[u8]) -> anyhow::Result<KernelOffsets> {
-    let types = TypeInformation::new(&Bytes(data))
-        .map_err(|e| anyhow::anyhow!("not valid BTF: {e:?}"))?;
+    let types =
+        TypeInformation::new(&Bytes(data)).map_err(|e| anyhow::anyhow!("not valid BTF: {e:?}"))?;
     let mut found = [0u32; FIELDS.len()];
     for (slot, (structure, member)) in found.iter_mut().zip(FIELDS) {
         let id = types
@@ -114,7 +118,11 @@ mod tests {
         let offsets = read(path).unwrap();
         assert_eq!(offsets.valid, 1);
         assert_ne!(offsets.task_pid, offsets.task_tgid);
-        assert_eq!(offsets.task_tgid, offsets.task_pid + 4, "pid_t pid; pid_t tgid;");
+        assert_eq!(
+            offsets.task_tgid,
+            offsets.task_pid + 4,
+            "pid_t pid; pid_t tgid;"
+        );
         assert_eq!(offsets.mm_arg_end, offsets.mm_arg_start + 8);
         assert!(offsets.task_start_boottime > 0 && offsets.task_mm > 0);
     }
