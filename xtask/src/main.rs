@@ -138,7 +138,7 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
                     "-p",
                     "observer-tests",
                     "--bin",
-                    "connect-overhead",
+                    "overhead",
                     "--",
                 ])
                 .args(args)
