@@ -14,7 +14,11 @@
 //! ratio; the median ratio is the result, so slow drifts of the machine
 //! cancel out. Order alternates within pairs too.
 //!
-//! Usage: overhead [--workload connect|udp|tcp-bulk|all] [--pairs N] [--scale F]
+//! - `rss`: not a ratio: the agent's resident memory (peak, from
+//!   /proc/PID/status VmHWM) while connects arrive at a steady rate of about
+//!   10,000 events per second for 20 seconds.
+//!
+//! Usage: overhead [--workload connect|udp|tcp-bulk|rss|all] [--pairs N] [--scale F]
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -29,7 +33,8 @@ use std::{
 
 use observer_tests::{Agent, agent_binary, require_root_and_tools};
 
-const USAGE: &str = "usage: overhead [--workload connect|udp|tcp-bulk|all] [--pairs N] [--scale F]";
+const USAGE: &str =
+    "usage: overhead [--workload connect|udp|tcp-bulk|rss|all] [--pairs N] [--scale F]";
 
 struct Options {
     workloads: Vec<&'static str>,
@@ -40,7 +45,7 @@ struct Options {
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
-        workloads: vec!["connect", "udp", "tcp-bulk"],
+        workloads: vec!["connect", "udp", "tcp-bulk", "rss"],
         pairs: 11,
         scale: 1.0,
     };
@@ -70,7 +75,8 @@ fn parse_options() -> Result<Options, String> {
                     "connect" => vec!["connect"],
                     "udp" => vec!["udp"],
                     "tcp-bulk" => vec!["tcp-bulk"],
-                    "all" => vec!["connect", "udp", "tcp-bulk"],
+                    "rss" => vec!["rss"],
+                    "all" => vec!["connect", "udp", "tcp-bulk", "rss"],
                     other => return Err(format!("unknown workload {other:?}; {USAGE}")),
                 }
             }
@@ -270,6 +276,61 @@ fn measure(
     median_ratio
 }
 
+/// Peak and current resident memory of `pid` in KiB (VmHWM, VmRSS).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Connects at a steady `per_second` for `seconds` (each is a connect()
+/// event and a socket-state event) with the agent running; returns the
+/// agent's memory and the event rate it saw.
+fn rss(report: &str, per_second: usize, seconds: u64) {
+    let server = Server::start();
+    let agent = Agent::start(&["--report", report, "--catalog-resolve-interval", "0"]);
+    let pid = agent.pid();
+    let (_, at_start) = memory_kib(pid);
+    let started = Instant::now();
+    let slice = Duration::from_millis(10);
+    let per_slice = per_second / 100;
+    let mut next = started;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        connect_loop(server.addr, per_slice);
+        next += slice;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let elapsed = started.elapsed();
+    let (peak, now) = memory_kib(pid);
+    let output = agent.stop();
+    assert!(output.status.success(), "agent failed: {output:?}");
+    let report_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).expect("report"))
+            .expect("report is JSON");
+    let observer = &report_json["observer"];
+    let events = observer["events_total"].as_u64().unwrap_or(0);
+    println!(
+        "\nrss: {events} events in {:.1}s ({:.0} events/s), events_lost {}",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+        observer["events_lost"]
+    );
+    println!(
+        "rss: agent resident memory {:.1} MiB at start, {:.1} MiB at the end, peak {:.1} MiB",
+        at_start as f64 / 1024.0,
+        now as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let mid = values.len() / 2;
@@ -320,6 +381,10 @@ fn main() {
                     &report,
                     &|| tcp_bulk(megabytes),
                 )
+            }
+            "rss" => {
+                rss(&report, 5_000, 20);
+                continue;
             }
             other => unreachable!("workload {other} was validated"),
         };
