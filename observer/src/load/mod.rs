@@ -68,6 +68,7 @@ pub fn load_and_attach(cgroup_root: &Path) -> anyhow::Result<(Probes, Maps)> {
         }
         KernelOffsets::default()
     });
+    release_freed_memory();
     let mut ebpf = EbpfLoader::new()
         .override_global("OBSERVER_TGID", &own_tgid, true)
         .override_global("OFFSETS", &offsets, true)
@@ -171,6 +172,17 @@ where
     program
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Parsing the kernel's BTF (several MB, ~100k types) allocates tens of MB
+/// that are freed at once; glibc keeps freed heap mapped, so without a trim
+/// they would stay in the agent's resident memory for the whole run.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages back to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Kernels >= 5.11 account BPF memory to the cgroup and ignore
