@@ -4,7 +4,8 @@
 //! Stages, one module each, data flowing one way:
 //! load -> read -> decode -> classify -> attribute -> record -> export.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
-//! middle stages on one thread.
+//! middle stages on one thread. `lint` checks Kubernetes manifests for
+//! image pull policies that contact a registry (its own stages inside).
 
 pub mod agent;
 pub mod attribute;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod decode;
 pub mod export;
+pub mod lint;
 pub mod load;
 pub mod pipeline;
 pub mod preflight;
