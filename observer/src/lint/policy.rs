@@ -94,7 +94,11 @@ pub fn check_container(
             format!(
                 "imagePullPolicy: Always for image {image:?}: every container start contacts the registry"
             ),
-            "set imagePullPolicy: IfNotPresent and pin the image by digest".to_owned(),
+            match reference.as_ref().and_then(|r| r.digest.as_ref()) {
+                Some(_) => "set imagePullPolicy: IfNotPresent (the digest already pins the image)",
+                None => "set imagePullPolicy: IfNotPresent and pin the image by digest",
+            }
+            .to_owned(),
         )),
         (Some(PullPolicy::Always), None) => {
             let why = match reference.as_ref().and_then(|r| r.tag.as_deref()) {
@@ -108,9 +112,13 @@ pub fn check_container(
                     "image {image:?} has no imagePullPolicy and {why}, so Kubernetes defaults \
                      imagePullPolicy to Always: every container start contacts the registry"
                 ),
-                "set imagePullPolicy: IfNotPresent and pin the image by digest \
-                 (image@sha256:<digest>)"
-                    .to_owned(),
+                match reference.as_ref().and_then(|r| r.digest.as_ref()) {
+                    Some(_) => "set imagePullPolicy: IfNotPresent, or drop the :latest tag \
+                                (a digest alone defaults to IfNotPresent)",
+                    None => "set imagePullPolicy: IfNotPresent and pin the image by digest \
+                             (image@sha256:<digest>)",
+                }
+                .to_owned(),
             ))
         }
         _ => {}
@@ -266,6 +274,24 @@ mod tests {
             "write the fully qualified name: docker.io/library/nginx:1.25"
         );
         assert_eq!(short.path.to_string(), "/spec/initContainers/0/image");
+        let pinned = Container {
+            image: format!("quay.io/t/a:latest@{DIGEST}"),
+            ..container.clone()
+        };
+        let implicit = check_container(&workload, &pinned, None);
+        assert_eq!(implicit[0].rule, Rule::ImplicitAlways);
+        assert!(
+            implicit[0].fix.contains("drop the :latest tag"),
+            "{}",
+            implicit[0].fix
+        );
+        assert!(implicit[0].message.contains("the tag is latest"));
+        let explicit = check_container(&workload, &pinned, Some("Always"));
+        assert!(
+            explicit[0].fix.contains("the digest already pins"),
+            "{}",
+            explicit[0].fix
+        );
         let digest = findings
             .iter()
             .find(|f| f.rule == Rule::TagNotDigest)
