@@ -61,6 +61,17 @@ pub struct LocatedContainer {
     pub pods: usize,
 }
 
+/// What makes two pods' containers the same finding: namespace, owner,
+/// container list, container name, image and the rules that fired.
+type FoldKey = (
+    Option<String>,
+    String,
+    &'static str,
+    String,
+    String,
+    Vec<&'static str>,
+);
+
 /// Everything `lint` learned from its inputs.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -124,10 +135,7 @@ impl Outcome {
     /// findings are folded.
     pub fn fold_owned_pods(&mut self) {
         let mut kept: Vec<LocatedContainer> = Vec::with_capacity(self.containers.len());
-        let mut first_of: HashMap<
-            (Option<String>, String, String, String, String, Vec<&str>),
-            usize,
-        > = HashMap::new();
+        let mut first_of: HashMap<FoldKey, usize> = HashMap::new();
         for container in std::mem::take(&mut self.containers) {
             let Some(owner) = container.workload.owner.clone() else {
                 kept.push(container);
@@ -136,7 +144,7 @@ impl Outcome {
             let key = (
                 container.workload.namespace.clone(),
                 owner,
-                container.container.list.field().to_owned(),
+                container.container.list.field(),
                 container.container.name.clone(),
                 container.container.image.clone(),
                 container

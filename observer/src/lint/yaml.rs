@@ -95,9 +95,8 @@ fn split_pieces(text: &str) -> Vec<Piece<'_>> {
     let mut pieces = Vec::new();
     let mut start = 0;
     let mut first_line = 1;
-    let mut line_number = 1;
     let mut offset = 0;
-    for line in text.split_inclusive('\n') {
+    for (line_number, line) in (1..).zip(text.split_inclusive('\n')) {
         let is_separator = line
             .strip_prefix("---")
             .is_some_and(|rest| rest.trim().is_empty());
@@ -110,7 +109,6 @@ fn split_pieces(text: &str) -> Vec<Piece<'_>> {
             first_line = line_number + 1;
         }
         offset += line.len();
-        line_number += 1;
     }
     pieces.push(Piece {
         first_line,
