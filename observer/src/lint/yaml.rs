@@ -7,7 +7,7 @@
 //! a broken document is reported with its line and the others are still
 //! read. Pure: text in, documents out.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use saphyr::Scalar;
 use saphyr_parser::{Event, Parser, ScanError, Span};
@@ -39,9 +39,10 @@ impl Document {
         let mut line = node.line();
         for segment in &path.0 {
             let next = match (segment, node) {
-                (Segment::Key(key), LineTree::Map(_, entries)) => {
-                    entries.get(key).map(|(key_line, child)| (*key_line, child))
-                }
+                (Segment::Key(key), LineTree::Map(_, entries)) => entries
+                    .iter()
+                    .find(|(k, _, _)| **k == **key)
+                    .map(|(_, key_line, child)| (*key_line, child)),
                 (Segment::Index(i), LineTree::Seq(_, items)) => {
                     items.get(*i).map(|child| (child.line(), child))
                 }
@@ -72,8 +73,11 @@ pub struct DocumentError {
 enum LineTree {
     Leaf(usize),
     Seq(usize, Vec<LineTree>),
-    /// Key -> (line of the key, the value's lines).
-    Map(usize, HashMap<String, (usize, LineTree)>),
+    /// (key, line of the key, the value's lines), in source order. Keys
+    /// are shared with every other use of the same key in the document:
+    /// a large `kubectl get pods` list repeats a few dozen keys millions of
+    /// times.
+    Map(usize, Vec<(Arc<str>, usize, LineTree)>),
 }
 
 impl LineTree {
@@ -134,15 +138,14 @@ fn parse_piece(
     index: &mut usize,
     results: &mut Vec<Result<Document, DocumentError>>,
 ) {
-    // JSON forbids raw tabs inside strings, so in a JSON piece every tab is
-    // white space; YAML forbids tabs for indentation. Spaces keep lines and
-    // columns where they were.
-    let detabbed;
-    let mut text = piece.text;
-    if text.trim_start().starts_with(['{', '[']) && text.contains('\t') {
-        detabbed = text.replace('\t', " ");
-        text = &detabbed;
-    }
+    let prepared = prepare_flow_root(piece.text);
+    let text = prepared
+        .as_ref()
+        .map_or(piece.text, |(text, _)| text.as_str());
+    // The line whose columns the marker shifted, as a source line.
+    let marked_line = prepared
+        .as_ref()
+        .map(|(_, line)| piece.first_line + line - 1);
     let mut builder = Builder::new(piece.first_line);
     let mut parser = Parser::new_from_str(text);
     while let Some(event) = parser.next_event() {
@@ -163,7 +166,10 @@ fn parse_piece(
                 }));
             }
             Ok(None) => {}
-            Err((line, column, message)) => {
+            Err((line, mut column, message)) => {
+                if Some(line) == marked_line && column > FLOW_MARK.len() {
+                    column -= FLOW_MARK.len();
+                }
                 *index += 1;
                 results.push(Err(DocumentError {
                     index: *index,
@@ -175,6 +181,34 @@ fn parse_piece(
             }
         }
     }
+}
+
+/// Written before a root that starts with `{` or `[` (JSON, or flow-style
+/// YAML). Such a root could be the key of a block mapping (`{a: 1}: b`), so
+/// the scanner would hold every token of the document until its end (1.2 GB
+/// of tokens for a 120 MB `kubectl get pods -A -o json`); after a document
+/// marker no key can start, and tokens flow.
+const FLOW_MARK: &str = "--- ";
+
+/// For a piece whose content starts with `{` or `[`: the text to parse,
+/// with [`FLOW_MARK`] before that bracket and tabs made spaces (JSON
+/// forbids raw tabs inside strings, so there they are white space, which
+/// YAML does not allow for indentation), and the 1-based line of the
+/// bracket within the piece. Lines stay where they were.
+fn prepare_flow_root(text: &str) -> Option<(String, usize)> {
+    let start = text.len() - text.trim_start().len();
+    if !text[start..].starts_with(['{', '[']) {
+        return None;
+    }
+    let line = 1 + text[..start].matches('\n').count();
+    let mut prepared = String::with_capacity(text.len() + FLOW_MARK.len());
+    prepared.push_str(&text[..start]);
+    prepared.push_str(FLOW_MARK);
+    prepared.push_str(&text[start..]);
+    if prepared.contains('\t') {
+        prepared = prepared.replace('\t', " ");
+    }
+    Some((prepared, line))
 }
 
 type Located = (usize, usize, String);
@@ -199,7 +233,7 @@ enum Frame {
         line: usize,
         anchor: usize,
         entries: Map<String, Value>,
-        lines: HashMap<String, (usize, LineTree)>,
+        lines: Vec<(Arc<str>, usize, LineTree)>,
         /// The key read, waiting for its value: (key, its line).
         key: Option<(String, usize)>,
     },
@@ -211,6 +245,7 @@ struct Builder {
     stack: Vec<Frame>,
     /// Anchored values with their size in nodes.
     anchors: HashMap<usize, (Value, LineTree, usize)>,
+    keys: HashMap<String, Arc<str>>,
     aliased_nodes: usize,
     root: Option<(Value, LineTree)>,
 }
@@ -221,6 +256,7 @@ impl Builder {
             first_line,
             stack: Vec::new(),
             anchors: HashMap::new(),
+            keys: HashMap::new(),
             aliased_nodes: 0,
             root: None,
         }
@@ -261,7 +297,7 @@ impl Builder {
                 line,
                 anchor,
                 entries: Map::new(),
-                lines: HashMap::new(),
+                lines: Vec::new(),
                 key: None,
             }),
             Event::SequenceEnd => match self.stack.pop() {
@@ -366,14 +402,26 @@ impl Builder {
                 let Some((key, key_line)) = key.take() else {
                     return Err((line, 1, "mapping keys must be scalars".to_owned()));
                 };
-                if let Some((first, _)) = entry_lines.get(&key) {
+                if entries.contains_key(&key) {
+                    let first = entry_lines
+                        .iter()
+                        .find(|(k, _, _)| **k == *key)
+                        .map_or(0, |(_, line, _)| *line);
                     return Err((
                         key_line,
                         1,
                         format!("duplicate key {key:?} (first at line {first})"),
                     ));
                 }
-                entry_lines.insert(key.clone(), (key_line, lines));
+                let shared = match self.keys.get(&key) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        let shared: Arc<str> = Arc::from(key.as_str());
+                        self.keys.insert(key.clone(), shared.clone());
+                        shared
+                    }
+                };
+                entry_lines.push((shared, key_line, lines));
                 entries.insert(key, value);
             }
         }
@@ -479,6 +527,11 @@ items: [ {kind: Pod},
             json!({"kind": "List", "items": [{"kind": "Pod", "n": 1.5, "ok": true, "none": null}]})
         );
         assert_eq!(list.line_of(&path(&["items", "0", "ok"])), 4);
+        // Errors on the root's line keep their own columns.
+        let error = parse_documents("\n{\"a\": 1,, \"b\": 2}\n")
+            .remove(0)
+            .unwrap_err();
+        assert_eq!((error.line, error.column), (2, 9), "{error:?}");
     }
 
     #[test]
