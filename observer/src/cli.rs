@@ -33,7 +33,10 @@ macro_rules! exit_codes {
         are matched against a catalog of registry hosts (quay.io, registry.redhat.io, \
         docker.io, gcr.io, ...); each attempt is attributed to its process, cgroup, systemd \
         unit or container, and written to a JSON report.",
-    after_help = exit_codes!()
+    after_help = concat!(
+        exit_codes!(),
+        "\n\n`lint` has its own exit codes: registry-observer lint --help"
+    )
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -18,7 +18,11 @@ pub mod render;
 pub mod walk;
 pub mod yaml;
 
-use std::{io::Write, path::PathBuf, process::ExitCode};
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::Args;
 
@@ -77,6 +81,15 @@ pub fn run(args: LintArgs) -> ExitCode {
     } else {
         args.paths
     };
+    let reads_stdin = paths.iter().any(|p| p.as_os_str() == "-");
+    if reads_stdin && std::io::stdin().is_terminal() {
+        // Waiting on a terminal for JSON nobody is typing looks like a hang.
+        eprintln!(
+            "registry-observer: lint reads stdin here, which is a terminal; pipe the input in, \
+             e.g. `kubectl get pods -A -o json | registry-observer lint --cluster`, or name files"
+        );
+        return ExitCode::from(2);
+    }
     let (sources, problems) = input::read_inputs(&paths, &mut std::io::stdin().lock());
     let mut outcome = outcome::Outcome::check(&sources, problems);
     if args.cluster {

@@ -188,7 +188,11 @@ pub fn render(outcome: &Outcome) -> String {
                 text: rule.rationale().to_owned(),
             },
             help: Message {
-                text: format!("{} See docs/LINT.md.", rule.rationale()),
+                text: format!(
+                    "{}. {} Each result says the fix; `registry-observer lint --help` lists the rules.",
+                    rule.summary(),
+                    rule.rationale()
+                ),
             },
             default_configuration: Configuration {
                 level: level(rule.severity()),
