@@ -58,9 +58,14 @@ pub fn check_container(
         fix,
     };
     let mut findings = Vec::new();
-    let reference = match ImageReference::parse(image) {
-        Ok(reference) => Some(reference),
-        Err(error) => {
+    // An OpenShift Template parameter (`${IMAGE}`) is filled in when the
+    // template is processed: only a written policy can be judged now.
+    let is_parameter = image.contains("${");
+    let parsed = (!is_parameter).then(|| ImageReference::parse(image));
+    let reference = match parsed {
+        None => None,
+        Some(Ok(reference)) => Some(reference),
+        Some(Err(error)) => {
             findings.push(finding(
                 Rule::InvalidImage,
                 "image",
@@ -84,6 +89,7 @@ pub fn check_container(
                 None
             }
         },
+        None if is_parameter => None,
         None => Some(default_pull_policy(image)),
     };
 
@@ -244,6 +250,14 @@ mod tests {
             vec![InvalidPullPolicy, TagNotDigest]
         );
         assert_eq!(rules("", None), vec![InvalidImage]);
+        // Template parameters are judged by their written policy only.
+        assert_eq!(rules("${IMAGE}", None), vec![]);
+        assert_eq!(rules("${IMAGE}", Some("IfNotPresent")), vec![]);
+        assert_eq!(rules("${IMAGE}", Some("Always")), vec![ExplicitAlways]);
+        assert_eq!(
+            rules("${IMAGE}", Some("Sometimes")),
+            vec![InvalidPullPolicy]
+        );
         assert_eq!(
             rules("Nginx", Some("Always")),
             vec![InvalidImage, ExplicitAlways]
