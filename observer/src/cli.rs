@@ -33,7 +33,10 @@ macro_rules! exit_codes {
         are matched against a catalog of registry hosts (quay.io, registry.redhat.io, \
         docker.io, gcr.io, ...); each attempt is attributed to its process, cgroup, systemd \
         unit or container, and written to a JSON report.",
-    after_help = exit_codes!()
+    after_help = concat!(
+        exit_codes!(),
+        "\n\n`lint` has its own exit codes: registry-observer lint --help"
+    )
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -62,6 +65,31 @@ pub enum Command {
         )
     )]
     Run(RunArgs),
+
+    /// Find workloads in Kubernetes manifests that make a node contact a registry.
+    #[command(
+        long_about = "Find workloads in Kubernetes manifests that make a node contact a registry.\n\n\
+            Checks every container, init container and ephemeral container of Pods, \
+            Deployments, DaemonSets, StatefulSets, ReplicaSets, Jobs, CronJobs, \
+            ReplicationControllers, DeploymentConfigs and PodTemplates, also inside Lists \
+            and OpenShift Templates, applying Kubernetes' own defaulting: no imagePullPolicy \
+            with a latest or missing tag means Always.\n\n\
+            Rules (docs/LINT.md): error explicit-always, implicit-always, invalid-image, \
+            invalid-pull-policy; warning tag-not-digest, short-name. Each finding names the \
+            file, document, line, object, container and the fix. A document that does not \
+            parse is reported with its line and the rest is still checked.",
+        after_help = concat!(
+            "Examples:\n",
+            "  registry-observer lint deploy/\n",
+            "  oc adm release extract --to=manifests quay.io/openshift-release-dev/ocp-release:4.19.0-x86_64\n",
+            "  registry-observer lint manifests/ --format sarif > lint.sarif\n",
+            "  helm template ./chart | registry-observer lint - --fail-level warning\n",
+            "  kubectl get pods -A -o json | registry-observer lint --cluster\n",
+            "  registry-observer lint --format junit k8s/*.yaml > junit-lint.xml\n\n",
+            crate::lint_exit_codes!()
+        )
+    )]
+    Lint(crate::lint::LintArgs),
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +148,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Lint(args) => crate::lint::run(args),
     }
 }
 
@@ -181,7 +210,9 @@ mod tests {
             "skopeo inspect x",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command")
+        };
         assert_eq!(args.command, vec!["sh", "-c", "skopeo inspect x"]);
         assert_eq!(args.registries[0].to_string(), "*.example.test");
         assert!(args.fail_on_violation);
@@ -207,7 +238,9 @@ mod tests {
             "0",
         ])
         .unwrap();
-        let Command::Run(args) = zero.command;
+        let Command::Run(args) = zero.command else {
+            panic!("parsed as another command")
+        };
         assert!(args.catalog_resolve_interval.is_zero());
     }
 }

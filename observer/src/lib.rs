@@ -7,7 +7,8 @@
 //! `payload` holds the pure parsers for the first bytes of TCP connections
 //! (TLS SNI, HTTP proxy requests, DNS over TCP), used by `connections`.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
-//! middle stages on one thread.
+//! middle stages on one thread. `lint` checks Kubernetes manifests for
+//! image pull policies that contact a registry (its own stages inside).
 
 pub mod agent;
 pub mod attribute;
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod connections;
 pub mod decode;
 pub mod export;
+pub mod lint;
 pub mod load;
 pub mod payload;
 pub mod pipeline;

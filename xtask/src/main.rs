@@ -50,6 +50,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     // An independent validator for the report against docs/report.schema.json.
     "python3-jsonschema",
+    // An independent JUnit XML reader for `lint --format junit`.
+    "python3-junitparser",
     // Shows which programs are attached to the cgroup2 root (detach checks).
     "bpftool",
 ];
