@@ -4,16 +4,24 @@
 //! Stages, one module each, data flowing one way:
 //! load -> read -> decode -> classify -> attribute -> record -> export.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
-//! middle stages on one thread.
+//! middle stages on one thread. Outputs besides the live lines: `report`
+//! (JSON, and from it JUnit, summaries, merge and diff), `events_log`
+//! (JSONL), `metrics` served by `http`; `phase` changes arrive through
+//! `control` (the socket) or `http`.
 
 pub mod agent;
 pub mod attribute;
 pub mod classify;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod decode;
+pub mod events_log;
 pub mod export;
+pub mod http;
 pub mod load;
+pub mod metrics;
+pub mod phase;
 pub mod pipeline;
 pub mod preflight;
 pub mod read;

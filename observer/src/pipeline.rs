@@ -1,7 +1,7 @@
 //! The stages between the reader and the report, run on one thread:
 //! decode -> classify -> (scope) -> attribute -> record -> export.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -10,7 +10,10 @@ use crate::{
     classify::Classifier,
     clock::Clock,
     decode::{self, Observation},
+    events_log::{EventsLog, Line},
     export::{self, Console},
+    metrics::Metrics,
+    phase::PhaseTimeline,
     read::Input,
     record::Recorder,
     scope::Scope,
@@ -31,7 +34,9 @@ pub struct Pipeline {
     pub scope: Option<Scope>,
     pub console: Console,
     pub clock: Clock,
-    pub phase: String,
+    pub phases: PhaseTimeline,
+    pub metrics: Arc<Metrics>,
+    pub events_log: EventsLog,
     pub stats: PipelineStats,
 }
 
@@ -47,16 +52,29 @@ impl Pipeline {
 
     pub fn handle(&mut self, input: Input) {
         match input {
-            Input::Kernel(bytes) => match decode::decode(&bytes) {
-                Ok(Some(observation)) => self.observe(&observation),
-                Ok(None) => {}
-                Err(error) => *self.stats.parse_errors.entry(error.parser()).or_default() += 1,
-            },
+            Input::Kernel(bytes) => {
+                self.metrics.event_received(SystemTime::now());
+                match decode::decode(&bytes) {
+                    Ok(Some(observation)) => self.observe(&observation),
+                    Ok(None) => {}
+                    Err(error) => {
+                        *self.stats.parse_errors.entry(error.parser()).or_default() += 1;
+                        self.metrics.parse_error(error.parser());
+                    }
+                }
+            }
             Input::Resolved {
                 name,
                 addresses,
                 boot_ns,
             } => self.classifier.learn_resolved(&name, &addresses, boot_ns),
+            Input::Phase(change) => {
+                let marker = self.phases.switch(&change).clone();
+                self.events_log.send(Line::Phase {
+                    time: change.at,
+                    marker,
+                });
+            }
         }
     }
 
@@ -75,9 +93,18 @@ impl Pipeline {
             }
         }
         let origin = self.attributor.attribute(actor);
+        let failures = self.attributor.stats();
+        self.metrics
+            .attribution(failures.process_gone, failures.cgroup_unknown);
         let at = self.clock.wall(actor.boot_ns);
         self.console
             .line(&export::format_line(at, &matched, &origin));
-        self.recorder.record(&matched, &origin, &self.phase, at);
+        let phase = self.phases.phase_at(actor.boot_ns);
+        let attempt = self.recorder.record(&matched, &origin, phase, at);
+        self.metrics.record_event(attempt, &matched.evidence);
+        self.events_log.send(Line::Attempt {
+            time: at,
+            attempt: Box::new(attempt.clone()),
+        });
     }
 }

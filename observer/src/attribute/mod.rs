@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::cgroup_path::{CgroupOwner, Container};
 use self::{cgroups::CgroupIndex, procfs::ProcessFacts};
@@ -23,7 +23,7 @@ use crate::decode::{Actor, Comm};
 const MAX_ANCESTORS: usize = 16;
 const MAX_CACHED_PROCESSES: usize = 8192;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub comm: String,
@@ -35,14 +35,14 @@ pub struct ProcessInfo {
     pub ancestors: Vec<Ancestor>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ancestor {
     pub pid: u32,
     pub comm: String,
     pub exe: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupRef {
     pub id: u64,
     /// Relative to the cgroup2 root; None when the cgroup was already gone.
@@ -59,7 +59,7 @@ pub struct Origin {
 }
 
 /// Counts of attributions that had to do with less than everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributionStats {
     /// The process had exited before /proc was read.
     pub process_gone: u64,
