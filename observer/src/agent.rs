@@ -78,7 +78,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let cgroup_root = preflight::cgroup2_mount().map_err(UsageError)?;
     report::check_writable(&options.report).map_err(UsageError)?;
     if let Some(junit) = &options.junit {
-        check_junit_writable(junit).map_err(UsageError)?;
+        report::check_output_writable(junit, "JUnit file", "--junit", "junit.xml")
+            .map_err(UsageError)?;
     }
     if std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|status| preflight::in_nested_pid_namespace(&status))
@@ -420,15 +421,6 @@ fn bind_control(explicit: Option<&Path>) -> Result<Option<ControlSocket>, UsageE
             }
         },
     }
-}
-
-fn check_junit_writable(path: &Path) -> Result<(), String> {
-    report::check_writable(path).map_err(|e| {
-        e.replace("the report path", "the JUnit path")
-            .replace("the report to", "the JUnit file to")
-            .replace("--report", "--junit")
-            .replace("registry-report.json", "registry-junit.xml")
-    })
 }
 
 #[derive(Clone, Copy, Debug)]

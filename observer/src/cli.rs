@@ -202,7 +202,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
 
-    /// Control socket for `registry-observer mark` (root only).
+    /// Control socket for `registry-observer mark` (root only). If another
+    /// agent holds the default one, this run goes on without a socket (with
+    /// a warning); a path given here must be free.
     #[arg(long, value_name = "PATH", default_value_t = control::DEFAULT_SOCKET.to_string())]
     pub control_socket: String,
 

@@ -120,10 +120,6 @@ impl PhaseTimeline {
             .map_or(&self.phases[0].1.name, |(_, marker)| &marker.name)
     }
 
-    pub fn current(&self) -> &str {
-        &self.phases.last().expect("never empty").1.name
-    }
-
     pub fn markers(&self) -> Vec<PhaseMarker> {
         self.phases.iter().map(|(_, m)| m.clone()).collect()
     }
@@ -170,7 +166,6 @@ mod tests {
         assert_eq!(timeline.phase_at(100), "upgrade");
         assert_eq!(timeline.phase_at(199), "upgrade");
         assert_eq!(timeline.phase_at(200), "late");
-        assert_eq!(timeline.current(), "late");
         let markers = timeline.markers();
         assert_eq!(
             markers.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),

@@ -70,6 +70,7 @@ impl Pipeline {
             } => self.classifier.learn_resolved(&name, &addresses, boot_ns),
             Input::Phase(change) => {
                 let marker = self.phases.switch(&change).clone();
+                self.console.line(&export::format_phase_line(&marker));
                 self.events_log.send(Line::Phase {
                     time: change.at,
                     marker,

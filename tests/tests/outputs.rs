@@ -301,10 +301,9 @@ fn phases_metrics_junit_and_events_of_one_run() {
         "{samples}"
     );
     assert!(
-        samples
-            .lines()
-            .any(|l| l
-                == "registry_observer_events_lost_total|reason=queue_full,stage=user_queue|0"),
+        samples.lines().any(
+            |l| l == "registry_observer_events_lost_total|reason=queue_full,stage=user_queue|0"
+        ),
         "{samples}"
     );
     assert!(
@@ -342,6 +341,17 @@ fn phases_metrics_junit_and_events_of_one_run() {
             ("upgrade", "mark"),
             ("post-upgrade", "http")
         ]
+    );
+    let summarized: Vec<&str> = report["summary"]["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        summarized,
+        ["boot", "upgrade", "post-upgrade"],
+        "{report:#}"
     );
     for (cgroup, phase, host) in [
         (&boot, "boot", "registry.redhat.io"),

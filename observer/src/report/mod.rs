@@ -146,6 +146,18 @@ pub struct Summary {
     pub allowed: usize,
     pub hosts: Vec<HostSummary>,
     pub components: Vec<String>,
+    /// Per phase that had attempts, in order of its first attempt.
+    #[serde(default)]
+    pub phases: Vec<PhaseSummary>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PhaseSummary {
+    pub phase: String,
+    pub attempts: usize,
+    pub violations: usize,
+    pub events: u64,
+    pub components: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -208,7 +220,34 @@ pub fn summarize(attempts: &[Attempt]) -> Summary {
         allowed: attempts.len() - violations,
         hosts: hosts.into_values().collect(),
         components: components.into_iter().collect(),
+        phases: summarize_phases(attempts),
     }
+}
+
+fn summarize_phases(attempts: &[Attempt]) -> Vec<PhaseSummary> {
+    let mut phases: BTreeMap<&str, (SystemTime, PhaseSummary)> = BTreeMap::new();
+    for attempt in attempts {
+        let (first, summary) = phases.entry(&attempt.phase).or_insert_with(|| {
+            (
+                attempt.first_seen,
+                PhaseSummary {
+                    phase: attempt.phase.clone(),
+                    attempts: 0,
+                    violations: 0,
+                    events: 0,
+                    components: BTreeSet::new(),
+                },
+            )
+        });
+        *first = (*first).min(attempt.first_seen);
+        summary.attempts += 1;
+        summary.violations += usize::from(is_violation(attempt.verdict));
+        summary.events += attempt.count;
+        summary.components.insert(attempt.component.clone());
+    }
+    let mut ordered: Vec<(SystemTime, PhaseSummary)> = phases.into_values().collect();
+    ordered.sort_by_key(|(first, _)| *first);
+    ordered.into_iter().map(|(_, summary)| summary).collect()
 }
 
 /// Whether a verdict fails a CI gate.
@@ -311,9 +350,20 @@ fn temp_sibling(path: &Path) -> std::path::PathBuf {
 /// Fails early, before anything is attached, if the report could not be
 /// written at the end: an observation whose report is lost is wasted.
 pub fn check_writable(path: &Path) -> Result<(), String> {
+    check_output_writable(path, "report", "--report", "registry-report.json")
+}
+
+/// [`check_writable`] for any file written at exit: `what` names it in the
+/// message, `flag` and `example` say how to fix it.
+pub fn check_output_writable(
+    path: &Path,
+    what: &str,
+    flag: &str,
+    example: &str,
+) -> Result<(), String> {
     if path.is_dir() {
         return Err(format!(
-            "the report path {} is a directory; give a file name, e.g. --report {}/registry-report.json",
+            "the {what} path {} is a directory; give a file name, e.g. {flag} {}/{example}",
             path.display(),
             path.display()
         ));
@@ -325,7 +375,7 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
             Ok(())
         }
         Err(e) => Err(format!(
-            "cannot write the report to {} ({e}); choose a writable location with --report PATH",
+            "cannot write the {what} to {} ({e}); choose a writable location with {flag} PATH",
             path.display()
         )),
     }
@@ -349,6 +399,40 @@ mod tests {
         assert_eq!(again.attempts, report.attempts);
         assert_eq!(again.phases, report.phases);
         assert_eq!(again.summary, report.summary);
+    }
+
+    #[test]
+    fn summary_groups_by_phase_in_order_of_first_attempt() {
+        let report = node_report(
+            "n",
+            &["boot", "upgrade"],
+            vec![
+                attempt("upgrade", "mcd", "quay.io", 300),
+                attempt("boot", "crio", "quay.io", 10),
+                attempt("upgrade", "crio", "ghcr.io", 200),
+            ],
+        );
+        let phases: Vec<(&str, usize, u64, Vec<&str>)> = report
+            .summary
+            .phases
+            .iter()
+            .map(|p| {
+                (
+                    p.phase.as_str(),
+                    p.attempts,
+                    p.events,
+                    p.components.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                ("boot", 1, 2, vec!["crio"]),
+                ("upgrade", 2, 4, vec!["crio", "mcd"])
+            ]
+        );
+        assert_eq!(report.summary.phases[1].violations, 2);
     }
 
     #[test]
