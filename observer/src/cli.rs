@@ -196,8 +196,8 @@ pub struct RunArgs {
     pub events_max_size: u64,
 
     /// HTTP endpoint for /metrics (Prometheus), /healthz, /readyz and
-    /// POST /phase; `off` disables it. The default is loopback only; give
-    /// 0.0.0.0:9669 explicitly to expose it. If the default port is taken
+    /// POST /phase; `off` disables it. Default 127.0.0.1:9669, loopback
+    /// only; give 0.0.0.0:9669 explicitly to expose it. If the default port is taken
     /// the run continues without the endpoint (with a warning).
     #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
