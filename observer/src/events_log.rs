@@ -87,6 +87,11 @@ impl EventsLog {
         }
     }
 
+    /// False without `--events`: callers skip building lines.
+    pub fn enabled(&self) -> bool {
+        self.lines.is_some()
+    }
+
     pub fn send(&self, line: Line) {
         let Some(lines) = &self.lines else { return };
         match lines.try_send(line) {

@@ -103,9 +103,11 @@ impl Pipeline {
         let phase = self.phases.phase_at(actor.boot_ns);
         let attempt = self.recorder.record(&matched, &origin, phase, at);
         self.metrics.record_event(attempt, &matched.evidence);
-        self.events_log.send(Line::Attempt {
-            time: at,
-            attempt: Box::new(attempt.clone()),
-        });
+        if self.events_log.enabled() {
+            self.events_log.send(Line::Attempt {
+                time: at,
+                attempt: Box::new(attempt.clone()),
+            });
+        }
     }
 }
