@@ -2,11 +2,12 @@
 //! lifetime (attach, observe, stop, detach, report).
 
 use std::{
+    collections::BTreeMap,
     io,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitStatus,
-    sync::{Arc, OnceLock, atomic::AtomicBool},
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -23,6 +24,7 @@ use crate::{
     attribute::Attributor,
     classify::{AddressBook, Catalog, Category, Classifier, Pattern, Source},
     clock::{self, Clock},
+    connections::{Connections, MAX_CONNECTIONS},
     control::{self, ControlSocket, PhaseSwitch},
     events_log::EventsLog,
     export::Console,
@@ -33,7 +35,7 @@ use crate::{
     preflight,
     read::{self, Input, ReadCounters},
     record::Recorder,
-    report::{self, Losses, ObserverSection, Report, junit, text},
+    report::{self, HookMissing, Losses, ObserverSection, Report, junit, text},
     scope::CommandCgroup,
 };
 
@@ -109,7 +111,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let phase_switch = PhaseSwitch::new(queue_tx.downgrade());
     let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     let read_counters = Arc::new(ReadCounters::default());
     let kernel_counter_map: Arc<OnceLock<PerCpuArray<MapData, u64>>> = Arc::new(OnceLock::new());
     let events_file_dropped = events_log.dropped_counter();
@@ -119,14 +121,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 (Arc::clone(&read_counters), Arc::clone(&kernel_counter_map));
             let endpoint = http::Endpoint {
                 metrics: Arc::clone(&metrics),
-                health: Box::new(move || HealthSnapshot {
-                    read: read_counters.snapshot(),
-                    kernel_losses: kernel_counter_map
+                health: Box::new(move || {
+                    let (kernel_losses, kernel_truncated) = kernel_counter_map
                         .get()
-                        .map(kernel_losses)
-                        .unwrap_or_default(),
-                    events_file_dropped: events_file_dropped
-                        .load(std::sync::atomic::Ordering::Relaxed),
+                        .map(kernel_counts)
+                        .unwrap_or_default();
+                    HealthSnapshot {
+                        read: read_counters.snapshot(),
+                        kernel_losses,
+                        kernel_truncated,
+                        events_file_dropped: events_file_dropped
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    }
                 }),
                 ready: Arc::clone(&ready),
                 phases: phase_switch.clone(),
@@ -178,7 +184,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         stop_rx.clone(),
         Arc::clone(&read_counters),
     ));
-    ready.store(true, std::sync::atomic::Ordering::Release);
+    // Missing hooks do not stop the agent (what is attached still sees
+    // evidence), but the run will be incomplete: say so where it is asked.
+    let _ = ready.set(readiness(&probes.missing));
     // Live lines go to stdout when watching the machine; with a command they
     // go to stderr so the command's own stdout stays its own.
     let live_output: Box<dyn io::Write + Send> = if command_mode {
@@ -187,6 +195,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         Box::new(io::stdout())
     };
     let pipeline = Pipeline {
+        connections: Connections::new(MAX_CONNECTIONS),
         classifier: Classifier::new(
             catalog,
             AddressBook::new(
@@ -227,7 +236,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     };
     let mut observing = format!(
         "registry-observer: observing {what} (hooks: {}); phase: {}; report: {}",
-        load::HOOKS.join(", "),
+        probes.attached.join(", "),
         options.phase,
         options.report.display()
     );
@@ -236,6 +245,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     if let Some(path) = &control_path {
         observing.push_str(&format!("; control socket: {path}"));
+    }
+    for (hook, reason) in &probes.missing {
+        eprintln!("registry-observer: warning: hook {hook} is not attached: {reason}");
     }
     if command_mode {
         eprintln!("{observing}");
@@ -252,6 +264,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     };
 
     // Detach first, then drain: nothing can arrive after the final drain.
+    let hooks: Vec<String> = probes.attached.iter().map(|h| h.to_string()).collect();
+    let hooks_missing: Vec<HookMissing> = probes
+        .missing
+        .iter()
+        .map(|(hook, reason)| HookMissing {
+            hook: hook.to_string(),
+            reason: reason.clone(),
+        })
+        .collect();
     drop(probes);
     let _ = stop_tx.send(true);
     let read_stats = reader.await.context("the ring-buffer reader failed")?;
@@ -282,6 +303,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
 
     let Pipeline {
+        connections,
         recorder,
         attributor,
         phases,
@@ -294,12 +316,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         events_file: events_log.finish(),
         ..Losses::default()
     };
-    let mut dns_truncated = 0;
+    let mut truncated = BTreeMap::new();
     for (counter, value) in kernel {
         if counter.is_loss() {
             losses.kernel.insert(counter.name().to_string(), value);
         } else {
-            dns_truncated = value;
+            truncated.insert(counter.name().to_string(), value);
         }
     }
     let kernel_lost: u64 = losses.kernel.values().sum();
@@ -319,7 +341,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             command_exit_code,
             command_cgroup: command_cgroup_path,
             cgroup2_mount: cgroup_root.display().to_string(),
-            hooks: load::HOOKS.iter().map(|h| h.to_string()).collect(),
+            complete: events_lost == 0 && hooks_missing.is_empty(),
+            hooks,
+            hooks_missing,
             events_total: read_stats.records + kernel_lost,
             events_lost,
             losses,
@@ -328,9 +352,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 .iter()
                 .map(|(parser, n)| (parser.to_string(), *n))
                 .collect(),
-            dns_truncated,
+            truncated,
+            payload_parsers: connections.stats().clone(),
             attribution: attributor.stats().clone(),
-            complete: events_lost == 0,
         }),
         nodes: vec![],
         phases: phases.markers(),
@@ -382,12 +406,34 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     ))
 }
 
-fn kernel_losses(counters: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)> {
-    read::kernel_counters(counters)
+/// The /readyz answer once the programs are attached.
+fn readiness(missing: &[(&'static str, String)]) -> String {
+    if missing.is_empty() {
+        "ready: every hook is attached\n".to_string()
+    } else {
+        let hooks: Vec<&str> = missing.iter().map(|(hook, _)| *hook).collect();
+        format!(
+            "ready, but incomplete: hook(s) not attached: {}\n",
+            hooks.join(", ")
+        )
+    }
+}
+
+/// The kernel's counters by name, split as the report splits them: losses,
+/// and events that went out cut short.
+type NamedCounts = Vec<(&'static str, u64)>;
+
+fn kernel_counts(counters: &PerCpuArray<MapData, u64>) -> (NamedCounts, NamedCounts) {
+    let (losses, truncated): (Vec<_>, Vec<_>) = read::kernel_counters(counters)
         .into_iter()
-        .filter(|(counter, _)| counter.is_loss())
-        .map(|(counter, value)| (counter.name(), value))
-        .collect()
+        .partition(|(counter, _)| counter.is_loss());
+    let named = |counts: Vec<(observer_common::Counter, u64)>| {
+        counts
+            .into_iter()
+            .map(|(counter, value)| (counter.name(), value))
+            .collect()
+    };
+    (named(losses), named(truncated))
 }
 
 fn bind_metrics(
@@ -583,6 +629,18 @@ mod tests {
         assert_eq!(code(false, false, 3, false, Some(5)), 5);
         assert_eq!(code(true, false, 1, false, Some(5)), 1);
         assert_eq!(code(true, false, 0, false, Some(5)), 5);
+    }
+
+    #[test]
+    fn readiness_names_the_hooks_this_kernel_refused() {
+        assert_eq!(readiness(&[]), "ready: every hook is attached\n");
+        assert_eq!(
+            readiness(&[
+                ("sendmsg4", "EINVAL".into()),
+                ("process_exec", "no BTF".into())
+            ]),
+            "ready, but incomplete: hook(s) not attached: sendmsg4, process_exec\n"
+        );
     }
 
     #[test]

@@ -23,8 +23,9 @@ macro_rules! exit_codes {
     () => {
         "Exit codes of `run` (the first that applies):
   2    usage error, or the observer could not start (privileges, kernel, cgroup2)
-  3    incomplete: events were lost or --events lines dropped, so absence of
-       attempts proves nothing (--allow-incomplete turns this off)
+  3    incomplete: events were lost, --events lines dropped or a hook could
+       not be attached, so absence of attempts proves nothing
+       (--allow-incomplete turns this off)
   1    --fail-on-violation was given and a registry was contacted
   N    with a COMMAND: the command's own exit code
        (127 not found, 126 not executable, 128+S killed by signal S)
@@ -171,8 +172,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub fail_on_violation: bool,
 
-    /// Do not exit 3 when events were lost: accept an incomplete
-    /// observation (the report still says `complete: false`).
+    /// Do not exit 3 when events were lost or a hook was missing: accept
+    /// an incomplete observation (the report still says `complete: false`).
     #[arg(long)]
     pub allow_incomplete: bool,
 

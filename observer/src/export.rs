@@ -95,6 +95,7 @@ mod tests {
                 443,
             )),
             detail: None,
+            cookie: None,
         };
         let mut origin = Origin {
             process: ProcessInfo {

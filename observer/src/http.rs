@@ -1,14 +1,11 @@
 //! The HTTP endpoint on `--metrics-addr`: `GET /metrics`, `GET /healthz`
-//! (the process answers), `GET /readyz` (200 once every hook is attached,
-//! else 503) and `POST /phase` (body: a phase name, or `{"phase": NAME}`).
+//! (the process answers), `GET /readyz` (200 once the kernel programs are
+//! attached, naming any hook this kernel refused; else 503) and `POST /phase` (body: a phase name, or `{"phase": NAME}`).
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, OnceLock},
 };
 
 use bytes::Bytes;
@@ -38,7 +35,8 @@ pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     /// Current absolute health counts, gathered at each scrape.
     pub health: Box<dyn Fn() -> HealthSnapshot + Send + Sync>,
-    pub ready: Arc<AtomicBool>,
+    /// Set once the programs are attached: the /readyz answer.
+    pub ready: Arc<OnceLock<String>>,
     pub phases: PhaseSwitch,
 }
 
@@ -99,16 +97,13 @@ async fn handle(endpoint: &Endpoint, request: Request<Incoming>) -> Response<Ful
             }
         }
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            if endpoint.ready.load(Ordering::Acquire) {
-                plain(StatusCode::OK, "ready: every hook is attached\n")
-            } else {
-                plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: the kernel programs are not attached yet\n",
-                )
-            }
-        }
+        (&Method::GET, "/readyz") => match endpoint.ready.get() {
+            Some(answer) => plain(StatusCode::OK, answer),
+            None => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the kernel programs are not attached yet\n",
+            ),
+        },
         (&Method::POST, "/phase") => {
             let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
                 .collect()

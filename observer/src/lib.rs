@@ -2,7 +2,10 @@
 //! know.
 //!
 //! Stages, one module each, data flowing one way:
-//! load -> read -> decode -> classify -> attribute -> record -> export.
+//! load -> read -> decode -> join (connections, process lineage) ->
+//! classify -> attribute -> record -> export.
+//! `payload` holds the pure parsers for the first bytes of TCP connections
+//! (TLS SNI, HTTP proxy requests, DNS over TCP), used by `connections`.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
 //! middle stages on one thread. Outputs besides the live lines: `report`
 //! (JSON, and from it JUnit, summaries, merge and diff), `events_log`
@@ -14,6 +17,7 @@ pub mod attribute;
 pub mod classify;
 pub mod cli;
 pub mod clock;
+pub mod connections;
 pub mod control;
 pub mod decode;
 pub mod events_log;
@@ -21,6 +25,7 @@ pub mod export;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod payload;
 pub mod phase;
 pub mod pipeline;
 pub mod preflight;

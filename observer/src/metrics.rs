@@ -1,6 +1,7 @@
 //! Prometheus metrics: registry attempts by who and what, and the agent's
-//! health (events produced, delivered and lost per stage, parse errors,
-//! attribution failures, last event time, build info).
+//! health (events produced, delivered, lost and truncated per stage, parse
+//! errors, payload parser results, attribution failures, last event time,
+//! build info).
 //!
 //! Labels stay bounded: no pid, address or timestamp; the series of a pod
 //! that is gone are removed with [`Metrics::forget_pod`].
@@ -19,6 +20,7 @@ use prometheus_client::{
 
 use crate::{
     classify::Evidence,
+    payload::PayloadStats,
     read::ReadStats,
     record::{Attempt, Verdict},
 };
@@ -61,6 +63,18 @@ struct ParserLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PayloadLabels {
+    parser: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnparsedLabels {
+    parser: &'static str,
+    /// An `UnparsedReason` key: bounded by that enum.
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -76,6 +90,8 @@ const KERNEL_RING: &str = "kernel_ring";
 const USER_QUEUE: &str = "user_queue";
 /// Parsers as `DecodeError::parser` names them.
 const PARSERS: [&str; 2] = ["record", "dns"];
+/// The payload parsers, as `payload::Parser::as_str` names them.
+const PAYLOAD_PARSERS: [&str; 3] = ["tls", "http", "dns_tcp"];
 
 /// Absolute counts gathered elsewhere, mirrored into the health series at
 /// each scrape.
@@ -84,6 +100,9 @@ pub struct HealthSnapshot {
     pub read: ReadStats,
     /// Loss counters of the kernel programs, by counter name.
     pub kernel_losses: Vec<(&'static str, u64)>,
+    /// The kernel's other counters (`Counter::is_loss` false): events that
+    /// went out cut short, by counter name.
+    pub kernel_truncated: Vec<(&'static str, u64)>,
     /// Lines the `--events` writer could not keep up with.
     pub events_file_dropped: u64,
 }
@@ -94,7 +113,11 @@ pub struct Metrics {
     produced: Family<StageLabels, Counter>,
     delivered: Family<StageLabels, Counter>,
     lost: Family<LossLabels, Counter>,
+    truncated: Family<LossLabels, Counter>,
     events_file_dropped: Counter,
+    payload_parsed: Family<PayloadLabels, Counter>,
+    payload_unparsed: Family<UnparsedLabels, Counter>,
+    payload_not_recognized: Counter,
     parse_errors: Family<ParserLabels, Counter>,
     attribution_failures: Family<ReasonLabels, Counter>,
     last_event: Gauge<f64, AtomicU64>,
@@ -116,7 +139,7 @@ impl Metrics {
         let attempts = Family::<AttemptLabels, Counter>::default();
         registry.register(
             "attempts",
-            "Registry events (DNS queries, connects) by phase, component, registry and verdict; one increment per event, labelled with its strongest evidence",
+            "Registry events (DNS queries, connects, sendto()s, TLS ClientHellos, HTTP requests) by phase, component, registry and verdict; one increment per event, labelled with its strongest evidence",
             attempts.clone(),
         );
         let produced = Family::<StageLabels, Counter>::default();
@@ -137,6 +160,12 @@ impl Metrics {
             "Events lost, by stage and reason; any loss makes the run incomplete",
             lost.clone(),
         );
+        let truncated = Family::<LossLabels, Counter>::default();
+        registry.register(
+            "events_truncated",
+            "Events delivered cut short, by stage and reason (payload longer than the capture, exec arguments unreadable); not a loss",
+            truncated.clone(),
+        );
         let events_file_dropped = Counter::default();
         registry.register(
             "events_file_lines_dropped",
@@ -148,6 +177,24 @@ impl Metrics {
             "parse_errors",
             "Records or payloads that did not parse, by parser",
             parse_errors.clone(),
+        );
+        let payload_parsed = Family::<PayloadLabels, Counter>::default();
+        registry.register(
+            "payload_streams_parsed",
+            "TCP streams whose first bytes a payload parser (tls, http, dns_tcp) read",
+            payload_parsed.clone(),
+        );
+        let payload_unparsed = Family::<UnparsedLabels, Counter>::default();
+        registry.register(
+            "payload_streams_unparsed",
+            "TCP streams a payload parser claimed but could not read, by parser and reason",
+            payload_unparsed.clone(),
+        );
+        let payload_not_recognized = Counter::default();
+        registry.register(
+            "payload_streams_not_recognized",
+            "TCP streams no payload parser claimed (other protocols; not errors)",
+            payload_not_recognized.clone(),
         );
         let attribution_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -189,15 +236,18 @@ impl Metrics {
             },
         );
         for counter in observer_common::Counter::ALL {
+            let labels = LossLabels {
+                stage: KERNEL_RING,
+                reason: counter.name(),
+            };
             if counter.is_loss() {
-                create_series(
-                    &lost,
-                    &LossLabels {
-                        stage: KERNEL_RING,
-                        reason: counter.name(),
-                    },
-                );
+                create_series(&lost, &labels);
+            } else {
+                create_series(&truncated, &labels);
             }
+        }
+        for parser in PAYLOAD_PARSERS {
+            create_series(&payload_parsed, &PayloadLabels { parser });
         }
         for parser in PARSERS {
             create_series(&parse_errors, &ParserLabels { parser });
@@ -212,7 +262,11 @@ impl Metrics {
             produced,
             delivered,
             lost,
+            truncated,
             events_file_dropped,
+            payload_parsed,
+            payload_unparsed,
+            payload_not_recognized,
             parse_errors,
             attribution_failures,
             last_event,
@@ -271,6 +325,31 @@ impl Metrics {
         }
     }
 
+    /// Mirrors the connection stage's absolute parser counts. Unparsed
+    /// series appear with their first stream: reasons are many and rare.
+    pub fn payload_parsers(&self, stats: &PayloadStats) {
+        for (parser, parser_stats) in [
+            ("tls", &stats.tls),
+            ("http", &stats.http),
+            ("dns_tcp", &stats.dns_tcp),
+        ] {
+            mirror(
+                &self.payload_parsed.get_or_create(&PayloadLabels { parser }),
+                parser_stats.parsed,
+            );
+            for (reason, value) in &parser_stats.unparsed {
+                mirror(
+                    &self.payload_unparsed.get_or_create(&UnparsedLabels {
+                        parser,
+                        reason: reason.clone(),
+                    }),
+                    *value,
+                );
+            }
+        }
+        mirror(&self.payload_not_recognized, stats.not_recognized);
+    }
+
     pub fn event_received(&self, at: SystemTime) {
         let seconds = at
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -292,6 +371,15 @@ impl Metrics {
         for (reason, value) in &health.kernel_losses {
             mirror(
                 &self.lost.get_or_create(&LossLabels {
+                    stage: KERNEL_RING,
+                    reason,
+                }),
+                *value,
+            );
+        }
+        for (reason, value) in &health.kernel_truncated {
+            mirror(
+                &self.truncated.get_or_create(&LossLabels {
                     stage: KERNEL_RING,
                     reason,
                 }),
@@ -341,14 +429,21 @@ fn mirror(counter: &Counter, absolute: u64) {
     }
 }
 
-/// The strongest evidence of one event: a connect() is stronger than the
-/// answer that named its address, which is stronger than a lookup. One
-/// label value per event keeps `sum(attempts_total)` equal to the events.
+/// The strongest evidence of one event: the registry's name in the
+/// connection's own bytes (TLS SNI, then a proxy CONNECT, then an HTTP
+/// Host) is stronger than a connect() or sendto() to its address, which is
+/// stronger than the answer that named the address, which is stronger than
+/// a lookup. One label value per event keeps `sum(attempts_total)` equal to
+/// the events; distinct ranks keep the choice independent of order.
 pub fn strongest(evidence: &[Evidence]) -> Option<Evidence> {
     evidence.iter().copied().max_by_key(|e| match e {
         Evidence::DnsQuery => 0,
         Evidence::DnsAnswer => 1,
-        Evidence::Connect => 2,
+        Evidence::Sendmsg => 2,
+        Evidence::Connect => 3,
+        Evidence::HttpHost => 4,
+        Evidence::HttpConnect => 5,
+        Evidence::TlsSni => 6,
     })
 }
 
@@ -451,6 +546,7 @@ mod tests {
             last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
             count: 1,
             node: None,
+            outcomes: Default::default(),
         }
     }
 
@@ -506,6 +602,7 @@ mod tests {
                 queue_full: 3,
             },
             kernel_losses: vec![("connect_reserve_failed", 5), ("dns_reserve_failed", 0)],
+            kernel_truncated: vec![("tcp_truncated", 7)],
             events_file_dropped: 2,
         };
         metrics.mirror_health(&health);
@@ -517,6 +614,11 @@ mod tests {
             "registry_observer_events_delivered_total{stage=\"kernel_ring\"} 100\n",
             "registry_observer_events_lost_total{stage=\"kernel_ring\",reason=\"connect_reserve_failed\"} 5\n",
             "registry_observer_events_lost_total{stage=\"kernel_ring\",reason=\"dns_load_failed\"} 0\n",
+            "registry_observer_events_lost_total{stage=\"kernel_ring\",reason=\"tcp_track_failed\"} 0\n",
+            "registry_observer_events_truncated_total{stage=\"kernel_ring\",reason=\"tcp_truncated\"} 7\n",
+            "registry_observer_events_truncated_total{stage=\"kernel_ring\",reason=\"exec_args_missing\"} 0\n",
+            "registry_observer_payload_streams_parsed_total{parser=\"dns_tcp\"} 0\n",
+            "registry_observer_payload_streams_not_recognized_total 0\n",
             "registry_observer_events_produced_total{stage=\"user_queue\"} 100\n",
             "registry_observer_events_delivered_total{stage=\"user_queue\"} 97\n",
             "registry_observer_events_lost_total{stage=\"user_queue\",reason=\"queue_full\"} 3\n",
@@ -553,12 +655,50 @@ mod tests {
     }
 
     #[test]
-    fn strongest_evidence_prefers_connect() {
+    fn strongest_evidence_prefers_the_registry_named_in_the_connection() {
         assert_eq!(
             strongest(&[Evidence::DnsAnswer, Evidence::Connect]),
             Some(Evidence::Connect)
         );
+        assert_eq!(
+            strongest(&[Evidence::DnsAnswer, Evidence::Sendmsg]),
+            Some(Evidence::Sendmsg)
+        );
+        // Order in the event does not matter.
+        for pair in [
+            [Evidence::TlsSni, Evidence::Connect],
+            [Evidence::Connect, Evidence::TlsSni],
+        ] {
+            assert_eq!(strongest(&pair), Some(Evidence::TlsSni));
+        }
+        assert_eq!(
+            strongest(&[Evidence::HttpHost, Evidence::HttpConnect]),
+            Some(Evidence::HttpConnect)
+        );
         assert_eq!(strongest(&[Evidence::DnsQuery]), Some(Evidence::DnsQuery));
         assert_eq!(strongest(&[]), None);
+    }
+
+    #[test]
+    fn payload_parser_counts_mirror_per_parser_and_reason() {
+        let metrics = Metrics::new();
+        let mut stats = PayloadStats::default();
+        stats.tls.parsed = 3;
+        stats.tls.unparsed.insert("gap".into(), 2);
+        stats.not_recognized = 4;
+        metrics.payload_parsers(&stats);
+        metrics.payload_parsers(&stats);
+        stats.tls.parsed = 5;
+        metrics.payload_parsers(&stats);
+        let text = metrics.encode_openmetrics();
+        for expected in [
+            "registry_observer_payload_streams_parsed_total{parser=\"tls\"} 5\n",
+            "registry_observer_payload_streams_parsed_total{parser=\"http\"} 0\n",
+            "registry_observer_payload_streams_unparsed_total{parser=\"tls\",reason=\"gap\"} 2\n",
+            "registry_observer_payload_streams_not_recognized_total 4\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("parser=\"http\",reason"), "{text}");
     }
 }

@@ -1,14 +1,18 @@
 //! The stages between the reader and the report, run on one thread:
-//! decode -> classify -> (scope) -> attribute -> record -> export.
+//! decode -> join (connections, process lineage) -> classify -> (scope) ->
+//! attribute -> record -> export.
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::SystemTime};
 
 use tokio::sync::mpsc;
+
+use hickory_proto::op::ResponseCode;
 
 use crate::{
     attribute::Attributor,
     classify::Classifier,
     clock::Clock,
+    connections::{Connections, Joined},
     decode::{self, Observation},
     events_log::{EventsLog, Line},
     export::{self, Console},
@@ -21,13 +25,17 @@ use crate::{
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PipelineStats {
-    /// Records that did not decode, by parser (`record`, `dns`).
+    /// Records that did not decode, by parser (`record`, `dns`; TLS, HTTP
+    /// and DNS over TCP are counted in the connection stage's stats).
     pub parse_errors: BTreeMap<&'static str, u64>,
     /// Registry events outside the observed command (mode `command`).
     pub out_of_scope: u64,
 }
 
+const IPPROTO_TCP: u32 = 6;
+
 pub struct Pipeline {
+    pub connections: Connections,
     pub classifier: Classifier,
     pub attributor: Attributor,
     pub recorder: Recorder,
@@ -55,12 +63,9 @@ impl Pipeline {
             Input::Kernel(bytes) => {
                 self.metrics.event_received(SystemTime::now());
                 match decode::decode(&bytes) {
-                    Ok(Some(observation)) => self.observe(&observation),
+                    Ok(Some(observation)) => self.join(observation),
                     Ok(None) => {}
-                    Err(error) => {
-                        *self.stats.parse_errors.entry(error.parser()).or_default() += 1;
-                        self.metrics.parse_error(error.parser());
-                    }
+                    Err(error) => self.count_error(&error),
                 }
             }
             Input::Resolved {
@@ -79,7 +84,62 @@ impl Pipeline {
         }
     }
 
+    fn count_error(&mut self, error: &decode::DecodeError) {
+        *self.stats.parse_errors.entry(error.parser()).or_default() += 1;
+        self.metrics.parse_error(error.parser());
+    }
+
+    /// Events that describe a process or a connection rather than an
+    /// attempt feed their tables; payload findings come back as
+    /// observations of the connecting process.
+    fn join(&mut self, observation: Observation) {
+        match &observation {
+            Observation::Exec { .. } | Observation::Fork { .. } | Observation::Exit { .. } => {
+                self.attributor.follow(&observation);
+            }
+            Observation::TcpPayload { .. } => {
+                let joined = self.connections.segment(&observation);
+                self.metrics.payload_parsers(self.connections.stats());
+                match joined {
+                    Joined::Observation(derived) => self.observe(&derived),
+                    Joined::DnsError(error) => self.count_error(&error),
+                    Joined::Nothing => {}
+                }
+            }
+            Observation::ConnectDone {
+                cookie, outcome, ..
+            } => {
+                self.connections.ended_handshake(*cookie, *outcome);
+                self.recorder.connection_outcome(*cookie, &outcome.name());
+            }
+            Observation::Connect {
+                actor,
+                dest,
+                port,
+                cookie,
+                sendmsg: false,
+                protocol: IPPROTO_TCP,
+            } => {
+                self.connections
+                    .opened(*cookie, actor, SocketAddr::new(*dest, *port));
+                // Opening may evict a connection whose stream is judged then.
+                self.metrics.payload_parsers(self.connections.stats());
+                self.observe(&observation);
+            }
+            _ => self.observe(&observation),
+        }
+    }
+
     fn observe(&mut self, observation: &Observation) {
+        if let Observation::DnsResponse {
+            actor, name, rcode, ..
+        } = observation
+            && *rcode != ResponseCode::NoError
+            && self.classifier.is_registry(name)
+        {
+            self.recorder
+                .dns_outcome(actor.cgroup_id, name, &decode::dns_outcome_name(*rcode));
+        }
         let Some(matched) = self.classifier.classify(observation) else {
             return;
         };
@@ -100,8 +160,21 @@ impl Pipeline {
         let at = self.clock.wall(actor.boot_ns);
         self.console
             .line(&export::format_line(at, &matched, &origin));
+        // Recorded under the phase in force when the event happened, not
+        // when it was processed. The handshake may have ended before the
+        // payload that named the registry arrived.
         let phase = self.phases.phase_at(actor.boot_ns);
-        let attempt = self.recorder.record(&matched, &origin, phase, at);
+        let handshake_outcome = matched
+            .cookie
+            .and_then(|cookie| self.connections.outcome(cookie))
+            .map(|outcome| outcome.name());
+        let attempt = self.recorder.record_with_outcome(
+            &matched,
+            &origin,
+            phase,
+            at,
+            handshake_outcome.as_deref(),
+        );
         self.metrics.record_event(attempt, &matched.evidence);
         if self.events_log.enabled() {
             self.events_log.send(Line::Attempt {

@@ -13,6 +13,7 @@
 
 mod agent;
 mod cgroup;
+pub mod observe;
 mod process;
 mod testbed;
 
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root};
 pub use process::{output_within, run_checked};
-pub use testbed::{TESTBED_TOOLS, Testbed};
+pub use testbed::{Daemon, TESTBED_TOOLS, Testbed};
 
 /// Panics with one sentence naming what is missing: root, or the executables
 /// in `tools` that are not on `PATH`.

@@ -14,105 +14,14 @@ use std::{
 };
 
 use observer_tests::{
-    Agent, TESTBED_TOOLS, TestCgroup, Testbed, agent_binary, output_within, require_root_and_tools,
-    run_checked,
+    Agent, TestCgroup, Testbed, agent_binary,
+    observe::{
+        CLIENT_TIMEOUT, PYTHON, agent_args, assert_complete, assert_valid_report, attempts_in,
+        evidence, in_netns, read_report, setup, start_agent,
+    },
+    output_within, require_root_and_tools, run_checked,
 };
 use serde_json::Value;
-
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Debian's interpreter, which has python3-jsonschema (installed by setup).
-const PYTHON: &str = "/usr/bin/python3";
-
-fn setup() -> Testbed {
-    require_root_and_tools(TESTBED_TOOLS);
-    require_root_and_tools(&[PYTHON, "getent", "skopeo"]);
-    Testbed::start().expect("starting the testbed")
-}
-
-/// The agent's options in tests: a report in the testbed's temp dir, no DNS
-/// lookups of its own (they would go to the host's resolver), and the test
-/// registry name added to the catalog.
-fn agent_args(report: &Path) -> Vec<String> {
-    vec![
-        "--report".into(),
-        report.display().to_string(),
-        "--catalog-resolve-interval".into(),
-        "0".into(),
-        "--registry".into(),
-        "registry.example.test".into(),
-    ]
-}
-
-fn start_agent(report: &Path) -> Agent {
-    let args = agent_args(report);
-    Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-fn read_report(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("the report is JSON")
-}
-
-/// Validates with an independent implementation (Python's jsonschema)
-/// against the published schema.
-fn assert_valid_report(path: &Path) {
-    let schema = observer_tests::workspace_root().join("docs/report.schema.json");
-    let script = "import json,sys,jsonschema\n\
-        schema=json.load(open(sys.argv[1])); report=json.load(open(sys.argv[2]))\n\
-        jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)";
-    let output = output_within(
-        Command::new(PYTHON)
-            .args(["-c", script])
-            .arg(&schema)
-            .arg(path),
-        CLIENT_TIMEOUT,
-    )
-    .expect("running the schema validator");
-    assert!(
-        output.status.success(),
-        "report {} does not match docs/report.schema.json:\n{}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn attempts_in(report: &Value, cgroup: &TestCgroup) -> Vec<Value> {
-    report["attempts"]
-        .as_array()
-        .expect("attempts is an array")
-        .iter()
-        .filter(|a| a["cgroup"]["id"].as_u64() == Some(cgroup.id()))
-        .cloned()
-        .collect()
-}
-
-fn evidence(attempt: &Value) -> Vec<&str> {
-    attempt["evidence"]
-        .as_array()
-        .expect("evidence is an array")
-        .iter()
-        .map(|e| e.as_str().unwrap())
-        .collect()
-}
-
-fn assert_complete(report: &Value) {
-    let observer = &report["observer"];
-    assert_eq!(observer["events_lost"], 0, "{observer:#}");
-    assert_eq!(observer["complete"], true, "{observer:#}");
-    assert_eq!(
-        observer["parse_errors"],
-        serde_json::json!({}),
-        "{observer:#}"
-    );
-}
-
-/// A command run in `cgroup` inside the testbed's network namespace.
-fn in_netns(testbed: &Testbed, cgroup: &TestCgroup, argv: &[&str]) -> Command {
-    let mut command = cgroup.command("ip");
-    command.args(["netns", "exec", testbed.netns()]).args(argv);
-    command
-}
 
 /// `getent hosts registry.redhat.io` in `cgroup`: NXDOMAIN from the
 /// testbed's dnsmasq, which is checked to have seen the query.
@@ -161,8 +70,12 @@ fn skopeo_inspect_is_one_attempt_with_dns_query_and_connect() {
     let attempt = &attempts[0];
     assert_eq!(attempt["host"], "quay.io");
     let evidence = evidence(attempt);
+    // skopeo is a Go client: its ClientHello carries a post-quantum key
+    // share and the SNI is still read from it.
     assert!(
-        evidence.contains(&"dns_query") && evidence.contains(&"connect"),
+        evidence.contains(&"dns_query")
+            && evidence.contains(&"connect")
+            && evidence.contains(&"tls_sni"),
         "{evidence:?}"
     );
     assert_eq!(attempt["process"]["comm"], "skopeo");
@@ -206,6 +119,13 @@ fn a_failed_lookup_of_a_registry_name_is_an_attempt() {
     assert_eq!(evidence(&attempts[0]), vec!["dns_query"]);
     assert_eq!(attempts[0]["dest"], Value::Null);
     assert_eq!(attempts[0]["process"]["comm"], "getent");
+    // Every query (A, AAAA) was answered NXDOMAIN: the attempt says so.
+    assert_eq!(
+        attempts[0]["outcomes"],
+        serde_json::json!({"dns_nxdomain": attempts[0]["count"]}),
+        "{:#}",
+        attempts[0]
+    );
 }
 
 #[test]
@@ -290,6 +210,22 @@ fn detaches_everything_from_the_root_cgroup_on_exit() {
             })
             .collect()
     };
+    // Tracing programs hang off BTF tracepoints, not the cgroup; their
+    // links are the agent's file descriptors (never pinned), which /proc
+    // shows as `link_type: raw_tracepoint` with the tracepoint's name.
+    let tracepoints = |pid: u32| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .expect("the agent's fdinfo")
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .filter(|info| info.contains("link_type:\traw_tracepoint"))
+            .filter_map(|info| {
+                let line = info.lines().find(|l| l.starts_with("tp_name:"))?;
+                Some(line.split_whitespace().nth(1)?.to_string())
+            })
+            .collect();
+        names.sort();
+        names
+    };
     let before = attached();
     let agent = start_agent(&testbed.temp_dir().join("detach.json"));
     let ours: Vec<_> = attached().difference(&before).cloned().collect();
@@ -297,8 +233,25 @@ fn detaches_everything_from_the_root_cgroup_on_exit() {
     names.sort();
     assert_eq!(
         names,
-        ["connect4", "connect6", "dns_egress", "dns_ingress"],
+        [
+            "connect4",
+            "connect6",
+            "sendmsg4",
+            "sendmsg6",
+            "skb_egress",
+            "skb_ingress"
+        ],
         "{ours:?}"
+    );
+    let agent_pid = agent.pid();
+    assert_eq!(
+        tracepoints(agent_pid),
+        [
+            "inet_sock_set_state",
+            "sched_process_exec",
+            "sched_process_exit",
+            "sched_process_fork"
+        ]
     );
     let output = agent.stop();
     assert!(output.status.success(), "{output:?}");
@@ -309,6 +262,11 @@ fn detaches_everything_from_the_root_cgroup_on_exit() {
             "{program:?} still attached: {after:?}"
         );
     }
+    // With the process gone, so are its links: none was pinned.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{agent_pid}")).exists(),
+        "the agent exited"
+    );
 }
 
 /// `run -- COMMAND`: exit 1 with --fail-on-violation when the command touched

@@ -19,22 +19,21 @@ use std::{
 };
 
 use observer_tests::{
-    Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed, agent_binary, output_within,
-    require_root_and_tools, run_checked,
+    Agent, AgentOutput, TestCgroup, Testbed, agent_binary,
+    observe::{self, CLIENT_TIMEOUT, PYTHON, assert_valid_report, attempts_in, read_report},
+    output_within, require_root_and_tools, run_checked,
 };
 use serde_json::Value;
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Debian's interpreter, with python3-jsonschema, python3-junitparser and
-/// python3-prometheus-client (installed by `cargo xtask setup`).
-const PYTHON: &str = "/usr/bin/python3";
 /// From Debian's prometheus package.
 const PROMTOOL: &str = "promtool";
 
+/// The e2e testbed, plus the consumers of the outputs: promtool, curl, and
+/// (in PYTHON) junitparser and prometheus_client, installed by `cargo
+/// xtask setup`.
 fn setup() -> Testbed {
-    require_root_and_tools(TESTBED_TOOLS);
-    require_root_and_tools(&[PYTHON, PROMTOOL, "curl", "getent", "skopeo"]);
-    Testbed::start().expect("starting the testbed")
+    require_root_and_tools(&[PROMTOOL, "curl"]);
+    observe::setup()
 }
 
 /// A loopback port nobody listens on now (the agent binds it right after).
@@ -66,28 +65,18 @@ impl Outputs {
         }
     }
 
-    /// No lookups of its own (they would use the host's resolver); the
-    /// testbed's registry name is in the catalog.
+    /// The e2e tests' agent options (see [`observe::agent_args`]) with
+    /// every output switched on.
     fn args(&self, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--report",
-            &self.report.display().to_string(),
-            "--junit",
-            &self.junit.display().to_string(),
-            "--events",
-            &self.events.display().to_string(),
-            "--control-socket",
-            &self.socket.display().to_string(),
-            "--metrics-addr",
-            &self.metrics,
-            "--catalog-resolve-interval",
-            "0",
-            "--registry",
-            "registry.example.test",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = observe::agent_args(&self.report);
+        for (flag, value) in [
+            ("--junit", self.junit.display().to_string()),
+            ("--events", self.events.display().to_string()),
+            ("--control-socket", self.socket.display().to_string()),
+            ("--metrics-addr", self.metrics.clone()),
+        ] {
+            args.extend([flag.to_string(), value]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }
@@ -101,6 +90,7 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
+/// A JSON file other than a report (a line of the events trail).
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -121,18 +111,6 @@ fn python(script: &str, args: &[&Path]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The independent validator (Python's jsonschema) against the published
-/// schema.
-fn assert_valid_report(path: &Path) {
-    let schema = observer_tests::workspace_root().join("docs/report.schema.json");
-    python(
-        "import json,sys,jsonschema\n\
-         schema=json.load(open(sys.argv[1])); report=json.load(open(sys.argv[2]))\n\
-         jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)",
-        &[&schema, path],
-    );
 }
 
 /// `curl` with a 10 s limit; returns (HTTP status, body).
@@ -184,15 +162,6 @@ fn skopeo_inspect(testbed: &Testbed, cgroup: &TestCgroup) {
         CLIENT_TIMEOUT,
     )
     .expect("skopeo inspect through the testbed registry");
-}
-
-fn attempts_in<'a>(report: &'a Value, cgroup: &TestCgroup) -> Vec<&'a Value> {
-    report["attempts"]
-        .as_array()
-        .expect("attempts is an array")
-        .iter()
-        .filter(|a| a["cgroup"]["id"].as_u64() == Some(cgroup.id()))
-        .collect()
 }
 
 /// One run through three phases, with every output read by its consumer.
@@ -294,6 +263,23 @@ fn phases_metrics_junit_and_events_of_one_run() {
     let connects = attempts_sample("upgrade", "skopeo", "connect")
         .unwrap_or_else(|| panic!("no skopeo connect sample:\n{samples}"));
     assert!(connects >= 1.0, "{samples}");
+    // The ClientHello that named the registry is its own event, labelled
+    // with the strongest evidence; the TLS parser counted its stream.
+    let hellos = attempts_sample("upgrade", "skopeo", "tls_sni")
+        .unwrap_or_else(|| panic!("no skopeo tls_sni sample:\n{samples}"));
+    assert!(hellos >= 1.0, "{samples}");
+    let parsed_tls = samples
+        .lines()
+        .find_map(|l| l.strip_prefix("registry_observer_payload_streams_parsed_total|parser=tls|"))
+        .unwrap_or_else(|| panic!("no TLS parser series:\n{samples}"));
+    assert!(parsed_tls.parse::<f64>().unwrap() >= 1.0, "{samples}");
+    // Kernel counters that cut events short are health series too.
+    assert!(
+        samples.lines().any(|l| l.starts_with(
+            "registry_observer_events_truncated_total|reason=exec_args_missing,stage=kernel_ring|"
+        )),
+        "{samples}"
+    );
     assert!(
         samples
             .lines()
@@ -327,7 +313,7 @@ fn phases_metrics_junit_and_events_of_one_run() {
 
     // The report: three phases, each attempt in its own.
     assert_valid_report(&out.report);
-    let report = read_json(&out.report);
+    let report = read_report(&out.report);
     let phases: Vec<(&str, &str)> = report["phases"]
         .as_array()
         .unwrap()
@@ -365,6 +351,25 @@ fn phases_metrics_junit_and_events_of_one_run() {
             assert_eq!(attempt["host"], host, "{attempt:#}");
         }
     }
+    // The capture's facts survive next to the phases: the lookups failed
+    // with NXDOMAIN, skopeo's TLS connection was established and named
+    // quay.io in its ClientHello.
+    for cgroup in [&boot, &post] {
+        for attempt in attempts_in(&report, cgroup) {
+            assert!(
+                attempt["outcomes"]["dns_nxdomain"].as_u64() >= Some(1),
+                "{attempt:#}"
+            );
+        }
+    }
+    let skopeo = attempts_in(&report, &upgrade);
+    assert!(
+        skopeo
+            .iter()
+            .any(|a| observe::evidence(a).contains(&"tls_sni")
+                && a["outcomes"]["established"].as_u64() >= Some(1)),
+        "{skopeo:#?}"
+    );
 
     // JUnit, read by junitparser: a suite per phase, skopeo failing in
     // upgrade with the host and evidence in the failure.
@@ -460,7 +465,7 @@ fn events_file_rotates_by_size() {
     // The live file holds the last event, PATH.1 the one before.
     let name = |n| read_json(&file(n))["host"].as_str().map(String::from);
     assert!(name(0).is_some() && name(1).is_some());
-    let report = read_json(&out.report);
+    let report = read_report(&out.report);
     assert!(attempts_in(&report, &cgroup).len() >= 8, "{report:#}");
 }
 
@@ -510,7 +515,7 @@ fn merge_and_diff_reports_of_two_runs() {
     let output = report(&["merge", "-o", &path(&merged), &path(&clean), &path(&skopeo)]);
     assert!(output.status.success(), "{output:?}");
     assert_valid_report(&merged);
-    let cluster = read_json(&merged);
+    let cluster = read_report(&merged);
     let nodes = cluster["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 2, "{cluster:#}");
     // Both runs were on this machine: the second node is named by its file.
@@ -626,7 +631,7 @@ for _ in range(3000): s.sendto(query, ('{}', 53))\n\"",
             output.stderr
         );
         assert_valid_report(&out.report);
-        let report = read_json(&out.report);
+        let report = read_report(&out.report);
         let observer = &report["observer"];
         assert_eq!(observer["complete"], false, "{observer:#}");
         assert!(
@@ -667,4 +672,68 @@ fn mark_without_an_agent_names_the_socket() {
             && stderr.contains("is `registry-observer run` running?"),
         "{stderr}"
     );
+}
+
+/// A kernel that refuses hooks: the agent runs on with what attached, and
+/// the run is incomplete (exit 3 unless `--allow-incomplete`). The refusal
+/// is real: the agent runs in a mount namespace of its own where
+/// /sys/kernel/btf/vmlinux is /dev/null, so it cannot find the kernel field
+/// offsets the lineage and connection-state programs need.
+#[test]
+fn missing_hooks_exit_3_unless_allowed() {
+    require_root_and_tools(&["unshare", "mount"]);
+    let testbed = setup();
+    let wrapper = testbed.temp_dir().join("agent-without-btf");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             exec unshare --mount --propagation private sh -c \
+             'mount --bind /dev/null /sys/kernel/btf/vmlinux && exec \"$0\" \"$@\"' '{}' \"$@\"\n",
+            agent_binary().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for (extra, expected) in [(None, 3), (Some("--allow-incomplete"), 0)] {
+        let out = Outputs::new(&testbed, "no-btf");
+        let mut args = out.args(&[]);
+        args.extend(extra.map(String::from));
+        args.extend(["--".into(), "true".into()]);
+        let output = Agent::run_binary_to_exit(&wrapper, &strs(&args), Duration::from_secs(120));
+        assert_eq!(output.status.code(), Some(expected), "{output:?}");
+        for said in [
+            "warning: hook process_exec is not attached: kernel field offsets unavailable",
+            "the observation is incomplete: hook(s) not attached: process_exec, process_fork, process_exit, sock_state",
+        ] {
+            assert!(
+                output.stderr.contains(said),
+                "{said:?} in {}",
+                output.stderr
+            );
+        }
+        assert_valid_report(&out.report);
+        let report = read_report(&out.report);
+        let observer = &report["observer"];
+        assert_eq!(observer["complete"], false, "{observer:#}");
+        assert_eq!(observer["events_lost"], 0, "{observer:#}");
+        let missing: Vec<&str> = observer["hooks_missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["hook"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            missing,
+            ["process_exec", "process_fork", "process_exit", "sock_state"],
+            "{observer:#}"
+        );
+        // What did attach still observes.
+        let hooks = observer["hooks"].as_array().unwrap();
+        assert!(hooks.contains(&"connect4".into()), "{observer:#}");
+    }
 }

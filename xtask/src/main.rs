@@ -42,6 +42,9 @@ const TEST_PACKAGES: &[&str] = &[
     "containerd",
     "containernetworking-plugins",
     "bind9-dnsutils",
+    // A real HTTP proxy for the CONNECT-attribution test.
+    "tinyproxy",
+    "curl",
     "iproute2",
     "openssl",
     "python3",
@@ -143,7 +146,7 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
                     "-p",
                     "observer-tests",
                     "--bin",
-                    "connect-overhead",
+                    "overhead",
                     "--",
                 ])
                 .args(args)

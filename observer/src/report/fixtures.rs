@@ -9,6 +9,7 @@ use super::{Losses, ObserverSection, Report, SCHEMA_VERSION, summarize};
 use crate::{
     attribute::{AttributionStats, CgroupRef, ProcessInfo},
     classify::{Category, Evidence, Source},
+    payload::PayloadStats,
     phase::{PhaseMarker, PhaseSource},
     record::{Allowance, Attempt, RegistryRef, Verdict},
 };
@@ -51,6 +52,7 @@ pub fn attempt(phase: &str, component: &str, host: &str, seen: u64) -> Attempt {
         last_seen: at(seen + 1),
         count: 2,
         node: None,
+        outcomes: BTreeMap::new(),
     }
 }
 
@@ -79,11 +81,13 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             command_cgroup: None,
             cgroup2_mount: "/sys/fs/cgroup".into(),
             hooks: vec!["connect4".into()],
+            hooks_missing: vec![],
             events_total: 10,
             events_lost: 0,
             losses: Losses::default(),
             parse_errors: BTreeMap::new(),
-            dns_truncated: 0,
+            truncated: BTreeMap::new(),
+            payload_parsers: PayloadStats::default(),
             attribution: AttributionStats::default(),
             complete: true,
         }),

@@ -6,7 +6,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::{Report, is_violation};
+use super::{Report, add_outcomes, is_violation};
 use crate::{
     classify::Evidence,
     record::{Allowance, Attempt},
@@ -28,6 +28,8 @@ pub struct ComponentGroup {
     pub violation_hosts: BTreeSet<String>,
     pub evidence: BTreeSet<Evidence>,
     pub events: u64,
+    /// The attempts' `outcomes`, summed per key.
+    pub outcomes: BTreeMap<String, u64>,
     pub nodes: BTreeSet<String>,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
@@ -76,6 +78,18 @@ pub fn by_phase_and_component(report: &Report) -> Vec<PhaseGroup> {
         .collect()
 }
 
+/// `refused 2, established 1`: outcomes as the summary and JUnit show
+/// them, most frequent first; empty when none was seen.
+pub fn outcomes_text(outcomes: &BTreeMap<String, u64>) -> String {
+    let mut counted: Vec<(&String, &u64)> = outcomes.iter().collect();
+    counted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    counted
+        .iter()
+        .map(|(outcome, count)| format!("{outcome} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn empty(attempt: &Attempt) -> ComponentGroup {
     ComponentGroup {
         component: attempt.component.clone(),
@@ -84,6 +98,7 @@ fn empty(attempt: &Attempt) -> ComponentGroup {
         violation_hosts: BTreeSet::new(),
         evidence: BTreeSet::new(),
         events: 0,
+        outcomes: BTreeMap::new(),
         nodes: BTreeSet::new(),
         first_seen: attempt.first_seen,
         last_seen: attempt.last_seen,
@@ -103,6 +118,7 @@ fn add(group: &mut ComponentGroup, attempt: &Attempt) {
     group.hosts.insert(host);
     group.evidence.extend(attempt.evidence.iter().copied());
     group.events += attempt.count;
+    add_outcomes(&mut group.outcomes, &attempt.outcomes);
     if let Some(node) = &attempt.node {
         group.nodes.insert(node.clone());
     }

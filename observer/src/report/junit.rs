@@ -7,7 +7,10 @@ use std::{collections::BTreeSet, time::SystemTime};
 
 use quick_junit::{NonSuccessKind, Report as JUnitReport, TestCase, TestCaseStatus, TestSuite};
 
-use super::{Report, groups::by_phase_and_component};
+use super::{
+    Report,
+    groups::{by_phase_and_component, outcomes_text},
+};
 
 /// The testcase of a phase in which nothing contacted a registry.
 pub const NO_ATTEMPT_CASE: &str = "no registry attempt";
@@ -42,6 +45,12 @@ pub fn to_junit(report: &Report) -> Result<String, quick_junit::SerializeError> 
                     time(component.last_seen),
                     list(&component.processes),
                 );
+                if !component.outcomes.is_empty() {
+                    description.push_str(&format!(
+                        "outcomes: {}\n",
+                        outcomes_text(&component.outcomes)
+                    ));
+                }
                 if !component.nodes.is_empty() {
                     description.push_str(&format!("nodes: {}\n", list(&component.nodes)));
                 }
@@ -90,17 +99,23 @@ fn time(at: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::report::fixtures::{allowed, attempt, node_report};
 
     #[test]
     fn suites_per_phase_cases_per_component() {
+        let mut refused = attempt("boot", "machine-config-daemon", "quay.io", 5);
+        refused.outcomes = BTreeMap::from([("refused".into(), 2)]);
+        let mut mixed = attempt("boot", "machine-config-daemon", "registry.redhat.io", 7);
+        mixed.outcomes = BTreeMap::from([("refused".into(), 1), ("established".into(), 1)]);
         let report = node_report(
             "node-a",
             &["boot", "upgrade"],
             vec![
-                attempt("boot", "machine-config-daemon", "quay.io", 5),
-                attempt("boot", "machine-config-daemon", "registry.redhat.io", 7),
+                refused,
+                mixed,
                 allowed(
                     attempt("boot", "kubelet", "registry.redhat.io", 9),
                     "credential re-check",
@@ -124,6 +139,11 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("evidence: dns_query"), "{xml}");
+        // Summed per outcome over the component's attempts.
+        assert!(
+            xml.contains("outcomes: refused 3, established 1\n"),
+            "{xml}"
+        );
         assert!(
             xml.contains("first seen: 2027-01-15T08:00:05.000Z"),
             "{xml}"

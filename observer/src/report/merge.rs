@@ -177,6 +177,37 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_stay_on_their_attempts_and_sum_per_host() {
+        let mut on_a = attempt("boot", "crio", "quay.io", 1);
+        on_a.outcomes = BTreeMap::from([("refused".into(), 2), ("established".into(), 1)]);
+        let mut on_b = attempt("boot", "crio", "quay.io", 2);
+        on_b.outcomes = BTreeMap::from([("refused".into(), 1), ("dns_nxdomain".into(), 4)]);
+        let merged = merge(vec![
+            (
+                "a.json".into(),
+                node_report("node-a", &["boot"], vec![on_a]),
+            ),
+            (
+                "b.json".into(),
+                node_report("node-b", &["boot"], vec![on_b]),
+            ),
+        ]);
+        assert_eq!(merged.attempts[0].outcomes["refused"], 2);
+        assert_eq!(merged.attempts[1].outcomes["dns_nxdomain"], 4);
+        assert_eq!(
+            merged.summary.hosts[0].outcomes,
+            BTreeMap::from([
+                ("dns_nxdomain".into(), 4),
+                ("established".into(), 1),
+                ("refused".into(), 3)
+            ])
+        );
+        // Merging the cluster report again changes nothing per host.
+        let again = merge(vec![("cluster.json".into(), merged.clone())]);
+        assert_eq!(again.summary.hosts, merged.summary.hosts);
+    }
+
+    #[test]
     fn same_host_twice_and_cluster_inputs_stay_distinct() {
         let a = node_report(
             "node-a",

@@ -28,12 +28,16 @@ use serde::{Deserialize, Serialize};
 use crate::{
     attribute::AttributionStats,
     classify::Category,
+    payload::PayloadStats,
     phase::PhaseMarker,
     record::{Attempt, Verdict, parse_rfc3339, rfc3339},
 };
 
-/// 2: `phases`, `attempts[].allowed_by`, per-host first/last seen, and
-/// cluster reports (`nodes`, `attempts[].node`) from `report merge`.
+/// 2: `phases`, `attempts[].allowed_by`, per-host first/last seen,
+/// cluster reports (`nodes`, `attempts[].node`) from `report merge`; the
+/// capture's `observer.hooks_missing`, `observer.truncated` (replacing
+/// `dns_truncated`), `observer.payload_parsers`, `attempts[].outcomes`,
+/// the sendmsg/TLS/HTTP evidence kinds and `attribution.from_lineage`.
 pub const SCHEMA_VERSION: u32 = 2;
 /// Versions `report summarize|merge|diff` read. Version 1 reports lack the
 /// fields version 2 added; they read as one phase-less node.
@@ -88,20 +92,57 @@ pub struct ObserverSection {
     pub command_cgroup: Option<String>,
     pub cgroup2_mount: String,
     pub hooks: Vec<String>,
+    /// Hooks this kernel refused: their evidence is missing from the run.
+    #[serde(default)]
+    pub hooks_missing: Vec<HookMissing>,
     /// Records the kernel produced: delivered plus lost.
     pub events_total: u64,
     pub events_lost: u64,
     pub losses: Losses,
     /// Records or payloads that did not parse, by parser.
     pub parse_errors: BTreeMap<String, u64>,
-    /// DNS payloads longer than the capture: parsed as far as they went.
+    /// Events that arrived incomplete, by kernel counter: DNS and TCP
+    /// payloads longer than the capture (parsed as far as they went), execs
+    /// whose argv or file name could not be read. Version 1 reports had
+    /// only `dns_truncated`; it reads into `truncated.dns_truncated`.
+    #[serde(
+        default,
+        alias = "dns_truncated",
+        deserialize_with = "truncated_counts"
+    )]
+    pub truncated: BTreeMap<String, u64>,
+    /// TLS, HTTP and DNS-over-TCP streams: parsed, and unparsed by reason.
     #[serde(default)]
-    pub dns_truncated: u64,
+    pub payload_parsers: PayloadStats,
     #[serde(default)]
     pub attribution: AttributionStats,
     /// True when every hook was attached for the whole run and no event was
     /// lost: only then does "no attempts" mean none happened.
     pub complete: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HookMissing {
+    pub hook: String,
+    pub reason: String,
+}
+
+/// `truncated` is a map of counters; a version 1 report's `dns_truncated`
+/// is a bare count, the same counter.
+fn truncated_counts<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Truncated {
+        Counters(BTreeMap<String, u64>),
+        DnsOnly(u64),
+    }
+    Ok(match Truncated::deserialize(deserializer)? {
+        Truncated::Counters(counters) => counters,
+        Truncated::DnsOnly(0) => BTreeMap::new(),
+        Truncated::DnsOnly(n) => BTreeMap::from([("dns_truncated".to_string(), n)]),
+    })
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -124,6 +165,13 @@ impl ObserverSection {
             reasons.push(format!(
                 "{} event(s) lost (see observer.losses)",
                 self.events_lost
+            ));
+        }
+        if !self.hooks_missing.is_empty() {
+            let hooks: Vec<&str> = self.hooks_missing.iter().map(|h| h.hook.as_str()).collect();
+            reasons.push(format!(
+                "hook(s) not attached: {} (see observer.hooks_missing)",
+                hooks.join(", ")
             ));
         }
         if self.losses.events_file > 0 {
@@ -183,6 +231,16 @@ pub struct HostSummary {
     /// Events per node; only in cluster reports.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, u64>,
+    /// The attempts' `outcomes`, summed per key (across nodes when merged).
+    #[serde(default)]
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// Adds `from`'s counts to `into`, key by key.
+pub fn add_outcomes(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (outcome, count) in from {
+        *into.entry(outcome.clone()).or_default() += count;
+    }
 }
 
 fn epoch() -> SystemTime {
@@ -202,8 +260,10 @@ pub fn summarize(attempts: &[Attempt]) -> Summary {
             first_seen: attempt.first_seen,
             last_seen: attempt.last_seen,
             nodes: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
         });
         summary.attempts += 1;
+        add_outcomes(&mut summary.outcomes, &attempt.outcomes);
         summary.events += attempt.count;
         summary.components.insert(attempt.component.clone());
         summary.first_seen = summary.first_seen.min(attempt.first_seen);
@@ -384,7 +444,10 @@ pub fn check_output_writable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{attempt, node_report};
+    use crate::{
+        classify::Evidence,
+        report::fixtures::{attempt, node_report},
+    };
 
     #[test]
     fn a_written_report_reads_back() {
@@ -492,9 +555,77 @@ mod tests {
             host.remove("first_seen");
             host.remove("last_seen");
         }
+        // Version 1 had no capture fields beyond connect and DNS.
+        let observer = object["observer"].as_object_mut().unwrap();
+        for field in ["hooks_missing", "truncated", "payload_parsers"] {
+            observer.remove(field);
+        }
+        observer.insert("dns_truncated".into(), 3.into());
+        observer["attribution"]
+            .as_object_mut()
+            .unwrap()
+            .remove("from_lineage");
+        object["attempts"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("outcomes");
         let report = parse("old.json", &value.to_string()).unwrap();
         assert_eq!(report.schema_version, 1);
         assert!(report.phases.is_empty());
         assert_eq!(report.attempts[0].allowed_by, None);
+        assert!(report.attempts[0].outcomes.is_empty());
+        let observer = report.observer.unwrap();
+        assert_eq!(
+            observer.truncated,
+            BTreeMap::from([("dns_truncated".to_string(), 3)])
+        );
+        assert!(observer.hooks_missing.is_empty());
+        assert_eq!(observer.payload_parsers, PayloadStats::default());
+    }
+
+    #[test]
+    fn capture_fields_read_back() {
+        let mut report = node_report("n", &["boot"], vec![attempt("boot", "crio", "quay.io", 1)]);
+        report.attempts[0].outcomes = BTreeMap::from([("refused".into(), 2)]);
+        report.attempts[0].evidence.insert(Evidence::Sendmsg);
+        let observer = report.observer.as_mut().unwrap();
+        observer.hooks_missing = vec![HookMissing {
+            hook: "sendmsg4".into(),
+            reason: "EINVAL".into(),
+        }];
+        observer.truncated = BTreeMap::from([("tcp_truncated".into(), 5)]);
+        observer.payload_parsers.tls.parsed = 7;
+        observer
+            .payload_parsers
+            .http
+            .unparsed
+            .insert("too_many_headers".into(), 1);
+        observer.attribution.from_lineage = 2;
+        let json = serde_json::to_string(&report).unwrap();
+        let again = parse("r.json", &json).unwrap();
+        assert_eq!(again.observer, report.observer);
+        assert_eq!(again.attempts, report.attempts);
+    }
+
+    #[test]
+    fn a_missing_hook_makes_the_run_incomplete() {
+        let mut report = node_report("n", &[], vec![]);
+        let observer = report.observer.as_mut().unwrap();
+        assert_eq!(observer.incompleteness(), None);
+        observer.hooks_missing = vec![
+            HookMissing {
+                hook: "sendmsg4".into(),
+                reason: "EINVAL".into(),
+            },
+            HookMissing {
+                hook: "process_exec".into(),
+                reason: "no BTF".into(),
+            },
+        ];
+        let reason = observer.incompleteness().unwrap();
+        assert_eq!(
+            reason,
+            "hook(s) not attached: sendmsg4, process_exec (see observer.hooks_missing)"
+        );
     }
 }

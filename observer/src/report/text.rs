@@ -7,7 +7,7 @@ use comfy_table::{Table, presets};
 
 use super::{
     Report,
-    groups::{ComponentGroup, by_phase_and_component},
+    groups::{ComponentGroup, by_phase_and_component, outcomes_text},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +36,7 @@ pub fn summarize(report: &Report, format: Format) -> String {
         "verdict",
         "hosts",
         "evidence",
+        "outcomes",
         "events",
     ];
     if cluster {
@@ -50,6 +51,7 @@ pub fn summarize(report: &Report, format: Format) -> String {
                 group.phase.clone(),
                 "-".into(),
                 "clean".into(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "0".into(),
@@ -117,6 +119,7 @@ fn row(phase: &str, group: &ComponentGroup, cluster: bool, format: Format) -> Ve
                 .map(|e| e.as_str().to_string())
                 .collect(),
         ),
+        outcomes_text(&group.outcomes),
         group.events.to_string(),
     ];
     if cluster {
@@ -142,15 +145,23 @@ fn time(at: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::report::fixtures::{allowed, attempt, node_report};
+    use crate::{
+        classify::Evidence,
+        report::fixtures::{allowed, attempt, node_report},
+    };
 
     fn report() -> Report {
+        let mut crio = attempt("boot", "crio", "quay.io", 10);
+        crio.evidence.insert(Evidence::TlsSni);
+        crio.outcomes = BTreeMap::from([("timed_out".into(), 1), ("established".into(), 2)]);
         node_report(
             "node-a",
             &["boot", "upgrade", "after"],
             vec![
-                attempt("boot", "crio", "quay.io", 10),
+                crio,
                 allowed(
                     attempt("boot", "kubelet", "registry.redhat.io", 20),
                     "mirror",
@@ -174,7 +185,10 @@ mod tests {
         // Header, crio, kubelet, machine-config-daemon, the clean phase.
         assert_eq!(rows.len(), 5, "{text}");
         assert!(
-            rows[1].contains("boot") && rows[1].contains("crio"),
+            rows[1].contains("boot")
+                && rows[1].contains("crio")
+                && rows[1].contains("dns_query, tls_sni")
+                && rows[1].contains("established 2, timed_out 1"),
             "{text}"
         );
         assert!(
