@@ -2,7 +2,7 @@
 //! decode -> join (connections, process lineage) -> classify -> (scope) ->
 //! attribute -> record -> export.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -14,7 +14,10 @@ use crate::{
     clock::Clock,
     connections::{Connections, Joined},
     decode::{self, Observation},
+    events_log::{EventsLog, Line},
     export::{self, Console},
+    metrics::Metrics,
+    phase::PhaseTimeline,
     read::Input,
     record::Recorder,
     scope::Scope,
@@ -39,7 +42,9 @@ pub struct Pipeline {
     pub scope: Option<Scope>,
     pub console: Console,
     pub clock: Clock,
-    pub phase: String,
+    pub phases: PhaseTimeline,
+    pub metrics: Arc<Metrics>,
+    pub events_log: EventsLog,
     pub stats: PipelineStats,
 }
 
@@ -55,21 +60,33 @@ impl Pipeline {
 
     pub fn handle(&mut self, input: Input) {
         match input {
-            Input::Kernel(bytes) => match decode::decode(&bytes) {
-                Ok(Some(observation)) => self.join(observation),
-                Ok(None) => {}
-                Err(error) => self.count_error(&error),
-            },
+            Input::Kernel(bytes) => {
+                self.metrics.event_received(SystemTime::now());
+                match decode::decode(&bytes) {
+                    Ok(Some(observation)) => self.join(observation),
+                    Ok(None) => {}
+                    Err(error) => self.count_error(&error),
+                }
+            }
             Input::Resolved {
                 name,
                 addresses,
                 boot_ns,
             } => self.classifier.learn_resolved(&name, &addresses, boot_ns),
+            Input::Phase(change) => {
+                let marker = self.phases.switch(&change).clone();
+                self.console.line(&export::format_phase_line(&marker));
+                self.events_log.send(Line::Phase {
+                    time: change.at,
+                    marker,
+                });
+            }
         }
     }
 
     fn count_error(&mut self, error: &decode::DecodeError) {
         *self.stats.parse_errors.entry(error.parser()).or_default() += 1;
+        self.metrics.parse_error(error.parser());
     }
 
     /// Events that describe a process or a connection rather than an
@@ -80,11 +97,15 @@ impl Pipeline {
             Observation::Exec { .. } | Observation::Fork { .. } | Observation::Exit { .. } => {
                 self.attributor.follow(&observation);
             }
-            Observation::TcpPayload { .. } => match self.connections.segment(&observation) {
-                Joined::Observation(derived) => self.observe(&derived),
-                Joined::DnsError(error) => self.count_error(&error),
-                Joined::Nothing => {}
-            },
+            Observation::TcpPayload { .. } => {
+                let joined = self.connections.segment(&observation);
+                self.metrics.payload_parsers(self.connections.stats());
+                match joined {
+                    Joined::Observation(derived) => self.observe(&derived),
+                    Joined::DnsError(error) => self.count_error(&error),
+                    Joined::Nothing => {}
+                }
+            }
             Observation::ConnectDone {
                 cookie, outcome, ..
             } => {
@@ -101,6 +122,8 @@ impl Pipeline {
             } => {
                 self.connections
                     .opened(*cookie, actor, SocketAddr::new(*dest, *port));
+                // Opening may evict a connection whose stream is judged then.
+                self.metrics.payload_parsers(self.connections.stats());
                 self.observe(&observation);
             }
             _ => self.observe(&observation),
@@ -131,16 +154,33 @@ impl Pipeline {
             }
         }
         let origin = self.attributor.attribute(actor);
+        let failures = self.attributor.stats();
+        self.metrics
+            .attribution(failures.process_gone, failures.cgroup_unknown);
         let at = self.clock.wall(actor.boot_ns);
         self.console
             .line(&export::format_line(at, &matched, &origin));
-        self.recorder.record(&matched, &origin, &self.phase, at);
-        // The handshake may have ended before the payload that named the
-        // registry arrived.
-        if let Some(cookie) = matched.cookie
-            && let Some(outcome) = self.connections.outcome(cookie)
-        {
-            self.recorder.connection_outcome(cookie, &outcome.name());
+        // Recorded under the phase in force when the event happened, not
+        // when it was processed. The handshake may have ended before the
+        // payload that named the registry arrived.
+        let phase = self.phases.phase_at(actor.boot_ns);
+        let handshake_outcome = matched
+            .cookie
+            .and_then(|cookie| self.connections.outcome(cookie))
+            .map(|outcome| outcome.name());
+        let attempt = self.recorder.record_with_outcome(
+            &matched,
+            &origin,
+            phase,
+            at,
+            handshake_outcome.as_deref(),
+        );
+        self.metrics.record_event(attempt, &matched.evidence);
+        if self.events_log.enabled() {
+            self.events_log.send(Line::Attempt {
+                time: at,
+                attempt: Box::new(attempt.clone()),
+            });
         }
     }
 }

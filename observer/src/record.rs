@@ -10,14 +10,14 @@ use std::{
     time::SystemTime,
 };
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     attribute::{CgroupRef, Container, Origin, ProcessInfo},
     classify::{Category, Evidence, Match, Source},
 };
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryRef {
     /// The catalog pattern that matched (`quay.io`, `*.gcr.io`).
     pub pattern: String,
@@ -25,13 +25,13 @@ pub struct RegistryRef {
     pub source: Source,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dest {
     pub ip: String,
     pub port: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pod {
     pub uid: String,
     /// Filled from the CRI API in a later stage of the project; the cgroup
@@ -41,14 +41,23 @@ pub struct Pod {
     pub container: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Violation,
     Allowed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Why an allowed attempt is allowed: the allowlist entry that matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    pub reason: String,
+    pub link: Option<String>,
+    /// Expiry date, `YYYY-MM-DD`, when the entry has one.
+    pub expires: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub host: Option<String>,
     pub registry: RegistryRef,
@@ -63,20 +72,32 @@ pub struct Attempt {
     pub component: String,
     pub phase: String,
     pub verdict: Verdict,
-    #[serde(serialize_with = "rfc3339")]
+    pub allowed_by: Option<Allowance>,
+    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
     pub first_seen: SystemTime,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
     pub last_seen: SystemTime,
     /// Events merged into this attempt (each DNS query and connect()).
     pub count: u64,
+    /// The node that saw it: set by `report merge` in a cluster report,
+    /// absent in a node's own report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// How the contacts ended, counted: TCP handshakes (`established`,
     /// `refused`, `timed_out`, `unreachable`, `aborted`, `error_N`) and
     /// failed DNS answers (`dns_nxdomain`, `dns_servfail`, ...).
+    #[serde(default)]
     pub outcomes: BTreeMap<String, u64>,
 }
 
 pub fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+pub fn parse_rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_rfc3339_weak(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}")))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -114,6 +135,30 @@ impl Recorder {
         phase: &str,
         at: SystemTime,
     ) -> &Attempt {
+        let index = self.merge(matched, origin, phase, at);
+        &self.attempts[index]
+    }
+
+    /// [`Recorder::record`] for a match whose connection already ended its
+    /// handshake (a TLS ClientHello follows an established one): the
+    /// returned attempt already counts that outcome.
+    pub fn record_with_outcome(
+        &mut self,
+        matched: &Match,
+        origin: &Origin,
+        phase: &str,
+        at: SystemTime,
+        handshake_outcome: Option<&str>,
+    ) -> &Attempt {
+        let index = self.merge(matched, origin, phase, at);
+        if let (Some(cookie), Some(outcome)) = (matched.cookie, handshake_outcome) {
+            self.connection_outcome(cookie, outcome);
+        }
+        &self.attempts[index]
+    }
+
+    /// Merges the match into its attempt; returns the attempt's index.
+    fn merge(&mut self, matched: &Match, origin: &Origin, phase: &str, at: SystemTime) -> usize {
         let key = AttemptKey {
             phase: phase.to_string(),
             host: matched.host.clone(),
@@ -163,9 +208,11 @@ impl Recorder {
                     // Policy (allowlists) arrives with the policy stage; until
                     // then every registry contact is a violation.
                     verdict: Verdict::Violation,
+                    allowed_by: None,
                     first_seen: at,
                     last_seen: at,
                     count: 1,
+                    node: None,
                     outcomes: BTreeMap::new(),
                 });
                 self.index.insert(key, self.attempts.len() - 1);
@@ -183,7 +230,7 @@ impl Recorder {
                 outcome_counted: false,
             });
         }
-        &self.attempts[index]
+        index
     }
 
     /// Counts how the TCP connection `cookie` ended, once, on the attempt it

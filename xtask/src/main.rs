@@ -50,8 +50,14 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     // An independent validator for the report against docs/report.schema.json.
     "python3-jsonschema",
-    // An independent JUnit XML reader for `lint --format junit`.
+    // Independent consumers of the outputs: `promtool check metrics` for
+    // /metrics, an OpenMetrics parser, a JUnit parser; curl scrapes and
+    // POSTs. Debian's packages for /usr/bin/python3, like jsonschema (pip
+    // into Debian's python is refused, PEP 668).
+    "prometheus",
+    "python3-prometheus-client",
     "python3-junitparser",
+    "curl",
     // Shows which programs are attached to the cgroup2 root (detach checks).
     "bpftool",
 ];

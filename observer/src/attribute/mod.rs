@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::cgroup_path::{CgroupOwner, Container};
 use self::{
@@ -30,7 +30,7 @@ const MAX_CACHED_PROCESSES: usize = 8192;
 /// Processes the lineage table follows: a busy node runs a few thousand.
 const MAX_LINEAGE_PROCESSES: usize = 32768;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub comm: String,
@@ -42,14 +42,14 @@ pub struct ProcessInfo {
     pub ancestors: Vec<Ancestor>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ancestor {
     pub pid: u32,
     pub comm: String,
     pub exe: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupRef {
     pub id: u64,
     /// Relative to the cgroup2 root; None when the cgroup was already gone.
@@ -66,7 +66,9 @@ pub struct Origin {
 }
 
 /// Counts of attributions that had to do with less than everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Counters added later (`from_lineage`) read as zero from older reports.
+#[serde(default)]
 pub struct AttributionStats {
     /// The process had exited before /proc was read and no exec event
     /// described it (it started before the agent).
