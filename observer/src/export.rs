@@ -35,7 +35,12 @@ pub fn format_line(at: SystemTime, matched: &Match, origin: &Origin) -> String {
             None => format!("cgroup id {}", origin.cgroup.id),
         }
     };
-    format!("{clock}  {}  {what}  {who}  {place}", matched.host)
+    // A connect() matched by a catalog CIDR has no name: show the range.
+    let registry = match &matched.host {
+        Some(host) => host.clone(),
+        None => matched.entry.pattern.to_string(),
+    };
+    format!("{clock}  {registry}  {what}  {who}  {place}")
 }
 
 pub struct Console {
@@ -71,7 +76,7 @@ mod tests {
     #[test]
     fn line_names_time_host_evidence_process_and_place() {
         let matched = Match {
-            host: "quay.io".into(),
+            host: Some("quay.io".into()),
             entry: Catalog::builtin().lookup("quay.io").unwrap().clone(),
             evidence: vec![Evidence::DnsAnswer, Evidence::Connect],
             dest: Some(SocketAddr::new(

@@ -20,6 +20,7 @@ pub mod read;
 pub mod record;
 pub mod report;
 pub mod scope;
+pub mod textfile;
 
 /// An error that is the user's to fix (privileges, paths, the machine's
 /// setup): printed as one sentence, exit code 2.

@@ -78,7 +78,9 @@ pub fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok,
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct AttemptKey {
     phase: String,
-    host: String,
+    host: Option<String>,
+    /// Tells apart unnamed connects into different catalog CIDRs.
+    registry: String,
     cgroup_id: u64,
     comm: String,
     exe: Option<String>,
@@ -103,6 +105,7 @@ impl Recorder {
         let key = AttemptKey {
             phase: phase.to_string(),
             host: matched.host.clone(),
+            registry: matched.entry.pattern.to_string(),
             cgroup_id: origin.cgroup.id,
             comm: origin.process.comm.clone(),
             exe: origin.process.exe.clone(),
@@ -126,7 +129,7 @@ impl Recorder {
             }
             None => {
                 self.attempts.push(Attempt {
-                    host: Some(matched.host.clone()),
+                    host: matched.host.clone(),
                     registry: RegistryRef {
                         pattern: matched.entry.pattern.to_string(),
                         category: matched.entry.category,
@@ -207,7 +210,7 @@ mod tests {
 
     fn query() -> Match {
         Match {
-            host: "quay.io".into(),
+            host: Some("quay.io".into()),
             entry: entry(),
             evidence: vec![Evidence::DnsQuery],
             dest: None,
@@ -217,7 +220,7 @@ mod tests {
 
     fn connect() -> Match {
         Match {
-            host: "quay.io".into(),
+            host: Some("quay.io".into()),
             entry: entry(),
             evidence: vec![Evidence::DnsAnswer, Evidence::Connect],
             dest: Some(SocketAddr::new(

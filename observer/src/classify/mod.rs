@@ -2,11 +2,12 @@
 //!
 //! DNS queries match by name. connect() calls match when their destination
 //! address was recently given for a registry name (captured DNS answers, or
-//! the agent's own resolution of catalog names). DNS responses only teach
-//! addresses; they are not attempts by themselves.
+//! the agent's own resolution of catalog names), or lies in a catalog CIDR.
+//! DNS responses only teach addresses; they are not attempts by themselves.
 
 pub mod address_book;
 pub mod catalog;
+pub mod registries_conf;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -46,7 +47,9 @@ impl Evidence {
 /// An observation that concerns a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Match {
-    pub host: String,
+    /// The registry name; None for a connect() matched only by a catalog
+    /// CIDR (no DNS answer named the address).
+    pub host: Option<String>,
     pub entry: Entry,
     pub evidence: Vec<Evidence>,
     pub dest: Option<SocketAddr>,
@@ -83,6 +86,16 @@ impl Classifier {
         }
     }
 
+    /// Swaps in a new catalog (a configuration reload); learned addresses
+    /// and recent queries stay.
+    pub fn set_catalog(&mut self, catalog: Catalog) {
+        self.catalog = catalog;
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     pub fn classify(&mut self, observation: &Observation) -> Option<Match> {
         match observation {
             Observation::DnsQuery {
@@ -91,7 +104,7 @@ impl Classifier {
                 let entry = self.catalog.lookup(name)?.clone();
                 self.remember_query(actor.tgid, name);
                 Some(Match {
-                    host: name.clone(),
+                    host: Some(name.clone()),
                     entry,
                     evidence: vec![Evidence::DnsQuery],
                     dest: None,
@@ -124,14 +137,27 @@ impl Classifier {
                 let asked = self.recent_queries.get(&actor.tgid);
                 let found = self.book.lookup(dest, actor.boot_ns, |name| {
                     asked.is_some_and(|names| names.iter().any(|n| n == name))
-                })?;
-                let entry = self.catalog.lookup(found.name)?.clone();
-                let evidence = match found.learned {
-                    Learned::Answer => vec![Evidence::DnsAnswer, Evidence::Connect],
-                    Learned::Resolved => vec![Evidence::Connect],
-                };
+                });
+                // A name is more telling than a range: prefer it when DNS
+                // gave one for this address.
+                let (host, entry, evidence) =
+                    match found.and_then(|found| Some((self.catalog.lookup(found.name)?, found))) {
+                        Some((entry, found)) => (
+                            Some(found.name.to_string()),
+                            entry.clone(),
+                            match found.learned {
+                                Learned::Answer => vec![Evidence::DnsAnswer, Evidence::Connect],
+                                Learned::Resolved => vec![Evidence::Connect],
+                            },
+                        ),
+                        None => (
+                            None,
+                            self.catalog.lookup_address(dest)?.clone(),
+                            vec![Evidence::Connect],
+                        ),
+                    };
                 Some(Match {
-                    host: found.name.to_string(),
+                    host,
                     entry,
                     evidence,
                     dest: Some(SocketAddr::new(*dest, *port)),
@@ -226,7 +252,7 @@ mod tests {
         assert_eq!(q.dest, None);
         assert_eq!(c.classify(&answer("quay.io", ip)), None);
         let m = c.classify(&connect(10, ip, 443)).unwrap();
-        assert_eq!(m.host, "quay.io");
+        assert_eq!(m.host.as_deref(), Some("quay.io"));
         assert_eq!(m.evidence, vec![Evidence::DnsAnswer, Evidence::Connect]);
         assert_eq!(m.dest, Some(SocketAddr::new(ip, 443)));
         // The resolver's own UDP connect() to a server at that address.
@@ -248,7 +274,7 @@ mod tests {
         let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
         c.classify(&answer("registry.example.test", ip));
         let m = c.classify(&connect(11, ip, 5000)).unwrap();
-        assert_eq!(m.host, "registry.example.test");
+        assert_eq!(m.host.as_deref(), Some("registry.example.test"));
         assert_eq!(m.entry.source, Source::CommandLine);
     }
 
@@ -259,10 +285,13 @@ mod tests {
         c.classify(&query(20, "quay.io"));
         c.classify(&answer("quay.io", ip));
         c.classify(&answer("registry.example.test", ip));
-        assert_eq!(c.classify(&connect(20, ip, 443)).unwrap().host, "quay.io");
         assert_eq!(
-            c.classify(&connect(21, ip, 443)).unwrap().host,
-            "registry.example.test"
+            c.classify(&connect(20, ip, 443)).unwrap().host.as_deref(),
+            Some("quay.io")
+        );
+        assert_eq!(
+            c.classify(&connect(21, ip, 443)).unwrap().host.as_deref(),
+            Some("registry.example.test")
         );
     }
 
@@ -272,7 +301,33 @@ mod tests {
         let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
         c.learn_resolved("registry.redhat.io", &[ip], 0);
         let m = c.classify(&connect(30, ip, 443)).unwrap();
-        assert_eq!(m.host, "registry.redhat.io");
+        assert_eq!(m.host.as_deref(), Some("registry.redhat.io"));
         assert_eq!(m.evidence, vec![Evidence::Connect]);
+    }
+
+    #[test]
+    fn connect_into_a_catalog_cidr_matches_without_a_name() {
+        let mut catalog = Catalog::builtin();
+        catalog.add(
+            Pattern::parse_network("198.18.7.0/24").unwrap(),
+            Category::ImageRegistry,
+            Source::Config,
+        );
+        let mut c = Classifier::new(catalog, AddressBook::new(16, 60_000_000_000));
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 7, 5));
+        let m = c.classify(&connect(40, ip, 5000)).unwrap();
+        assert_eq!(m.host, None);
+        assert_eq!(m.entry.pattern.to_string(), "198.18.7.0/24");
+        assert_eq!(m.evidence, vec![Evidence::Connect]);
+        // DNS for the resolver inside the range is still not an attempt.
+        assert_eq!(c.classify(&connect(40, ip, 53)), None);
+        // Once DNS names the address, the name is preferred.
+        c.classify(&answer("quay.io", ip));
+        let named = c.classify(&connect(40, ip, 443)).unwrap();
+        assert_eq!(named.host.as_deref(), Some("quay.io"));
+        assert_eq!(named.entry.pattern.to_string(), "quay.io");
+        // Outside the range and unnamed: nothing.
+        let outside = IpAddr::V4(Ipv4Addr::new(198, 18, 8, 5));
+        assert_eq!(c.classify(&connect(40, outside, 443)), None);
     }
 }
