@@ -19,12 +19,13 @@ use tokio::{
 use crate::{
     UsageError,
     attribute::Attributor,
-    classify::{AddressBook, Catalog, Category, Classifier, Pattern, Source},
+    classify::{AddressBook, Classifier, Pattern},
     clock::{self, Clock},
+    config::{self, Config},
     export::Console,
     load,
     pipeline::{Pipeline, PipelineStats},
-    preflight,
+    policy, preflight,
     read::{self, Input},
     record::Recorder,
     report::{self, Losses, ObserverSection, Report},
@@ -39,6 +40,10 @@ pub struct RunOptions {
     pub phase: String,
     pub resolve_interval: Duration,
     pub command: Vec<String>,
+    /// The `--config` file, re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Its contents (the defaults without one).
+    pub config: Config,
 }
 
 /// Bounds the address book; far above the registry addresses any node sees.
@@ -49,6 +54,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the observer; returns the process exit code.
 pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
+    // Bad configuration first: it is the user's to fix on any machine.
+    let setup = config::setup(&options.config, &options.registries).map_err(UsageError)?;
     preflight::check_own_privileges().map_err(UsageError)?;
     let cgroup_root = preflight::cgroup2_mount().map_err(UsageError)?;
     report::check_writable(&options.report).map_err(UsageError)?;
@@ -60,14 +67,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         );
     }
 
-    let mut catalog = Catalog::builtin();
-    for pattern in &options.registries {
-        catalog.add(
-            pattern.clone(),
-            Category::ImageRegistry,
-            Source::CommandLine,
-        );
-    }
+    let config::Setup {
+        catalog,
+        policy,
+        registries_conf,
+    } = setup;
     let exact_names: Vec<String> = catalog.exact_names().map(String::from).collect();
 
     let started_at = SystemTime::now();
@@ -115,6 +119,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         console: Console::new(live_output),
         clock,
         phase: options.phase.clone(),
+        policy,
+        registries_conf,
         stats: PipelineStats::default(),
     };
     let processor = tokio::task::spawn_blocking(move || pipeline.run(queue_rx));
@@ -125,6 +131,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             queue_tx.clone(),
         ))
     });
+    let reloader = tokio::spawn(reload_on_hangup(
+        options.config_path.clone(),
+        options.registries.clone(),
+        queue_tx.clone(),
+    ));
     drop(queue_tx);
 
     let what = match &command_cgroup {
@@ -162,6 +173,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         resolver.abort();
         let _ = resolver.await;
     }
+    reloader.abort();
+    let _ = reloader.await;
     let pipeline = processor.await.context("the pipeline failed")?;
     let kernel = read::kernel_counters(&counters);
     let command_cgroup_path = command_cgroup
@@ -195,7 +208,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     let kernel_lost: u64 = losses.kernel.values().sum();
     let events_lost = kernel_lost + losses.user_queue;
-    let attempts = pipeline.recorder.into_attempts();
+    let mut attempts = pipeline.recorder.into_attempts();
+    // Judged again by the policy in force at the end (a reload may have
+    // changed it), so verdicts and the policy section agree.
+    for attempt in &mut attempts {
+        pipeline.policy.judge(attempt);
+    }
+    let ended_at = SystemTime::now();
+    let policy_report = policy::report(&pipeline.policy, &attempts, ended_at);
     let summary = report::summarize(&attempts);
     let report = Report {
         schema_version: report::SCHEMA_VERSION,
@@ -204,7 +224,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             hostname: preflight::hostname(),
             kernel: preflight::kernel_release(),
             started_at,
-            ended_at: SystemTime::now(),
+            ended_at,
             mode: if command_mode { "command" } else { "machine" },
             command: command_mode.then(|| options.command.clone()),
             command_exit_code,
@@ -220,13 +240,32 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             complete: events_lost == 0,
         },
         summary,
+        policy: policy_report,
+        registries_conf: pipeline.registries_conf.as_ref().map(|c| c.report()),
         attempts,
     };
     report::write(&options.report, &report)?;
 
     let summary = &report.summary;
+    for (index, entry) in report.policy.allow.iter().enumerate() {
+        if entry.matched_after_expiry > 0 {
+            eprintln!(
+                "registry-observer: allow entry {index} ({:?}) expired on {}; the {} attempt(s) it matched are violations",
+                entry.reason,
+                entry.expires.as_deref().unwrap_or("?"),
+                entry.matched_after_expiry
+            );
+        }
+    }
+    let mut judged = String::new();
+    if summary.allowed > 0 {
+        judged.push_str(&format!(", {} allowed", summary.allowed));
+    }
+    if summary.not_enforced > 0 {
+        judged.push_str(&format!(", {} not enforced", summary.not_enforced));
+    }
     eprintln!(
-        "registry-observer: {} registry attempt(s), {} violation(s), by {}; report written to {}",
+        "registry-observer: {} registry attempt(s), {} violation(s){judged}, by {}; report written to {}",
         summary.attempts,
         summary.violations,
         if summary.components.is_empty() {
@@ -317,6 +356,36 @@ async fn run_command(argv: &[String], cgroup: &CommandCgroup) -> io::Result<Exit
             };
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+}
+
+/// On SIGHUP, re-reads the config file (if any) and registries.conf and
+/// hands the result to the pipeline. A file that fails to load is reported
+/// and the running configuration stays: nothing recorded is lost.
+async fn reload_on_hangup(
+    config_path: Option<PathBuf>,
+    cli_registries: Vec<Pattern>,
+    queue: mpsc::Sender<Input>,
+) {
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let loaded = match &config_path {
+            Some(path) => config::load(path).map_err(|e| e.to_string()),
+            None => Ok(Config::default()),
+        };
+        match loaded.and_then(|config| config::setup(&config, &cli_registries)) {
+            Ok(setup) => {
+                if queue.send(Input::Reload(Box::new(setup))).await.is_err() {
+                    return;
+                }
+                eprintln!("registry-observer: configuration reloaded");
+            }
+            Err(error) => eprintln!(
+                "registry-observer: reload failed, keeping the running configuration: {error}"
+            ),
         }
     }
 }

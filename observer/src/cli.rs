@@ -8,7 +8,13 @@ use crate::{
     UsageError,
     agent::{self, RunOptions},
     classify::Pattern,
+    config::{self, Config},
 };
+
+/// Used when neither `--report` nor the config's `outputs.report` is given.
+const DEFAULT_REPORT: &str = "registry-report.json";
+/// Used when neither `--phase` nor the config's `phases.initial` is given.
+const DEFAULT_PHASE: &str = "boot";
 
 /// A macro, not a const, so `concat!` can put it after the run examples.
 macro_rules! exit_codes {
@@ -57,7 +63,20 @@ pub enum Command {
             "  sudo registry-observer run\n",
             "  sudo registry-observer run --duration 10m --report /var/tmp/node.json\n",
             "  sudo registry-observer run --fail-on-violation -- ./upgrade.sh\n",
-            "  sudo registry-observer run --registry '*.corp.example' -- make e2e\n\n",
+            "  sudo registry-observer run --registry '*.corp.example' -- make e2e\n",
+            "  sudo registry-observer run --config /etc/registry-observer.yaml --phase upgrade\n\n",
+            "A config file (YAML or TOML) adds catalog entries, imports registries.conf\n",
+            "(read by default from /etc/containers), and holds the policy: which phases\n",
+            "are enforced and which contacts are allowed, with a reason and an expiry:\n\n",
+            "  policy:\n",
+            "    enforce_phases: [boot, upgrade]\n",
+            "    allow:\n",
+            "      - component: rpm-ostreed\n",
+            "        host: quay.io\n",
+            "        reason: OS rebase during upgrade\n",
+            "        expires: 2026-12-31\n\n",
+            "SIGHUP reloads the config file and registries.conf; a bad file is reported\n",
+            "and the previous configuration stays. See docs/CONFIG.md.\n\n",
             exit_codes!()
         )
     )]
@@ -66,9 +85,16 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Where to write the JSON report (written atomically at exit).
-    #[arg(long, value_name = "PATH", default_value = "registry-report.json")]
-    pub report: PathBuf,
+    /// Where to write the JSON report (written atomically at exit)
+    /// [default: the config's outputs.report, else registry-report.json].
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+
+    /// Configuration file, YAML (.yaml, .yml) or TOML (.toml): catalog
+    /// additions, registries.conf import, policy (enforced phases,
+    /// allowlist), initial phase, outputs. Flags given here override it.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 
     /// Also treat this host as a registry: an exact name (registry.example.com)
     /// or every name below a suffix (*.example.com). Adds to the built-in
@@ -80,13 +106,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "command")]
     pub duration: Option<Duration>,
 
-    /// Exit 1 when any registry was contacted: for CI jobs.
+    /// Exit 1 when there was a violation (a registry contact in an enforced
+    /// phase that no allow entry covers): for CI jobs.
     #[arg(long)]
     pub fail_on_violation: bool,
 
-    /// Phase name recorded on every attempt (e.g. boot, upgrade).
-    #[arg(long, value_name = "NAME", default_value = "boot")]
-    pub phase: String,
+    /// Phase name recorded on every attempt (e.g. boot, upgrade)
+    /// [default: the config's phases.initial, else boot].
+    #[arg(long, value_name = "NAME")]
+    pub phase: Option<String>,
 
     /// How often the agent resolves the catalog's host names itself, so that
     /// connections to registry addresses looked up before it started are
@@ -123,16 +151,40 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
-    let options = RunOptions {
-        report: args.report,
+/// Command-line values win over the config file's, which win over the
+/// defaults.
+fn run_options(args: RunArgs, config: Config) -> RunOptions {
+    RunOptions {
+        report: args
+            .report
+            .or_else(|| config.outputs.report.clone())
+            .unwrap_or_else(|| DEFAULT_REPORT.into()),
         registries: args.registries,
         duration: args.duration,
         fail_on_violation: args.fail_on_violation,
-        phase: args.phase,
+        phase: args
+            .phase
+            .or_else(|| config.phases.initial.clone())
+            .unwrap_or_else(|| DEFAULT_PHASE.into()),
         resolve_interval: args.catalog_resolve_interval,
         command: args.command,
+        config_path: args.config,
+        config,
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match &args.config {
+        Some(path) => match config::load(path) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("registry-observer: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
     };
+    let options = run_options(args, config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -186,6 +238,39 @@ mod tests {
         assert_eq!(args.registries[0].to_string(), "*.example.test");
         assert!(args.fail_on_violation);
         assert_eq!(args.catalog_resolve_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn flags_override_the_config_file_which_overrides_defaults() {
+        let parse = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Run(args) = cli.command;
+            args
+        };
+        let config = config::parse(
+            std::path::Path::new("c.yaml"),
+            "phases: {initial: upgrade}\noutputs: {report: /var/tmp/r.json}\n",
+        )
+        .unwrap();
+        let options = run_options(parse(&["registry-observer", "run"]), config.clone());
+        assert_eq!(options.phase, "upgrade");
+        assert_eq!(options.report, PathBuf::from("/var/tmp/r.json"));
+        let options = run_options(
+            parse(&[
+                "registry-observer",
+                "run",
+                "--phase",
+                "boot",
+                "--report",
+                "x.json",
+            ]),
+            config,
+        );
+        assert_eq!(options.phase, "boot");
+        assert_eq!(options.report, PathBuf::from("x.json"));
+        let options = run_options(parse(&["registry-observer", "run"]), Config::default());
+        assert_eq!(options.phase, DEFAULT_PHASE);
+        assert_eq!(options.report, PathBuf::from(DEFAULT_REPORT));
     }
 
     #[test]

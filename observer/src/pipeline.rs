@@ -7,10 +7,11 @@ use tokio::sync::mpsc;
 
 use crate::{
     attribute::Attributor,
-    classify::Classifier,
+    classify::{Classifier, registries_conf::RegistriesConf},
     clock::Clock,
     decode::{self, Observation},
     export::{self, Console},
+    policy::Policy,
     read::Input,
     record::Recorder,
     scope::Scope,
@@ -32,6 +33,9 @@ pub struct Pipeline {
     pub console: Console,
     pub clock: Clock,
     pub phase: String,
+    pub policy: Policy,
+    /// What the catalog imported from registries.conf, for the report.
+    pub registries_conf: Option<RegistriesConf>,
     pub stats: PipelineStats,
 }
 
@@ -57,6 +61,12 @@ impl Pipeline {
                 addresses,
                 boot_ns,
             } => self.classifier.learn_resolved(&name, &addresses, boot_ns),
+            Input::Reload(setup) => {
+                let setup = *setup;
+                self.classifier.set_catalog(setup.catalog);
+                self.policy = setup.policy;
+                self.registries_conf = setup.registries_conf;
+            }
         }
     }
 
@@ -78,6 +88,7 @@ impl Pipeline {
         let at = self.clock.wall(actor.boot_ns);
         self.console
             .line(&export::format_line(at, &matched, &origin));
-        self.recorder.record(&matched, &origin, &self.phase, at);
+        let attempt = self.recorder.record(&matched, &origin, &self.phase, at);
+        self.policy.judge(attempt);
     }
 }

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use observer_common::Counter;
 use tokio::sync::{mpsc, watch};
 
+use crate::config::Setup;
+
 /// What flows into the pipeline.
 #[derive(Debug)]
 pub enum Input {
@@ -22,6 +24,9 @@ pub enum Input {
         addresses: Vec<IpAddr>,
         boot_ns: u64,
     },
+    /// A reloaded configuration (SIGHUP): new catalog and policy; what was
+    /// recorded so far stays.
+    Reload(Box<Setup>),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

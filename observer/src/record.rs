@@ -10,7 +10,7 @@ use std::{
     time::SystemTime,
 };
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
     attribute::{CgroupRef, Container, Origin, ProcessInfo},
@@ -23,6 +23,9 @@ pub struct RegistryRef {
     pub pattern: String,
     pub category: Category,
     pub source: Source,
+    /// registries.conf blocks this registry: pulls are refused, yet the
+    /// contact (a lookup, a connect()) still happened.
+    pub blocked: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,11 +44,22 @@ pub struct Pod {
     pub container: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Violation,
     Allowed,
+    /// The attempt's phase is outside the policy's `enforce_phases`.
+    NotEnforced,
+}
+
+/// Why an allowed attempt is allowed: the allowlist entry that matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    pub reason: String,
+    pub link: Option<String>,
+    /// Expiry date, `YYYY-MM-DD`, when the entry has one.
+    pub expires: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -63,6 +77,12 @@ pub struct Attempt {
     pub component: String,
     pub phase: String,
     pub verdict: Verdict,
+    pub allowed_by: Option<Allowance>,
+    /// The registry has mirrors in registries.conf: this contact to the
+    /// source may be the fallback taken when the mirrors failed (OpenShift's
+    /// default `AllowContactingSource`). The repository path is not visible
+    /// on the wire, so "may": the mirrors may cover other repositories only.
+    pub mirror_fallback: bool,
     #[serde(serialize_with = "rfc3339")]
     pub first_seen: SystemTime,
     #[serde(serialize_with = "rfc3339")]
@@ -94,14 +114,15 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Records one match; returns the attempt it was merged into.
+    /// Records one match; returns the attempt it was merged into, for the
+    /// policy to judge (its verdict starts as a violation).
     pub fn record(
         &mut self,
         matched: &Match,
         origin: &Origin,
         phase: &str,
         at: SystemTime,
-    ) -> &Attempt {
+    ) -> &mut Attempt {
         let key = AttemptKey {
             phase: phase.to_string(),
             host: matched.host.clone(),
@@ -134,6 +155,7 @@ impl Recorder {
                         pattern: matched.entry.pattern.to_string(),
                         category: matched.entry.category,
                         source: matched.entry.source,
+                        blocked: matched.entry.blocked,
                     },
                     dest,
                     evidence: matched.evidence.iter().copied().collect(),
@@ -149,9 +171,10 @@ impl Recorder {
                     }),
                     component: origin.component.clone(),
                     phase: phase.to_string(),
-                    // Policy (allowlists) arrives with the policy stage; until
-                    // then every registry contact is a violation.
+                    // Until the policy has judged it, a contact is a violation.
                     verdict: Verdict::Violation,
+                    allowed_by: None,
+                    mirror_fallback: matched.entry.mirrored,
                     first_seen: at,
                     last_seen: at,
                     count: 1,
@@ -160,7 +183,7 @@ impl Recorder {
                 self.attempts.len() - 1
             }
         };
-        &self.attempts[index]
+        &mut self.attempts[index]
     }
 
     pub fn attempts(&self) -> &[Attempt] {
@@ -305,5 +328,73 @@ mod tests {
             "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
         );
         assert_eq!(a.container.as_ref().unwrap().runtime, "containerd");
+    }
+
+    /// The policy judges every attempt with the attempt's own phase, the
+    /// report's policy section counts what each entry did, and the new
+    /// fields serialize as the schema says.
+    #[test]
+    fn policy_judges_each_attempt_with_its_own_phase() {
+        use crate::policy::{self, Policy};
+        let policy: Policy = serde_json::from_value(serde_json::json!({
+            "enforce_phases": ["upgrade"],
+            "allow": [
+                {"component": "skopeo", "host": "quay.io", "reason": "mcd", "link": "https://x/1"},
+                {"component": "skopeo", "reason": "old", "expires": "2020-01-01"}
+            ]
+        }))
+        .unwrap();
+        let mut recorder = Recorder::default();
+        let t = SystemTime::now();
+        let mut mirrored = query();
+        mirrored.entry.mirrored = true;
+        mirrored.entry.blocked = true;
+        for phase in ["boot", "upgrade"] {
+            let attempt = recorder.record(&mirrored, &origin(7, 1), phase, t);
+            policy.judge(attempt);
+        }
+        let mut other = origin(8, 2);
+        other.component = "podman".into();
+        let attempt = recorder.record(&query(), &other, "upgrade", t);
+        policy.judge(attempt);
+        let attempts = recorder.attempts();
+        assert_eq!(attempts[0].verdict, Verdict::NotEnforced);
+        assert_eq!(attempts[0].allowed_by, None);
+        assert_eq!(attempts[1].verdict, Verdict::Allowed);
+        assert_eq!(
+            attempts[1].allowed_by,
+            Some(Allowance {
+                reason: "mcd".into(),
+                link: Some("https://x/1".into()),
+                expires: None
+            })
+        );
+        assert_eq!(attempts[2].verdict, Verdict::Violation);
+        let json = serde_json::to_value(&attempts[1]).unwrap();
+        assert_eq!(json["verdict"], "allowed");
+        assert_eq!(json["allowed_by"]["reason"], "mcd");
+        assert_eq!(json["mirror_fallback"], true);
+        assert_eq!(json["registry"]["blocked"], true);
+        assert_eq!(
+            serde_json::to_value(&attempts[0]).unwrap()["verdict"],
+            "not_enforced"
+        );
+
+        let section = policy::report(&policy, attempts, t);
+        assert_eq!(section.allow[0].allowed_attempts, 1);
+        assert!(!section.allow[0].expired);
+        // The expired entry matched the upgrade-phase skopeo attempt.
+        assert!(section.allow[1].expired);
+        assert_eq!(section.allow[1].matched_after_expiry, 1);
+        let summary = crate::report::summarize(attempts);
+        assert_eq!(
+            (
+                summary.violations,
+                summary.allowed,
+                summary.not_enforced,
+                summary.mirror_fallbacks
+            ),
+            (1, 1, 1, 2)
+        );
     }
 }

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::{
     attribute::AttributionStats,
-    classify::Category,
+    classify::{Category, registries_conf::RegistriesConfReport},
+    policy::PolicyReport,
     record::{Attempt, Verdict, rfc3339},
 };
 
@@ -26,6 +27,10 @@ pub struct Report {
     pub schema_version: u32,
     pub observer: ObserverSection,
     pub summary: Summary,
+    /// The policy in force and what each allowlist entry did.
+    pub policy: PolicyReport,
+    /// What was imported from registries.conf; null when not read.
+    pub registries_conf: Option<RegistriesConfReport>,
     pub attempts: Vec<Attempt>,
 }
 
@@ -73,6 +78,10 @@ pub struct Summary {
     pub attempts: usize,
     pub violations: usize,
     pub allowed: usize,
+    /// Attempts in phases the policy does not cover.
+    pub not_enforced: usize,
+    /// Attempts to sources that have mirrors (possible mirror fallbacks).
+    pub mirror_fallbacks: usize,
     pub hosts: Vec<HostSummary>,
     pub components: Vec<String>,
 }
@@ -89,7 +98,11 @@ pub struct HostSummary {
 pub fn summarize(attempts: &[Attempt]) -> Summary {
     let mut hosts: BTreeMap<String, HostSummary> = BTreeMap::new();
     for attempt in attempts {
-        let host = attempt.host.clone().unwrap_or_default();
+        // Unnamed attempts (a connect() into a catalog CIDR) group by range.
+        let host = attempt
+            .host
+            .clone()
+            .unwrap_or_else(|| attempt.registry.pattern.clone());
         let summary = hosts.entry(host.clone()).or_insert_with(|| HostSummary {
             host,
             category: attempt.registry.category,
@@ -102,14 +115,13 @@ pub fn summarize(attempts: &[Attempt]) -> Summary {
         summary.components.insert(attempt.component.clone());
     }
     let components: BTreeSet<String> = attempts.iter().map(|a| a.component.clone()).collect();
-    let violations = attempts
-        .iter()
-        .filter(|a| a.verdict == Verdict::Violation)
-        .count();
+    let count = |verdict: Verdict| attempts.iter().filter(|a| a.verdict == verdict).count();
     Summary {
         attempts: attempts.len(),
-        violations,
-        allowed: attempts.len() - violations,
+        violations: count(Verdict::Violation),
+        allowed: count(Verdict::Allowed),
+        not_enforced: count(Verdict::NotEnforced),
+        mirror_fallbacks: attempts.iter().filter(|a| a.mirror_fallback).count(),
         hosts: hosts.into_values().collect(),
         components: components.into_iter().collect(),
     }

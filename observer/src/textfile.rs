@@ -6,7 +6,10 @@
 //! `policy::Date` check themselves in their `Deserialize` impls), so both
 //! formats attach the position of the offending value to the error.
 
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use serde::de::DeserializeOwned;
 
@@ -19,7 +22,7 @@ pub enum Format {
 
 impl Format {
     /// By extension: `.toml`, or `.yaml`/`.yml`.
-    pub fn of(path: &std::path::Path) -> Option<Format> {
+    pub fn of(path: &Path) -> Option<Format> {
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "toml" => Some(Format::Toml),
             "yaml" | "yml" => Some(Format::Yaml),
@@ -131,15 +134,15 @@ pub fn parse_toml<T: DeserializeOwned>(file: PathBuf, text: &str) -> Result<T, F
 }
 
 fn toml_error(
-    file: &PathBuf,
+    file: &Path,
     text: &str,
     error: &toml::de::Error,
     field: Option<String>,
 ) -> FileError {
     let problem = error.message().trim_end().to_string();
     let mut out = match error.span() {
-        Some(span) => FileError::at_offset(file.clone(), text, span.start, problem),
-        None => FileError::whole(file.clone(), problem),
+        Some(span) => FileError::at_offset(file, text, span.start, problem),
+        None => FileError::whole(file, problem),
     };
     out.field = field;
     out
