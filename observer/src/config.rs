@@ -200,8 +200,16 @@ pub fn setup(config: &Config, cli_registries: &[Pattern]) -> Result<Setup, Strin
     }
     let registries_conf = match config.registries_conf.paths() {
         Some(paths) => {
-            let conf =
-                registries_conf::load(&paths).map_err(|e| format!("registries.conf error: {e}"))?;
+            let conf = registries_conf::load(&paths).map_err(|e| {
+                // serde's own messages state the problem only; ours end
+                // with the fix after a semicolon.
+                let hint = if e.problem.contains(';') {
+                    ""
+                } else {
+                    "; see containers-registries.conf(5)"
+                };
+                format!("registries.conf error: {e}{hint}")
+            })?;
             conf.apply(&mut catalog);
             Some(conf)
         }

@@ -143,12 +143,18 @@ fn bad_config_names_file_line_and_field() {
         ]));
         assert_one_clear_line(&outcome, &format!("{}:", path.display()));
         for needle in needles {
-            assert!(outcome.stderr.contains(needle), "{needle:?} not in {}", outcome.stderr);
+            assert!(
+                outcome.stderr.contains(needle),
+                "{needle:?} not in {}",
+                outcome.stderr
+            );
         }
     };
     check(
         "expiry.yaml",
-        Some("policy:\n  allow:\n    - component: skopeo\n      reason: mcd\n      expires: 31.12.2026\n"),
+        Some(
+            "policy:\n  allow:\n    - component: skopeo\n      reason: mcd\n      expires: 31.12.2026\n",
+        ),
         &[
             "config error: ",
             "expiry.yaml:5:",
@@ -158,7 +164,9 @@ fn bad_config_names_file_line_and_field() {
     );
     check(
         "typo.toml",
-        Some("[policy]\nenforce_phases = [\"boot\"]\n\n[[policy.allow]]\ncomponent = \"skopeo\"\nreson = \"mcd\"\n"),
+        Some(
+            "[policy]\nenforce_phases = [\"boot\"]\n\n[[policy.allow]]\ncomponent = \"skopeo\"\nreson = \"mcd\"\n",
+        ),
         &["typo.toml:6:", "unknown field `reson`", "policy.allow[0]"],
     );
     check(
@@ -169,7 +177,10 @@ fn bad_config_names_file_line_and_field() {
     check(
         "config.json",
         Some("{}"),
-        &["config.json: unknown config format", "*.yaml, *.yml or *.toml"],
+        &[
+            "config.json: unknown config format",
+            "*.yaml, *.yml or *.toml",
+        ],
     );
     check(
         "none.yaml",
@@ -221,7 +232,11 @@ fn malformed_registries_conf_names_file_and_line() {
     // A v1 table in a drop-in is refused, naming the drop-in.
     std::fs::write(&conf, "").unwrap();
     let drop_in = drop_ins.join("50-old.conf");
-    std::fs::write(&drop_in, "[registries.block]\nregistries = [\"docker.io\"]\n").unwrap();
+    std::fs::write(
+        &drop_in,
+        "[registries.block]\nregistries = [\"docker.io\"]\n",
+    )
+    .unwrap();
     let outcome = run(&mut observer(&[
         "run",
         "--report",

@@ -14,8 +14,7 @@ use std::{
 };
 
 use observer_tests::{
-    Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed, output_within,
-    require_root_and_tools,
+    Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed, output_within, require_root_and_tools,
 };
 use serde_json::Value;
 
@@ -195,7 +194,10 @@ fn allowlist_decides_per_component_with_reasons_mirrors_and_expiry() {
     assert_eq!(connect["verdict"], "violation");
 
     let allow = &report["policy"]["allow"];
-    assert_eq!(report["policy"]["enforce_phases"], serde_json::json!(["boot", "upgrade"]));
+    assert_eq!(
+        report["policy"]["enforce_phases"],
+        serde_json::json!(["boot", "upgrade"])
+    );
     assert_eq!(
         allow[0]["allowed_attempts"].as_u64(),
         Some(getent.len() as u64),
@@ -233,8 +235,14 @@ fn allowlist_decides_per_component_with_reasons_mirrors_and_expiry() {
         Some(getent.len() as u64),
         "{summary:#}"
     );
-    assert_eq!(summary["violations"].as_u64(), Some(skopeo.len() as u64 + 1));
-    assert_eq!(summary["mirror_fallbacks"].as_u64(), Some(skopeo.len() as u64));
+    assert_eq!(
+        summary["violations"].as_u64(),
+        Some(skopeo.len() as u64 + 1)
+    );
+    assert_eq!(
+        summary["mirror_fallbacks"].as_u64(),
+        Some(skopeo.len() as u64)
+    );
 }
 
 /// A TOML config whose initial phase is outside `enforce_phases`: the
@@ -269,7 +277,10 @@ fn phases_outside_the_policy_are_not_enforced_and_flags_override_the_file() {
     };
 
     let argv = args(None);
-    let output = run_wrapped(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &script);
+    let output = run_wrapped(
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+        &script,
+    );
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let report = read_report(&report_path);
     assert_valid_report(&report_path);
@@ -287,7 +298,10 @@ fn phases_outside_the_policy_are_not_enforced_and_flags_override_the_file() {
     assert_eq!(report["registries_conf"], Value::Null);
 
     let argv = args(Some("upgrade"));
-    let output = run_wrapped(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &script);
+    let output = run_wrapped(
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+        &script,
+    );
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let report = read_report(&report_path);
     let attempts = attempts_by(&report, "getent");
@@ -321,7 +335,11 @@ fn a_failed_reload_keeps_the_running_configuration_and_the_data() {
         let mut command = testbed.netns_command_in(&cgroup, "getent");
         command.args(["hosts", "registry.redhat.io"]);
         let result = output_within(&mut command, TIMEOUT).expect("running getent");
-        assert_eq!(result.status.code(), Some(2), "NXDOMAIN expected: {result:?}");
+        assert_eq!(
+            result.status.code(),
+            Some(2),
+            "NXDOMAIN expected: {result:?}"
+        );
     };
     let hangup = |agent: &Agent| {
         // SAFETY: kill(2) on the agent's pid, which this test started.
@@ -370,7 +388,10 @@ fn a_failed_reload_keeps_the_running_configuration_and_the_data() {
         stderr.contains(&format!("config error: {}:3:", config_path.display())),
         "{stderr}"
     );
-    assert!(stderr.contains("keeping the running configuration"), "{stderr}");
+    assert!(
+        stderr.contains("keeping the running configuration"),
+        "{stderr}"
+    );
     lookup();
 
     write(
