@@ -20,8 +20,10 @@ const DEFAULT_PHASE: &str = "boot";
 macro_rules! exit_codes {
     () => {
         "Exit codes:
-  0    no registry attempt seen (or attempts seen without --fail-on-violation)
-  1    --fail-on-violation was given and a registry was contacted
+  0    no violation (or violations seen without --fail-on-violation)
+  1    --fail-on-violation was given and there was a violation: a registry
+       contact in an enforced phase (default: boot, upgrade) that no allow
+       entry covers
   2    usage error, or the observer could not start (privileges, kernel, cgroup2)
   N    with a COMMAND and no violation: the command's own exit code
        (127 not found, 126 not executable, 128+S killed by signal S)"
@@ -92,7 +94,8 @@ pub struct RunArgs {
 
     /// Configuration file, YAML (.yaml, .yml) or TOML (.toml): catalog
     /// additions, registries.conf import, policy (enforced phases,
-    /// allowlist), initial phase, outputs. Flags given here override it.
+    /// allowlist), initial phase, outputs. Command-line flags override the
+    /// file. See docs/CONFIG.md.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
