@@ -113,18 +113,14 @@ impl Pattern {
         Ok(Pattern::Network(net))
     }
 
-    fn matches(&self, host: &str) -> bool {
+    /// Does this pattern match `host` (already normalized: lowercase, no
+    /// trailing dot)? Address ranges match no name.
+    pub fn matches_host(&self, host: &str) -> bool {
         match self {
             Pattern::Exact(name) => host == name,
             Pattern::Subdomains(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
             Pattern::Network(_) => false,
         }
-    }
-
-    /// Does this pattern match `host` (already normalized: lowercase, no
-    /// trailing dot)? Address ranges match no name.
-    pub fn matches_host(&self, host: &str) -> bool {
-        self.matches(host)
     }
 
     /// Longer patterns are more specific; exact beats wildcard; for
@@ -277,7 +273,7 @@ impl Catalog {
     pub fn lookup(&self, host: &str) -> Option<&Entry> {
         self.entries
             .iter()
-            .filter(|entry| entry.pattern.matches(host))
+            .filter(|entry| entry.pattern.matches_host(host))
             .max_by_key(|entry| entry.pattern.specificity())
     }
 

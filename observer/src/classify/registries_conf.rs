@@ -207,34 +207,28 @@ pub fn parse_file(file: &Path, text: &str, drop_in: bool) -> Result<ParsedFile, 
         ) {
             registry_host(name).map_err(|problem| FileError::at_offset(file, text, at, problem))?;
         }
-        let mut by_location: BTreeMap<String, Registry> = BTreeMap::new();
-        let mut v1_registry = |name: &String| {
-            by_location
-                .entry(name.clone())
-                .or_insert_with(|| Registry {
-                    prefix: name.clone(),
-                    location: name.clone(),
-                    blocked: false,
-                    insecure: false,
-                    mirror_by_digest_only: false,
-                    mirrors: Vec::new(),
-                    file: file.to_path_buf(),
-                })
-                .clone()
-        };
+        // v1 lists become one [[registry]] per name, as containers-image
+        // converts them; a name in both lists is insecure and blocked.
         let mut registries: Vec<Registry> = Vec::new();
         for (list, blocked) in [(&v1.insecure, false), (&v1.block, true)] {
             for name in list.iter().flat_map(|l| &l.registries) {
-                let mut registry = v1_registry(name);
-                registry.insecure |= !blocked;
-                registry.blocked |= blocked;
-                match registries.iter_mut().find(|r| r.prefix == registry.prefix) {
-                    Some(existing) => {
-                        existing.insecure |= registry.insecure;
-                        existing.blocked |= registry.blocked;
+                let index = match registries.iter().position(|r| &r.prefix == name) {
+                    Some(index) => index,
+                    None => {
+                        registries.push(Registry {
+                            prefix: name.clone(),
+                            location: name.clone(),
+                            blocked: false,
+                            insecure: false,
+                            mirror_by_digest_only: false,
+                            mirrors: Vec::new(),
+                            file: file.to_path_buf(),
+                        });
+                        registries.len() - 1
                     }
-                    None => registries.push(registry),
-                }
+                };
+                registries[index].blocked |= blocked;
+                registries[index].insecure |= !blocked;
             }
         }
         parsed.registries = registries;
