@@ -1,31 +1,77 @@
-//! cgroup/connect4 and cgroup/connect6: every connect() on the machine, as
-//! the caller asked for it, including the ones that will fail.
+//! cgroup/connect4, connect6, sendmsg4 and sendmsg6: every connect() on the
+//! machine, as the caller asked for it, including the ones that will fail,
+//! and every sendto()/sendmsg() with an address on an unconnected UDP socket.
 
 use core::ptr::addr_of_mut;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use observer_common::{AF_INET, AF_INET6, ConnectEvent, Counter, EventKind};
+use observer_common::{
+    AF_INET, AF_INET6, ConnectEvent, Counter, EventKind, OP_CONNECT, OP_SENDMSG,
+};
 
-use crate::emit::{self, EVENTS, SUBMIT_FLAGS};
+use crate::{
+    emit::{self, EVENTS, SUBMIT_FLAGS},
+    tcp,
+};
+
+const IPPROTO_TCP: u32 = 6;
+/// Datagrams to port 53 are captured whole by the packet programs; a
+/// sendmsg event per DNS query would only repeat them.
+const DNS_PORT: u16 = 53;
 
 /// cgroup_sock_addr programs allow the call by returning 1.
 const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel hands us a valid bpf_sock_addr for this hook.
-    let sa = unsafe { &*ctx.sock_addr };
-    // Words are in network byte order already; copied verbatim.
-    emit_connect(AF_INET, sa.user_port, sa.protocol, [sa.user_ip4, 0, 0, 0]);
+    sock_addr4(&ctx, OP_CONNECT);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr6(&ctx, OP_CONNECT);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr4(&ctx, OP_SENDMSG);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr6(&ctx, OP_SENDMSG);
+    ALLOW
+}
+
+#[inline(always)]
+fn sock_addr4(ctx: &SockAddrContext, op: u32) {
+    // SAFETY: the kernel hands us a valid bpf_sock_addr for this hook.
+    let sa = unsafe { &*ctx.sock_addr };
+    // Words are in network byte order already; copied verbatim.
+    emit_connect(
+        ctx,
+        op,
+        AF_INET,
+        sa.user_port,
+        sa.protocol,
+        [sa.user_ip4, 0, 0, 0],
+    );
+}
+
+#[inline(always)]
+fn sock_addr6(ctx: &SockAddrContext, op: u32) {
     // SAFETY: as above.
     let sa = unsafe { &*ctx.sock_addr };
     // One constant-offset load per word: copying the array as a whole makes
@@ -39,15 +85,31 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
             core::ptr::read_volatile(&sa.user_ip6[3]),
         ]
     };
-    emit_connect(AF_INET6, sa.user_port, sa.protocol, words);
-    ALLOW
+    emit_connect(ctx, op, AF_INET6, sa.user_port, sa.protocol, words);
 }
 
 #[inline(always)]
-fn emit_connect(family: u16, user_port: u32, protocol: u32, addr_words: [u32; 4]) {
+fn emit_connect(
+    ctx: &SockAddrContext,
+    op: u32,
+    family: u16,
+    user_port: u32,
+    protocol: u32,
+    addr_words: [u32; 4],
+) {
+    // user_port holds the port in network byte order in its low 16 bits.
+    let port = u16::from_be(user_port as u16);
+    if op == OP_SENDMSG && port == DNS_PORT {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == emit::observer_tgid() {
         return;
+    }
+    // SAFETY: the hook's context is a valid argument for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    if protocol == IPPROTO_TCP && op == OP_CONNECT {
+        tcp::track(cookie, port);
     }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         emit::count(Counter::ConnectReserveFailed);
@@ -65,12 +127,14 @@ fn emit_connect(family: u16, user_port: u32, protocol: u32, addr_words: [u32; 4]
             bpf_get_current_cgroup_id(),
         );
         addr_of_mut!((*event).family).write(family);
-        // user_port holds the port in network byte order in its low 16 bits.
-        addr_of_mut!((*event).port).write(u16::from_be(user_port as u16));
+        addr_of_mut!((*event).port).write(port);
         addr_of_mut!((*event).protocol).write(protocol);
         addr_of_mut!((*event).addr)
             .cast::<[u32; 4]>()
             .write(addr_words);
+        addr_of_mut!((*event).cookie).write(cookie);
+        addr_of_mut!((*event).op).write(op);
+        addr_of_mut!((*event)._pad).write(0);
     }
     entry.submit(SUBMIT_FLAGS);
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use observer_common::{COMM_LEN, Counter, EventHeader, EventKind};
+use observer_common::{COMM_LEN, Counter, EventHeader, EventKind, KernelOffsets};
 
 /// The one ring buffer all events go through. Its size is set by the agent
 /// at load time (`EbpfLoader::map_max_entries`); this is only the default.
@@ -24,6 +24,37 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// names are not reported as registry attempts.
 #[unsafe(no_mangle)]
 static OBSERVER_TGID: u32 = 0;
+
+/// Kernel struct field offsets from the running kernel's BTF, set at load
+/// time (see [`KernelOffsets`]); all zero, and `valid == 0`, until then.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    valid: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_start_boottime: 0,
+    task_mm: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    binprm_filename: 0,
+    sock_err: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: as for observer_tgid.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// Reads a `T` at `base + offset` from kernel memory; `None` on a fault.
+#[inline(always)]
+pub fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an
+    // error, never a fault.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
 
 /// Submit without waking the reader: the agent drains on a short timer, and
 /// a wakeup per event would cost several times the program itself.

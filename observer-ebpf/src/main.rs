@@ -9,6 +9,10 @@
 mod connect;
 mod dns;
 mod emit;
+mod lineage;
+mod outcome;
+mod skb;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

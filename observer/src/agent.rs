@@ -2,6 +2,7 @@
 //! lifetime (attach, observe, stop, detach, report).
 
 use std::{
+    collections::BTreeMap,
     io,
     net::IpAddr,
     path::PathBuf,
@@ -22,13 +23,14 @@ use crate::{
     classify::{AddressBook, Classifier, Pattern},
     clock::{self, Clock},
     config::{self, Config},
+    connections::{Connections, MAX_CONNECTIONS},
     export::Console,
     load,
     pipeline::{Pipeline, PipelineStats},
     policy, preflight,
     read::{self, Input},
     record::Recorder,
-    report::{self, Losses, ObserverSection, Report},
+    report::{self, HookMissing, Losses, ObserverSection, Report},
     scope::CommandCgroup,
 };
 
@@ -106,6 +108,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         Box::new(io::stdout())
     };
     let pipeline = Pipeline {
+        connections: Connections::new(MAX_CONNECTIONS),
         classifier: Classifier::new(
             catalog,
             AddressBook::new(
@@ -148,9 +151,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     };
     let observing = format!(
         "registry-observer: observing {what} (hooks: {}); report: {}",
-        load::HOOKS.join(", "),
+        probes.attached.join(", "),
         options.report.display()
     );
+    for (hook, reason) in &probes.missing {
+        eprintln!("registry-observer: warning: hook {hook} is not attached: {reason}");
+    }
     if command_mode {
         eprintln!("{observing}");
     } else {
@@ -166,6 +172,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     };
 
     // Detach first, then drain: nothing can arrive after the final drain.
+    let hooks = probes.attached.clone();
+    let hooks_missing: Vec<HookMissing> = probes
+        .missing
+        .iter()
+        .map(|(hook, reason)| HookMissing {
+            hook,
+            reason: reason.clone(),
+        })
+        .collect();
     drop(probes);
     let _ = stop_tx.send(true);
     let read_stats = reader.await.context("the ring-buffer reader failed")?;
@@ -198,12 +213,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         user_queue: read_stats.queue_full,
         ..Losses::default()
     };
-    let mut dns_truncated = 0;
+    let mut truncated = BTreeMap::new();
     for (counter, value) in kernel {
         if counter.is_loss() {
             losses.kernel.insert(counter.name(), value);
         } else {
-            dns_truncated = value;
+            truncated.insert(counter.name(), value);
         }
     }
     let kernel_lost: u64 = losses.kernel.values().sum();
@@ -230,14 +245,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             command_exit_code,
             command_cgroup: command_cgroup_path,
             cgroup2_mount: cgroup_root.display().to_string(),
-            hooks: load::HOOKS.to_vec(),
+            complete: events_lost == 0 && hooks_missing.is_empty(),
+            hooks,
+            hooks_missing,
             events_total: read_stats.records + kernel_lost,
             events_lost,
             losses,
             parse_errors: pipeline.stats.parse_errors.clone(),
-            dns_truncated,
+            truncated,
+            payload_parsers: pipeline.connections.stats().clone(),
             attribution: pipeline.attributor.stats().clone(),
-            complete: events_lost == 0,
         },
         summary,
         policy: policy_report,

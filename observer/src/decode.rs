@@ -8,7 +8,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use hickory_proto::{
@@ -18,7 +18,8 @@ use hickory_proto::{
 };
 use observer_common::{
     AF_INET, AF_INET6, COMM_LEN, ConnectEvent, DIRECTION_EGRESS, DnsPacketEvent, EventHeader,
-    Record, RecordError,
+    ExecEvent, OP_SENDMSG, Record, RecordError, SockStateEvent, TCP_CLOSE, TCP_ESTABLISHED,
+    TaskEvent, TcpPayloadEvent,
 };
 
 /// A task's comm as the kernel gave it: NUL-padded bytes. It stays bytes on
@@ -82,15 +83,103 @@ impl Actor {
     }
 }
 
+/// How a TCP connection attempt ended, from the socket's state change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnectOutcome {
+    Established,
+    /// The peer answered with a reset (ECONNREFUSED).
+    Refused,
+    /// No answer (ETIMEDOUT).
+    TimedOut,
+    /// No route (EHOSTUNREACH, ENETUNREACH).
+    Unreachable,
+    /// Closed before completion without an error (the caller gave up).
+    Aborted,
+    /// Any other error, by errno.
+    Error(u32),
+}
+
+impl ConnectOutcome {
+    pub fn from_state(new_state: u16, sk_err: u32) -> Option<ConnectOutcome> {
+        match (new_state, sk_err) {
+            (TCP_ESTABLISHED, _) => Some(ConnectOutcome::Established),
+            (TCP_CLOSE, 0) => Some(ConnectOutcome::Aborted),
+            (TCP_CLOSE, err) if err == libc::ECONNREFUSED as u32 => Some(ConnectOutcome::Refused),
+            (TCP_CLOSE, err) if err == libc::ETIMEDOUT as u32 => Some(ConnectOutcome::TimedOut),
+            (TCP_CLOSE, err)
+                if err == libc::EHOSTUNREACH as u32 || err == libc::ENETUNREACH as u32 =>
+            {
+                Some(ConnectOutcome::Unreachable)
+            }
+            (TCP_CLOSE, err) => Some(ConnectOutcome::Error(err)),
+            _ => None,
+        }
+    }
+
+    /// The name used in the report's `outcomes` counts.
+    pub fn name(self) -> String {
+        match self {
+            ConnectOutcome::Established => "established".into(),
+            ConnectOutcome::Refused => "refused".into(),
+            ConnectOutcome::TimedOut => "timed_out".into(),
+            ConnectOutcome::Unreachable => "unreachable".into(),
+            ConnectOutcome::Aborted => "aborted".into(),
+            ConnectOutcome::Error(errno) => format!("error_{errno}"),
+        }
+    }
+}
+
 /// One fact decoded from one kernel record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
-    /// A process called connect().
+    /// A process called connect(), or sendto()/sendmsg() with an address
+    /// on an unconnected UDP socket (`sendmsg`).
     Connect {
         actor: Actor,
         dest: IpAddr,
         port: u16,
         protocol: u32,
+        cookie: u64,
+        sendmsg: bool,
+    },
+    /// A process image was replaced by execve().
+    Exec {
+        actor: Actor,
+        ppid: u32,
+        /// CLOCK_BOOTTIME ns when the process started (fork time).
+        start_ns: u64,
+        /// The path execve() was given; None when the kernel could not
+        /// read it.
+        filename: Option<String>,
+        /// argv as far as captured; None when unread.
+        argv: Option<Vec<String>>,
+    },
+    /// A process forked a new process (header = the parent).
+    Fork {
+        actor: Actor,
+        child_tgid: u32,
+        child_start_ns: u64,
+    },
+    /// A process ended.
+    Exit { actor: Actor, start_ns: u64 },
+    /// A payload segment at the start of a TCP connection. The actor has no
+    /// task (packets are sent from softirq too); the cookie names the
+    /// connection.
+    TcpPayload {
+        actor: Actor,
+        cookie: u64,
+        egress: bool,
+        src: SocketAddr,
+        dst: SocketAddr,
+        seq: u32,
+        wire_len: u32,
+        bytes: Vec<u8>,
+    },
+    /// A TCP connection attempt ended.
+    ConnectDone {
+        actor: Actor,
+        cookie: u64,
+        outcome: ConnectOutcome,
     },
     /// A process sent a DNS query.
     DnsQuery {
@@ -99,12 +188,43 @@ pub enum Observation {
         name: String,
         qtype: String,
         server: IpAddr,
+        /// Sent over TCP (reassembled by the connection stage).
+        over_tcp: bool,
+    },
+    /// Derived by the connection stage: a TLS ClientHello named a server.
+    TlsHello {
+        actor: Actor,
+        cookie: u64,
+        dest: SocketAddr,
+        /// Lower-case server name (SNI).
+        sni: String,
+    },
+    /// Derived by the connection stage: an HTTP proxy was asked to
+    /// `CONNECT host:port`; `proxy` is where the connection went.
+    ProxyConnect {
+        actor: Actor,
+        cookie: u64,
+        proxy: SocketAddr,
+        /// Lower-case name, or an IP address.
+        host: String,
+        port: u16,
+    },
+    /// Derived by the connection stage: a plain HTTP request named a host
+    /// (absolute-form target or Host header).
+    HttpRequest {
+        actor: Actor,
+        cookie: u64,
+        dest: SocketAddr,
+        host: String,
     },
     /// A DNS response arrived for a local socket.
     DnsResponse {
         actor: Actor,
         name: String,
         rcode: ResponseCode,
+        /// CNAME targets in answer order: the names the question is an
+        /// alias of (lower-case, no trailing dot).
+        aliases: Vec<String>,
         /// Addresses from A/AAAA records, with their TTLs in seconds.
         addresses: Vec<(IpAddr, u32)>,
     },
@@ -114,6 +234,14 @@ impl Observation {
     pub fn actor(&self) -> &Actor {
         match self {
             Observation::Connect { actor, .. }
+            | Observation::Exec { actor, .. }
+            | Observation::Fork { actor, .. }
+            | Observation::Exit { actor, .. }
+            | Observation::TcpPayload { actor, .. }
+            | Observation::ConnectDone { actor, .. }
+            | Observation::TlsHello { actor, .. }
+            | Observation::ProxyConnect { actor, .. }
+            | Observation::HttpRequest { actor, .. }
             | Observation::DnsQuery { actor, .. }
             | Observation::DnsResponse { actor, .. } => actor,
         }
@@ -148,6 +276,20 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Observation>, DecodeError> {
     match Record::read(bytes).map_err(DecodeError::Record)? {
         Record::Connect(event) => decode_connect(&event).map(Some),
         Record::DnsPacket(event) => decode_dns(&event),
+        Record::Exec(event) => Ok(Some(decode_exec(&event))),
+        Record::Fork(event) => Ok(Some(Observation::Fork {
+            actor: Actor::from_header(&event.header),
+            child_tgid: event.tgid,
+            child_start_ns: event.start_ns,
+        })),
+        Record::Exit(TaskEvent {
+            header, start_ns, ..
+        }) => Ok(Some(Observation::Exit {
+            actor: Actor::from_header(&header),
+            start_ns,
+        })),
+        Record::TcpPayload(event) => decode_tcp(&event).map(Some),
+        Record::SockState(event) => Ok(decode_state(&event)),
     }
 }
 
@@ -157,6 +299,52 @@ fn decode_connect(event: &ConnectEvent) -> Result<Observation, DecodeError> {
         dest: ip_from_wire(event.family, &event.addr)?,
         port: event.port,
         protocol: event.protocol,
+        cookie: event.cookie,
+        sendmsg: event.op == OP_SENDMSG,
+    })
+}
+
+fn decode_exec(event: &ExecEvent) -> Observation {
+    let filename_len = (event.filename_len as usize).min(event.filename.len());
+    let args_len = (event.args_len as usize).min(event.args.len());
+    Observation::Exec {
+        actor: Actor::from_header(&event.header),
+        ppid: event.ppid,
+        start_ns: event.start_ns,
+        filename: (filename_len > 0)
+            .then(|| String::from_utf8_lossy(&event.filename[..filename_len]).into_owned()),
+        argv: (args_len > 0).then(|| split_args(&event.args[..args_len])),
+    }
+}
+
+/// argv as NUL-separated bytes, possibly cut inside the last argument.
+pub fn split_args(bytes: &[u8]) -> Vec<String> {
+    let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    trimmed
+        .split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+fn decode_tcp(event: &TcpPayloadEvent) -> Result<Observation, DecodeError> {
+    let captured = (event.captured_len as usize).min(event.payload.len());
+    Ok(Observation::TcpPayload {
+        actor: Actor::from_header(&event.header),
+        cookie: event.cookie,
+        egress: event.direction == DIRECTION_EGRESS,
+        src: SocketAddr::new(ip_from_wire(event.family, &event.src_addr)?, event.src_port),
+        dst: SocketAddr::new(ip_from_wire(event.family, &event.dst_addr)?, event.dst_port),
+        seq: event.seq,
+        wire_len: event.wire_len,
+        bytes: event.payload[..captured].to_vec(),
+    })
+}
+
+fn decode_state(event: &SockStateEvent) -> Option<Observation> {
+    Some(Observation::ConnectDone {
+        actor: Actor::from_header(&event.header),
+        cookie: event.cookie,
+        outcome: ConnectOutcome::from_state(event.new_state, event.sk_err)?,
     })
 }
 
@@ -181,23 +369,41 @@ fn ip_from_wire(family: u16, addr: &[u8; 16]) -> Result<IpAddr, DecodeError> {
 
 fn decode_dns(event: &DnsPacketEvent) -> Result<Option<Observation>, DecodeError> {
     let captured = (event.captured_len as usize).min(event.payload.len());
-    let message = parse_dns(&event.payload[..captured])?;
+    decode_dns_message(
+        &event.payload[..captured],
+        Actor::from_header(&event.header),
+        event.direction == DIRECTION_EGRESS,
+        ip_from_wire(event.family, &event.dst_addr)?,
+        false,
+    )
+}
+
+/// One DNS message, from a UDP datagram or reassembled from a TCP stream
+/// (length prefix removed). `server` is the destination of a query.
+pub fn decode_dns_message(
+    payload: &[u8],
+    actor: Actor,
+    egress: bool,
+    server: IpAddr,
+    over_tcp: bool,
+) -> Result<Option<Observation>, DecodeError> {
+    let message = parse_dns(payload)?;
     let Some(name) = message.question_name else {
         return Ok(None);
     };
-    let actor = Actor::from_header(&event.header);
-    let egress = event.direction == DIRECTION_EGRESS;
     let observation = match message.header.metadata.message_type {
         MessageType::Query if egress => Observation::DnsQuery {
             actor,
             name,
             qtype: message.question_type,
-            server: ip_from_wire(event.family, &event.dst_addr)?,
+            server,
+            over_tcp,
         },
         MessageType::Response if !egress => Observation::DnsResponse {
             actor,
             name,
             rcode: message.header.metadata.response_code,
+            aliases: message.aliases,
             addresses: message.addresses,
         },
         // A server's own traffic, or a response leaving a local resolver:
@@ -213,6 +419,7 @@ struct DnsMessage {
     header: Header,
     question_name: Option<String>,
     question_type: String,
+    aliases: Vec<String>,
     addresses: Vec<(IpAddr, u32)>,
 }
 
@@ -228,6 +435,7 @@ fn parse_dns(payload: &[u8]) -> Result<DnsMessage, DecodeError> {
             header,
             question_name: None,
             question_type: String::new(),
+            aliases: Vec::new(),
             addresses: Vec::new(),
         });
     }
@@ -238,6 +446,7 @@ fn parse_dns(payload: &[u8]) -> Result<DnsMessage, DecodeError> {
         Query::read(&mut decoder).map_err(|e| dns_error(&e))?;
     }
     let mut addresses = Vec::new();
+    let mut aliases = Vec::new();
     if header.metadata.message_type == MessageType::Response {
         for _ in 0..header.counts.answers {
             let Ok(record) = DnsRecord::read(&mut decoder) else {
@@ -246,9 +455,10 @@ fn parse_dns(payload: &[u8]) -> Result<DnsMessage, DecodeError> {
             match &record.data {
                 RData::A(a) => addresses.push((IpAddr::V4(a.0), record.ttl)),
                 RData::AAAA(aaaa) => addresses.push((IpAddr::V6(aaaa.0), record.ttl)),
-                // CNAME targets are followed in a later stage of the project;
-                // the addresses at the end of the chain belong to the
-                // question name either way.
+                // The addresses at the end of a chain belong to the question
+                // name and to every alias on the way; classify picks the
+                // first name of the chain the catalog knows.
+                RData::CNAME(target) => aliases.push(normalize_name(&target.0.to_ascii())),
                 _ => {}
             }
         }
@@ -257,6 +467,7 @@ fn parse_dns(payload: &[u8]) -> Result<DnsMessage, DecodeError> {
         header,
         question_name: Some(normalize_name(&query.name().to_ascii())),
         question_type: query.query_type().to_string(),
+        aliases,
         addresses,
     })
 }
@@ -349,6 +560,7 @@ mod tests {
             name,
             qtype,
             server,
+            over_tcp: false,
         }) = decode(record_bytes(&event)).unwrap()
         else {
             panic!("not a query");
@@ -476,6 +688,9 @@ mod tests {
             port: 443,
             protocol: 6,
             addr,
+            cookie: 1,
+            op: 0,
+            _pad: 0,
         };
         let Some(Observation::Connect { dest, port, .. }) = decode(record_bytes(&event)).unwrap()
         else {
@@ -493,6 +708,9 @@ mod tests {
             port: 1,
             protocol: 6,
             addr: [0; 16],
+            cookie: 1,
+            op: 0,
+            _pad: 0,
         };
         assert_eq!(decode(record_bytes(&event)), Err(DecodeError::Family(1)));
         event.family = AF_INET;

@@ -84,6 +84,7 @@ mod tests {
                 443,
             )),
             detail: None,
+            cookie: None,
         };
         let mut origin = Origin {
             process: ProcessInfo {

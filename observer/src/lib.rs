@@ -2,7 +2,10 @@
 //! know.
 //!
 //! Stages, one module each, data flowing one way:
-//! load -> read -> decode -> classify -> attribute -> record -> export.
+//! load -> read -> decode -> join (connections, process lineage) ->
+//! classify -> attribute -> record -> export.
+//! `payload` holds the pure parsers for the first bytes of TCP connections
+//! (TLS SNI, HTTP proxy requests, DNS over TCP), used by `connections`.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
 //! middle stages on one thread.
 
@@ -12,9 +15,11 @@ pub mod classify;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod decode;
 pub mod export;
 pub mod load;
+pub mod payload;
 pub mod pipeline;
 pub mod policy;
 pub mod preflight;

@@ -1,14 +1,18 @@
 //! The stages between the reader and the report, run on one thread:
-//! decode -> classify -> (scope) -> attribute -> record -> export.
+//! decode -> join (connections, process lineage) -> classify -> (scope) ->
+//! attribute -> record -> export.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use tokio::sync::mpsc;
+
+use hickory_proto::op::ResponseCode;
 
 use crate::{
     attribute::Attributor,
     classify::{Classifier, registries_conf::RegistriesConf},
     clock::Clock,
+    connections::{Connections, Joined},
     decode::{self, Observation},
     export::{self, Console},
     policy::Policy,
@@ -19,13 +23,17 @@ use crate::{
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PipelineStats {
-    /// Records that did not decode, by parser (`record`, `dns`).
+    /// Records that did not decode, by parser (`record`, `dns`; TLS, HTTP
+    /// and DNS over TCP are counted in the connection stage's stats).
     pub parse_errors: BTreeMap<&'static str, u64>,
     /// Registry events outside the observed command (mode `command`).
     pub out_of_scope: u64,
 }
 
+const IPPROTO_TCP: u32 = 6;
+
 pub struct Pipeline {
+    pub connections: Connections,
     pub classifier: Classifier,
     pub attributor: Attributor,
     pub recorder: Recorder,
@@ -52,9 +60,9 @@ impl Pipeline {
     pub fn handle(&mut self, input: Input) {
         match input {
             Input::Kernel(bytes) => match decode::decode(&bytes) {
-                Ok(Some(observation)) => self.observe(&observation),
+                Ok(Some(observation)) => self.join(observation),
                 Ok(None) => {}
-                Err(error) => *self.stats.parse_errors.entry(error.parser()).or_default() += 1,
+                Err(error) => self.count_error(&error),
             },
             Input::Resolved {
                 name,
@@ -70,7 +78,55 @@ impl Pipeline {
         }
     }
 
+    fn count_error(&mut self, error: &decode::DecodeError) {
+        *self.stats.parse_errors.entry(error.parser()).or_default() += 1;
+    }
+
+    /// Events that describe a process or a connection rather than an
+    /// attempt feed their tables; payload findings come back as
+    /// observations of the connecting process.
+    fn join(&mut self, observation: Observation) {
+        match &observation {
+            Observation::Exec { .. } | Observation::Fork { .. } | Observation::Exit { .. } => {
+                self.attributor.follow(&observation);
+            }
+            Observation::TcpPayload { .. } => match self.connections.segment(&observation) {
+                Joined::Observation(derived) => self.observe(&derived),
+                Joined::DnsError(error) => self.count_error(&error),
+                Joined::Nothing => {}
+            },
+            Observation::ConnectDone {
+                cookie, outcome, ..
+            } => {
+                self.connections.ended_handshake(*cookie, *outcome);
+                self.recorder.connection_outcome(*cookie, &outcome.name());
+            }
+            Observation::Connect {
+                actor,
+                dest,
+                port,
+                cookie,
+                sendmsg: false,
+                protocol: IPPROTO_TCP,
+            } => {
+                self.connections
+                    .opened(*cookie, actor, SocketAddr::new(*dest, *port));
+                self.observe(&observation);
+            }
+            _ => self.observe(&observation),
+        }
+    }
+
     fn observe(&mut self, observation: &Observation) {
+        if let Observation::DnsResponse {
+            actor, name, rcode, ..
+        } = observation
+            && *rcode != ResponseCode::NoError
+            && self.classifier.is_registry(name)
+        {
+            let outcome = format!("dns_{}", rcode.to_str().to_ascii_lowercase());
+            self.recorder.dns_outcome(actor.cgroup_id, name, &outcome);
+        }
         let Some(matched) = self.classifier.classify(observation) else {
             return;
         };
@@ -90,5 +146,12 @@ impl Pipeline {
             .line(&export::format_line(at, &matched, &origin));
         let attempt = self.recorder.record(&matched, &origin, &self.phase, at);
         self.policy.judge(attempt);
+        // The handshake may have ended before the payload that named the
+        // registry arrived.
+        if let Some(cookie) = matched.cookie
+            && let Some(outcome) = self.connections.outcome(cookie)
+        {
+            self.recorder.connection_outcome(cookie, &outcome.name());
+        }
     }
 }

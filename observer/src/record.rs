@@ -5,7 +5,7 @@
 //! a DNS query and the connect() that follows it join into one attempt.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     time::SystemTime,
 };
@@ -89,6 +89,10 @@ pub struct Attempt {
     pub last_seen: SystemTime,
     /// Events merged into this attempt (each DNS query and connect()).
     pub count: u64,
+    /// How the contacts ended, counted: TCP handshakes (`established`,
+    /// `refused`, `timed_out`, `unreachable`, `aborted`, `error_N`) and
+    /// failed DNS answers (`dns_nxdomain`, `dns_servfail`, ...).
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 pub fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
@@ -107,10 +111,20 @@ struct AttemptKey {
     cmdline: Option<Vec<String>>,
 }
 
+/// Connections joined to attempts, by socket cookie: the handshake's
+/// outcome arrives in its own event, before or after the match.
+const MAX_JOINED_CONNECTIONS: usize = 65_536;
+
+struct Joined {
+    attempt: usize,
+    outcome_counted: bool,
+}
+
 #[derive(Default)]
 pub struct Recorder {
     attempts: Vec<Attempt>,
     index: HashMap<AttemptKey, usize>,
+    connections: HashMap<u64, Joined>,
 }
 
 impl Recorder {
@@ -178,12 +192,50 @@ impl Recorder {
                     first_seen: at,
                     last_seen: at,
                     count: 1,
+                    outcomes: BTreeMap::new(),
                 });
                 self.index.insert(key, self.attempts.len() - 1);
                 self.attempts.len() - 1
             }
         };
+        if let Some(cookie) = matched.cookie {
+            if self.connections.len() >= MAX_JOINED_CONNECTIONS {
+                // Connections end within seconds of their match; forgetting
+                // them all costs at most the outcomes of those in flight.
+                self.connections.clear();
+            }
+            self.connections.entry(cookie).or_insert(Joined {
+                attempt: index,
+                outcome_counted: false,
+            });
+        }
         &mut self.attempts[index]
+    }
+
+    /// Counts how the TCP connection `cookie` ended, once, on the attempt it
+    /// was joined to; a connection no attempt claims is ignored.
+    pub fn connection_outcome(&mut self, cookie: u64, outcome: &str) {
+        if let Some(joined) = self.connections.get_mut(&cookie)
+            && !joined.outcome_counted
+        {
+            joined.outcome_counted = true;
+            *self.attempts[joined.attempt]
+                .outcomes
+                .entry(outcome.to_string())
+                .or_default() += 1;
+        }
+    }
+
+    /// Counts a failed DNS answer on the latest attempt that queried `host`
+    /// from `cgroup_id` (the receiving socket's cgroup).
+    pub fn dns_outcome(&mut self, cgroup_id: u64, host: &str, outcome: &str) {
+        if let Some(attempt) = self.attempts.iter_mut().rev().find(|a| {
+            a.cgroup.id == cgroup_id
+                && a.host.as_deref() == Some(host)
+                && a.evidence.contains(&Evidence::DnsQuery)
+        }) {
+            *attempt.outcomes.entry(outcome.to_string()).or_default() += 1;
+        }
     }
 
     pub fn attempts(&self) -> &[Attempt] {
@@ -238,6 +290,7 @@ mod tests {
             evidence: vec![Evidence::DnsQuery],
             dest: None,
             detail: Some("A".into()),
+            cookie: None,
         }
     }
 
@@ -251,6 +304,7 @@ mod tests {
                 443,
             )),
             detail: None,
+            cookie: Some(42),
         }
     }
 

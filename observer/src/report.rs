@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::{
     attribute::AttributionStats,
     classify::{Category, registries_conf::RegistriesConfReport},
+    payload::PayloadStats,
     policy::PolicyReport,
     record::{Attempt, Verdict, rfc3339},
 };
@@ -51,18 +52,30 @@ pub struct ObserverSection {
     pub command_cgroup: Option<String>,
     pub cgroup2_mount: String,
     pub hooks: Vec<&'static str>,
+    /// Hooks this kernel refused: their evidence is missing from the run.
+    pub hooks_missing: Vec<HookMissing>,
     /// Records the kernel produced: delivered plus lost.
     pub events_total: u64,
     pub events_lost: u64,
     pub losses: Losses,
     /// Records or payloads that did not parse, by parser.
     pub parse_errors: BTreeMap<&'static str, u64>,
-    /// DNS payloads longer than the capture: parsed as far as they went.
-    pub dns_truncated: u64,
+    /// Events that arrived incomplete, by kernel counter: DNS and TCP
+    /// payloads longer than the capture (parsed as far as they went), execs
+    /// whose argv or file name could not be read.
+    pub truncated: BTreeMap<&'static str, u64>,
+    /// TLS, HTTP and DNS-over-TCP streams: parsed, and unparsed by reason.
+    pub payload_parsers: PayloadStats,
     pub attribution: AttributionStats,
     /// True when every hook was attached for the whole run and no event was
     /// lost: only then does "no attempts" mean none happened.
     pub complete: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HookMissing {
+    pub hook: &'static str,
+    pub reason: String,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -5,6 +5,7 @@
 
 pub mod cgroup_path;
 pub mod cgroups;
+pub mod lineage;
 pub mod procfs;
 
 use std::{
@@ -15,13 +16,19 @@ use std::{
 use serde::Serialize;
 
 pub use self::cgroup_path::{CgroupOwner, Container};
-use self::{cgroups::CgroupIndex, procfs::ProcessFacts};
-use crate::decode::{Actor, Comm};
+use self::{
+    cgroups::CgroupIndex,
+    lineage::ProcessTable,
+    procfs::{ProcessFacts, StatFields},
+};
+use crate::decode::{Actor, Comm, Observation};
 
 /// Ancestors recorded per process: enough to reach systemd or a container
 /// runtime from any realistic process tree.
 const MAX_ANCESTORS: usize = 16;
 const MAX_CACHED_PROCESSES: usize = 8192;
+/// Processes the lineage table follows: a busy node runs a few thousand.
+const MAX_LINEAGE_PROCESSES: usize = 32768;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProcessInfo {
@@ -61,8 +68,12 @@ pub struct Origin {
 /// Counts of attributions that had to do with less than everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AttributionStats {
-    /// The process had exited before /proc was read.
+    /// The process had exited before /proc was read and no exec event
+    /// described it (it started before the agent).
     pub process_gone: u64,
+    /// The process had exited before /proc was read; its exec and fork
+    /// events described it.
+    pub from_lineage: u64,
     /// The cgroup id matched no directory (removed, or outside our view).
     pub cgroup_unknown: u64,
 }
@@ -77,6 +88,7 @@ pub struct Attributor {
     proc_root: PathBuf,
     cgroups: CgroupIndex,
     processes: HashMap<u32, CachedProcess>,
+    lineage: ProcessTable,
     stats: AttributionStats,
 }
 
@@ -86,8 +98,14 @@ impl Attributor {
             proc_root,
             cgroups: CgroupIndex::new(cgroup_root),
             processes: HashMap::new(),
+            lineage: ProcessTable::new(MAX_LINEAGE_PROCESSES),
             stats: AttributionStats::default(),
         }
+    }
+
+    /// Feeds exec, fork and exit events to the process table.
+    pub fn follow(&mut self, observation: &Observation) {
+        self.lineage.apply(observation);
     }
 
     pub fn stats(&self) -> &AttributionStats {
@@ -145,14 +163,29 @@ impl Attributor {
             if self.processes.len() >= MAX_CACHED_PROCESSES {
                 self.processes.clear();
             }
-            let facts = procfs::read_process(&self.proc_root, actor.tgid)
+            let mut facts = procfs::read_process(&self.proc_root, actor.tgid)
                 .filter(|facts| started_before(facts.stat.start_ticks, actor.boot_ns));
+            if facts.is_none() {
+                facts = self.lineage.get(actor.tgid, actor.boot_ns).map(|known| {
+                    self.stats.from_lineage += 1;
+                    ProcessFacts {
+                        stat: StatFields {
+                            comm: known.comm.clone(),
+                            ppid: known.ppid,
+                            start_ticks: 0,
+                        },
+                        exe: known.exe.clone(),
+                        cmdline: known.argv.clone(),
+                        cgroup: None,
+                    }
+                });
+            }
             if facts.is_none() {
                 self.stats.process_gone += 1;
             }
             let ancestors = facts
                 .as_ref()
-                .map(|f| read_ancestors(&self.proc_root, f.stat.ppid))
+                .map(|f| read_ancestors(&self.proc_root, &self.lineage, f.stat.ppid, actor.boot_ns))
                 .unwrap_or_default();
             self.processes.insert(
                 actor.tgid,
@@ -176,21 +209,44 @@ fn started_before(start_ticks: u64, event_boot_ns: u64) -> bool {
     start_ticks.saturating_mul(tick_ns) <= event_boot_ns.saturating_add(tick_ns)
 }
 
-fn read_ancestors(proc_root: &Path, mut pid: u32) -> Vec<Ancestor> {
+/// Parent first: from /proc while an ancestor lives (or its pid was not
+/// reused since `at_ns`), else from the lineage table.
+fn read_ancestors(
+    proc_root: &Path,
+    lineage: &ProcessTable,
+    mut pid: u32,
+    at_ns: u64,
+) -> Vec<Ancestor> {
     let mut ancestors = Vec::new();
     while pid != 0 && ancestors.len() < MAX_ANCESTORS {
-        let Some(stat) = procfs::read_stat(proc_root, pid) else {
-            break;
+        let live = procfs::read_stat(proc_root, pid)
+            .filter(|stat| started_before(stat.start_ticks, at_ns));
+        let (ancestor, parent) = match live {
+            Some(stat) => (
+                Ancestor {
+                    pid,
+                    comm: stat.comm,
+                    exe: procfs::read_exe(proc_root, pid),
+                },
+                stat.ppid,
+            ),
+            None => match lineage.get(pid, at_ns) {
+                Some(known) => (
+                    Ancestor {
+                        pid,
+                        comm: known.comm.clone(),
+                        exe: known.exe.clone(),
+                    },
+                    known.ppid,
+                ),
+                None => break,
+            },
         };
-        ancestors.push(Ancestor {
-            pid,
-            comm: stat.comm,
-            exe: procfs::read_exe(proc_root, pid),
-        });
+        ancestors.push(ancestor);
         if pid == 1 {
             break;
         }
-        pid = stat.ppid;
+        pid = parent;
     }
     ancestors
 }

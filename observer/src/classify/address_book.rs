@@ -2,6 +2,13 @@
 //!
 //! Fed by DNS answers seen on the wire and by the agent's own resolution of
 //! catalog names; read when a connect() names only an address.
+//!
+//! Answers are scoped by the cgroup of the socket that received them: two
+//! pods (or a pod and the host) may resolve differently, and a connect() is
+//! judged by what its own cgroup was told when it was told anything. An
+//! answer naming a non-registry host for an address the book already holds
+//! is kept too (as a binding without a name), so a pod that resolved that
+//! address for something else is not charged with a registry contact.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -16,11 +23,18 @@ pub enum Learned {
 
 #[derive(Clone, Debug)]
 struct Binding {
+    /// Empty for an answer that named a non-registry host.
     name: String,
     learned: Learned,
     learned_ns: u64,
     expires_ns: u64,
+    /// cgroup id of the receiving socket; 0 for the agent's own resolution,
+    /// which holds for everyone.
+    scope: u64,
 }
+
+/// Scope of bindings every cgroup shares.
+pub const GLOBAL_SCOPE: u64 = 0;
 
 /// Bounded IP -> names memory with expiry.
 #[derive(Debug)]
@@ -50,13 +64,36 @@ impl AddressBook {
     }
 
     pub fn learn(&mut self, ip: IpAddr, name: &str, ttl_s: u32, now_ns: u64, learned: Learned) {
+        self.learn_in(ip, name, ttl_s, now_ns, learned, GLOBAL_SCOPE);
+    }
+
+    /// Records that a socket in cgroup `scope` was told `ip` is a
+    /// non-registry host; only for addresses the book already holds.
+    pub fn learn_other(&mut self, ip: IpAddr, ttl_s: u32, now_ns: u64, scope: u64) {
+        if self.by_ip.contains_key(&ip) {
+            self.learn_in(ip, "", ttl_s, now_ns, Learned::Answer, scope);
+        }
+    }
+
+    pub fn learn_in(
+        &mut self,
+        ip: IpAddr,
+        name: &str,
+        ttl_s: u32,
+        now_ns: u64,
+        learned: Learned,
+        scope: u64,
+    ) {
         let keep_ns = (u64::from(ttl_s) * 1_000_000_000).max(self.min_retention_ns);
         let expires_ns = now_ns.saturating_add(keep_ns);
         if !self.by_ip.contains_key(&ip) && self.by_ip.len() >= self.max_addresses {
             self.make_room(now_ns);
         }
         let bindings = self.by_ip.entry(ip).or_default();
-        match bindings.iter_mut().find(|b| b.name == name) {
+        match bindings
+            .iter_mut()
+            .find(|b| b.name == name && b.scope == scope)
+        {
             Some(binding) => {
                 binding.expires_ns = binding.expires_ns.max(expires_ns);
                 binding.learned_ns = now_ns;
@@ -70,6 +107,7 @@ impl AddressBook {
                 learned,
                 learned_ns: now_ns,
                 expires_ns,
+                scope,
             }),
         }
     }
@@ -82,8 +120,31 @@ impl AddressBook {
         now_ns: u64,
         preferred: impl Fn(&str) -> bool,
     ) -> Option<Found<'_>> {
-        let live = self.by_ip.get(ip)?.iter().filter(|b| b.expires_ns > now_ns);
-        live.max_by_key(|b| (preferred(&b.name), b.learned_ns))
+        self.lookup_from(ip, now_ns, GLOBAL_SCOPE, preferred)
+    }
+
+    /// As [`lookup`](Self::lookup) for a connect() from cgroup `scope`:
+    /// when that cgroup received answers for `ip`, only those count (and an
+    /// answer for a non-registry host means no registry name).
+    pub fn lookup_from(
+        &self,
+        ip: &IpAddr,
+        now_ns: u64,
+        scope: u64,
+        preferred: impl Fn(&str) -> bool,
+    ) -> Option<Found<'_>> {
+        let live = || {
+            self.by_ip
+                .get(ip)
+                .into_iter()
+                .flatten()
+                .filter(|b| b.expires_ns > now_ns)
+        };
+        let own_scope = scope != GLOBAL_SCOPE && live().any(|b| b.scope == scope);
+        live()
+            .filter(|b| !own_scope || b.scope == scope)
+            .max_by_key(|b| (preferred(&b.name), b.learned_ns))
+            .filter(|b| !b.name.is_empty())
             .map(|b| Found {
                 name: &b.name,
                 learned: b.learned,

@@ -20,7 +20,7 @@ pub use self::{
     address_book::{AddressBook, Learned},
     catalog::{Catalog, Category, Entry, Pattern, PatternError, Source},
 };
-use crate::decode::Observation;
+use crate::decode::{Actor, Observation};
 
 /// How we know an attempt happened. Names match the report schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -32,6 +32,14 @@ pub enum Evidence {
     DnsAnswer,
     /// The process called connect() towards a registry address.
     Connect,
+    /// The process sent a UDP datagram to a registry address (sendto()).
+    Sendmsg,
+    /// The TLS ClientHello named a registry (SNI).
+    TlsSni,
+    /// The process asked an HTTP proxy to CONNECT to a registry.
+    HttpConnect,
+    /// A plain HTTP request named a registry (Host or absolute URL).
+    HttpHost,
 }
 
 impl Evidence {
@@ -40,6 +48,10 @@ impl Evidence {
             Evidence::DnsQuery => "dns_query",
             Evidence::DnsAnswer => "dns_answer",
             Evidence::Connect => "connect",
+            Evidence::Sendmsg => "sendmsg",
+            Evidence::TlsSni => "tls_sni",
+            Evidence::HttpConnect => "http_connect",
+            Evidence::HttpHost => "http_host",
         }
     }
 }
@@ -55,6 +67,8 @@ pub struct Match {
     pub dest: Option<SocketAddr>,
     /// Extra human detail for the live line (the DNS query type).
     pub detail: Option<String>,
+    /// The TCP connection this match came from, to join its outcome.
+    pub cookie: Option<u64>,
 }
 
 /// Remembered lookups per process, so a connect() to an address shared by
@@ -79,13 +93,6 @@ impl Classifier {
         }
     }
 
-    /// Addresses the agent resolved for a catalog name itself.
-    pub fn learn_resolved(&mut self, name: &str, addresses: &[IpAddr], now_ns: u64) {
-        for ip in addresses {
-            self.book.learn(*ip, name, 0, now_ns, Learned::Resolved);
-        }
-    }
-
     /// Swaps in a new catalog (a configuration reload); learned addresses
     /// and recent queries stay.
     pub fn set_catalog(&mut self, catalog: Catalog) {
@@ -96,10 +103,25 @@ impl Classifier {
         &self.catalog
     }
 
+    pub fn is_registry(&self, name: &str) -> bool {
+        self.catalog.lookup(name).is_some()
+    }
+
+    /// Addresses the agent resolved for a catalog name itself.
+    pub fn learn_resolved(&mut self, name: &str, addresses: &[IpAddr], now_ns: u64) {
+        for ip in addresses {
+            self.book.learn(*ip, name, 0, now_ns, Learned::Resolved);
+        }
+    }
+
     pub fn classify(&mut self, observation: &Observation) -> Option<Match> {
         match observation {
             Observation::DnsQuery {
-                actor, name, qtype, ..
+                actor,
+                name,
+                qtype,
+                over_tcp,
+                ..
             } => {
                 let entry = self.catalog.lookup(name)?.clone();
                 self.remember_query(actor.tgid, name);
@@ -108,25 +130,51 @@ impl Classifier {
                     entry,
                     evidence: vec![Evidence::DnsQuery],
                     dest: None,
-                    detail: Some(qtype.clone()),
+                    detail: Some(if *over_tcp {
+                        format!("{qtype} over TCP")
+                    } else {
+                        qtype.clone()
+                    }),
+                    cookie: None,
                 })
             }
             Observation::DnsResponse {
                 actor,
                 name,
+                aliases,
                 addresses,
                 ..
             } => {
-                if self.catalog.lookup(name).is_some() {
-                    for (ip, ttl) in addresses {
-                        self.book
-                            .learn(*ip, name, *ttl, actor.boot_ns, Learned::Answer);
+                // The addresses at the end of a CNAME chain serve every name
+                // on it: credit the first one the catalog knows (the question
+                // if it is a registry name, else the nearest alias).
+                let known = std::iter::once(name)
+                    .chain(aliases)
+                    .find(|n| self.catalog.lookup(n).is_some());
+                for (ip, ttl) in addresses {
+                    match known {
+                        Some(known) => self.book.learn_in(
+                            *ip,
+                            known,
+                            *ttl,
+                            actor.boot_ns,
+                            Learned::Answer,
+                            actor.cgroup_id,
+                        ),
+                        None => self
+                            .book
+                            .learn_other(*ip, *ttl, actor.boot_ns, actor.cgroup_id),
                     }
                 }
                 None
             }
             Observation::Connect {
-                actor, dest, port, ..
+                actor,
+                dest,
+                port,
+                cookie,
+                sendmsg,
+                ..
             } => {
                 // A connect() to port 53 is a resolver talking to its DNS
                 // server; DNS is judged by the names it asks for, and a
@@ -134,37 +182,101 @@ impl Classifier {
                 if *port == DNS_PORT {
                     return None;
                 }
-                let asked = self.recent_queries.get(&actor.tgid);
-                let found = self.book.lookup(dest, actor.boot_ns, |name| {
-                    asked.is_some_and(|names| names.iter().any(|n| n == name))
+                let (host, entry, learned) = self.by_address(actor, dest)?;
+                let mut evidence = match learned {
+                    Learned::Answer => vec![Evidence::DnsAnswer],
+                    Learned::Resolved => vec![],
+                };
+                evidence.push(if *sendmsg {
+                    Evidence::Sendmsg
+                } else {
+                    Evidence::Connect
                 });
-                // A name is more telling than a range: prefer it when DNS
-                // gave one for this address.
-                let (host, entry, evidence) =
-                    match found.and_then(|found| Some((self.catalog.lookup(found.name)?, found))) {
-                        Some((entry, found)) => (
-                            Some(found.name.to_string()),
-                            entry.clone(),
-                            match found.learned {
-                                Learned::Answer => vec![Evidence::DnsAnswer, Evidence::Connect],
-                                Learned::Resolved => vec![Evidence::Connect],
-                            },
-                        ),
-                        None => (
-                            None,
-                            self.catalog.lookup_address(dest)?.clone(),
-                            vec![Evidence::Connect],
-                        ),
-                    };
                 Some(Match {
                     host,
                     entry,
                     evidence,
                     dest: Some(SocketAddr::new(*dest, *port)),
                     detail: None,
+                    cookie: (!*sendmsg).then_some(*cookie),
                 })
             }
+            Observation::TlsHello {
+                cookie, dest, sni, ..
+            } => self.by_name(sni, Evidence::TlsSni, *dest, *cookie),
+            Observation::HttpRequest {
+                cookie, dest, host, ..
+            } => self.by_name(host, Evidence::HttpHost, *dest, *cookie),
+            Observation::ProxyConnect {
+                actor,
+                cookie,
+                proxy,
+                host,
+                port,
+            } => {
+                let mut matched = match host.parse::<IpAddr>() {
+                    // CONNECT to an address: the address book names it.
+                    Ok(ip) => {
+                        let (host, entry, _) = self.by_address(actor, &ip)?;
+                        Match {
+                            host,
+                            entry,
+                            evidence: vec![Evidence::HttpConnect],
+                            dest: Some(*proxy),
+                            detail: None,
+                            cookie: Some(*cookie),
+                        }
+                    }
+                    Err(_) => self.by_name(host, Evidence::HttpConnect, *proxy, *cookie)?,
+                };
+                matched.detail = Some(format!("via proxy {proxy} to port {port}"));
+                Some(matched)
+            }
+            Observation::Exec { .. }
+            | Observation::Fork { .. }
+            | Observation::Exit { .. }
+            | Observation::TcpPayload { .. }
+            | Observation::ConnectDone { .. } => None,
         }
+    }
+
+    /// A registry name the caller saw on the wire (SNI, Host, CONNECT).
+    fn by_name(
+        &self,
+        host: &str,
+        evidence: Evidence,
+        dest: SocketAddr,
+        cookie: u64,
+    ) -> Option<Match> {
+        let entry = self.catalog.lookup(host)?.clone();
+        Some(Match {
+            host: Some(host.to_string()),
+            entry,
+            evidence: vec![evidence],
+            dest: Some(dest),
+            detail: None,
+            cookie: Some(cookie),
+        })
+    }
+
+    /// The registry name an address was learned for, preferring names the
+    /// process itself looked up and answers seen in its own cgroup; else the
+    /// catalog CIDR holding the address (no name then, and no DNS evidence).
+    fn by_address(&self, actor: &Actor, dest: &IpAddr) -> Option<(Option<String>, Entry, Learned)> {
+        let asked = self.recent_queries.get(&actor.tgid);
+        let found = self
+            .book
+            .lookup_from(dest, actor.boot_ns, actor.cgroup_id, |name| {
+                asked.is_some_and(|names| names.iter().any(|n| n == name))
+            });
+        // A name is more telling than a range: prefer it when DNS gave one.
+        if let Some(found) = found
+            && let Some(entry) = self.catalog.lookup(found.name)
+        {
+            return Some((Some(found.name.to_string()), entry.clone(), found.learned));
+        }
+        let entry = self.catalog.lookup_address(dest)?.clone();
+        Some((None, entry, Learned::Resolved))
     }
 
     fn remember_query(&mut self, tgid: u32, name: &str) {
@@ -222,6 +334,7 @@ mod tests {
             name: name.into(),
             qtype: "A".into(),
             server: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+            over_tcp: false,
         }
     }
 
@@ -230,6 +343,7 @@ mod tests {
             actor: actor(0, 2),
             name: name.into(),
             rcode: ResponseCode::NoError,
+            aliases: vec![],
             addresses: vec![(ip, 0)],
         }
     }
@@ -240,7 +354,123 @@ mod tests {
             dest: ip,
             port,
             protocol: 6,
+            cookie: 99,
+            sendmsg: false,
         }
+    }
+
+    fn in_cgroup(mut observation: Observation, cgroup_id: u64) -> Observation {
+        match &mut observation {
+            Observation::Connect { actor, .. } | Observation::DnsResponse { actor, .. } => {
+                actor.cgroup_id = cgroup_id;
+            }
+            _ => unreachable!("only used on connects and answers"),
+        }
+        observation
+    }
+
+    #[test]
+    fn cname_chains_credit_the_registry_name_on_the_chain() {
+        let mut c = classifier();
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 7, 7));
+        // An alias outside the catalog whose chain reaches quay.io.
+        let answer = Observation::DnsResponse {
+            actor: actor(0, 2),
+            name: "mirror.corp.example".into(),
+            rcode: ResponseCode::NoError,
+            aliases: vec!["quay.io".into(), "cdn.elb.example".into()],
+            addresses: vec![(ip, 30)],
+        };
+        assert_eq!(c.classify(&answer), None);
+        let m = c.classify(&connect(10, ip, 443)).unwrap();
+        assert_eq!(m.host.as_deref(), Some("quay.io"));
+        assert_eq!(m.cookie, Some(99));
+    }
+
+    #[test]
+    fn answers_are_scoped_to_the_cgroup_that_received_them() {
+        let mut c = classifier();
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 8, 8));
+        // cgroup 1 was told ip is quay.io; cgroup 2 was told it is a
+        // non-registry host; cgroup 3 was told nothing.
+        c.classify(&in_cgroup(answer("quay.io", ip), 1));
+        c.classify(&in_cgroup(answer("intranet.example", ip), 2));
+        assert_eq!(
+            c.classify(&in_cgroup(connect(10, ip, 443), 1))
+                .unwrap()
+                .host
+                .as_deref(),
+            Some("quay.io")
+        );
+        assert_eq!(c.classify(&in_cgroup(connect(11, ip, 443), 2)), None);
+        assert_eq!(
+            c.classify(&in_cgroup(connect(12, ip, 443), 3))
+                .unwrap()
+                .host
+                .as_deref(),
+            Some("quay.io")
+        );
+        // A non-registry answer for an address the book never held is not
+        // stored at all.
+        let other = IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9));
+        c.classify(&in_cgroup(answer("intranet.example", other), 2));
+        assert_eq!(c.classify(&in_cgroup(connect(11, other, 443), 2)), None);
+    }
+
+    #[test]
+    fn payload_findings_classify_by_name_with_their_evidence() {
+        let mut c = classifier();
+        let dest = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9)), 443);
+        let sni = Observation::TlsHello {
+            actor: actor(10, 4),
+            cookie: 5,
+            dest,
+            sni: "registry.example.test".into(),
+        };
+        let m = c.classify(&sni).unwrap();
+        assert_eq!(
+            (m.host.as_deref(), m.cookie),
+            (Some("registry.example.test"), Some(5))
+        );
+        assert_eq!(m.evidence, vec![Evidence::TlsSni]);
+        let proxy = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3)), 3128);
+        let tunnel = Observation::ProxyConnect {
+            actor: actor(10, 5),
+            cookie: 6,
+            proxy,
+            host: "quay.io".into(),
+            port: 443,
+        };
+        let m = c.classify(&tunnel).unwrap();
+        assert_eq!(m.evidence, vec![Evidence::HttpConnect]);
+        assert_eq!(m.dest, Some(proxy));
+        let elsewhere = Observation::HttpRequest {
+            actor: actor(10, 6),
+            cookie: 7,
+            dest,
+            host: "example.org".into(),
+        };
+        assert_eq!(c.classify(&elsewhere), None);
+        // sendto() a registry address: evidence sendmsg, no connection.
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        c.classify(&answer("quay.io", ip));
+        let Observation::Connect {
+            actor, dest, port, ..
+        } = connect(10, ip, 443)
+        else {
+            unreachable!()
+        };
+        let datagram = Observation::Connect {
+            actor,
+            dest,
+            port,
+            protocol: 17,
+            cookie: 8,
+            sendmsg: true,
+        };
+        let m = c.classify(&datagram).unwrap();
+        assert_eq!(m.evidence, vec![Evidence::DnsAnswer, Evidence::Sendmsg]);
+        assert_eq!(m.cookie, None);
     }
 
     #[test]

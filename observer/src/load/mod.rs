@@ -4,14 +4,17 @@
 //! how the agent guarantees nothing stays attached to the root cgroup after
 //! it exits.
 
+pub mod offsets;
+
 use std::{fs::File, path::Path};
 
 use anyhow::{Context, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
 };
+use observer_common::KernelOffsets;
 
 /// The eBPF object built by build.rs from observer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -20,11 +23,31 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ob
 /// 4 MiB absorbs bursts of ~7000 DNS packets per drain.
 pub const RING_BUFFER_BYTES: u32 = 4 << 20;
 
-pub const HOOKS: [&str; 4] = ["connect4", "connect6", "dns_egress", "dns_ingress"];
+/// Programs without which the observer cannot do its job: loading fails if
+/// one of them does.
+const CORE_SOCK_ADDR: [&str; 2] = ["connect4", "connect6"];
+const CORE_SKB: [(&str, CgroupSkbAttachType); 2] = [
+    ("skb_egress", CgroupSkbAttachType::Egress),
+    ("skb_ingress", CgroupSkbAttachType::Ingress),
+];
+/// Programs that add evidence (unconnected UDP, lineage, outcomes); a
+/// kernel that refuses one is reported in the report's `hooks_missing`.
+const EXTRA_SOCK_ADDR: [&str; 2] = ["sendmsg4", "sendmsg6"];
+/// (program, BTF tracepoint) pairs.
+const TRACEPOINTS: [(&str, &str); 4] = [
+    ("process_exec", "sched_process_exec"),
+    ("process_fork", "sched_process_fork"),
+    ("process_exit", "sched_process_exit"),
+    ("sock_state", "inet_sock_set_state"),
+];
 
 /// Attached programs; drop to detach.
 pub struct Probes {
     _ebpf: Ebpf,
+    /// Names of the programs attached.
+    pub attached: Vec<&'static str>,
+    /// Programs that could not be attached, with the reason.
+    pub missing: Vec<(&'static str, String)>,
 }
 
 /// The maps user space reads, alive independently of the programs so the
@@ -37,29 +60,30 @@ pub struct Maps {
 pub fn load_and_attach(cgroup_root: &Path) -> anyhow::Result<(Probes, Maps)> {
     raise_memlock_limit();
     let own_tgid = std::process::id();
+    let mut missing = Vec::new();
+    // Without offsets the lineage and outcome programs load but do nothing.
+    let offsets = offsets::read(Path::new(offsets::VMLINUX_BTF)).unwrap_or_else(|e| {
+        for (name, _) in TRACEPOINTS {
+            missing.push((name, format!("kernel field offsets unavailable: {e:#}")));
+        }
+        KernelOffsets::default()
+    });
     let mut ebpf = EbpfLoader::new()
         .override_global("OBSERVER_TGID", &own_tgid, true)
+        .override_global("OFFSETS", &offsets, true)
         .map_max_entries("EVENTS", RING_BUFFER_BYTES)
         .load(OBJECT)
         .map_err(|e| anyhow!(explain_load_error(&e.to_string())))?;
     let cgroup = File::open(cgroup_root)
         .with_context(|| format!("opening the cgroup2 root {}", cgroup_root.display()))?;
+    let mut attached = Vec::new();
 
-    for name in ["connect4", "connect6"] {
-        let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        program
-            .load()
-            .map_err(|e| anyhow!(explain_load_error(&format!("{name}: {e:?}"))))?;
-        // Single through a link coexists with other programs' links; the
-        // AllowMultiple link mode is rejected by some kernels (EINVAL).
-        program
-            .attach(&cgroup, CgroupAttachMode::Single)
+    for name in CORE_SOCK_ADDR {
+        attach_sock_addr(&mut ebpf, name, &cgroup)
             .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
+        attached.push(name);
     }
-    for (name, direction) in [
-        ("dns_egress", CgroupSkbAttachType::Egress),
-        ("dns_ingress", CgroupSkbAttachType::Ingress),
-    ] {
+    for (name, direction) in CORE_SKB {
         let program: &mut CgroupSkb = program(&mut ebpf, name)?;
         program
             .load()
@@ -67,6 +91,30 @@ pub fn load_and_attach(cgroup_root: &Path) -> anyhow::Result<(Probes, Maps)> {
         program
             .attach(&cgroup, direction, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
+        attached.push(name);
+    }
+    for name in EXTRA_SOCK_ADDR {
+        match attach_sock_addr(&mut ebpf, name, &cgroup) {
+            Ok(()) => attached.push(name),
+            Err(e) => missing.push((name, format!("{e:#}"))),
+        }
+    }
+    if offsets.valid != 0 {
+        match Btf::from_sys_fs() {
+            Ok(btf) => {
+                for (name, tracepoint) in TRACEPOINTS {
+                    match attach_tracepoint(&mut ebpf, name, tracepoint, &btf) {
+                        Ok(()) => attached.push(name),
+                        Err(e) => missing.push((name, format!("{e:#}"))),
+                    }
+                }
+            }
+            Err(e) => {
+                for (name, _) in TRACEPOINTS {
+                    missing.push((name, format!("kernel BTF unavailable: {e}")));
+                }
+            }
+        }
     }
 
     let events = ebpf
@@ -76,12 +124,41 @@ pub fn load_and_attach(cgroup_root: &Path) -> anyhow::Result<(Probes, Maps)> {
         .take_map("COUNTERS")
         .ok_or_else(|| anyhow!("the eBPF object has no COUNTERS map"))?;
     Ok((
-        Probes { _ebpf: ebpf },
+        Probes {
+            _ebpf: ebpf,
+            attached,
+            missing,
+        },
         Maps {
             events: RingBuf::try_from(events)?,
             counters: PerCpuArray::try_from(counters)?,
         },
     ))
+}
+
+fn attach_sock_addr(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> anyhow::Result<()> {
+    let program: &mut CgroupSockAddr = program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|e| anyhow!(explain_load_error(&format!("{name}: {e:?}"))))?;
+    // Single through a link coexists with other programs' links; the
+    // AllowMultiple link mode is rejected by some kernels (EINVAL).
+    program.attach(cgroup, CgroupAttachMode::Single)?;
+    Ok(())
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &str,
+    tracepoint: &str,
+    btf: &Btf,
+) -> anyhow::Result<()> {
+    let program: &mut BtfTracePoint = program(ebpf, name)?;
+    program
+        .load(tracepoint, btf)
+        .map_err(|e| anyhow!(explain_load_error(&format!("{name}: {e:?}"))))?;
+    program.attach()?;
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
