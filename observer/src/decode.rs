@@ -472,6 +472,19 @@ fn parse_dns(payload: &[u8]) -> Result<DnsMessage, DecodeError> {
     })
 }
 
+/// The report's name for a failed DNS answer (RFC 1035 §4.1.1 and RFC 6895
+/// mnemonics, lower-case).
+pub fn dns_outcome_name(rcode: ResponseCode) -> String {
+    match rcode {
+        ResponseCode::NXDomain => "dns_nxdomain".into(),
+        ResponseCode::ServFail => "dns_servfail".into(),
+        ResponseCode::Refused => "dns_refused".into(),
+        ResponseCode::FormErr => "dns_formerr".into(),
+        ResponseCode::NotImp => "dns_notimp".into(),
+        other => format!("dns_rcode_{}", u16::from(other)),
+    }
+}
+
 /// Host names are compared lower-case and without the root dot.
 pub fn normalize_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()

@@ -124,8 +124,8 @@ impl Pipeline {
             && *rcode != ResponseCode::NoError
             && self.classifier.is_registry(name)
         {
-            let outcome = format!("dns_{}", rcode.to_str().to_ascii_lowercase());
-            self.recorder.dns_outcome(actor.cgroup_id, name, &outcome);
+            self.recorder
+                .dns_outcome(actor.cgroup_id, name, &decode::dns_outcome_name(*rcode));
         }
         let Some(matched) = self.classifier.classify(observation) else {
             return;

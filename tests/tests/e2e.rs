@@ -161,8 +161,12 @@ fn skopeo_inspect_is_one_attempt_with_dns_query_and_connect() {
     let attempt = &attempts[0];
     assert_eq!(attempt["host"], "quay.io");
     let evidence = evidence(attempt);
+    // skopeo is a Go client: its ClientHello carries a post-quantum key
+    // share and the SNI is still read from it.
     assert!(
-        evidence.contains(&"dns_query") && evidence.contains(&"connect"),
+        evidence.contains(&"dns_query")
+            && evidence.contains(&"connect")
+            && evidence.contains(&"tls_sni"),
         "{evidence:?}"
     );
     assert_eq!(attempt["process"]["comm"], "skopeo");
@@ -206,6 +210,13 @@ fn a_failed_lookup_of_a_registry_name_is_an_attempt() {
     assert_eq!(evidence(&attempts[0]), vec!["dns_query"]);
     assert_eq!(attempts[0]["dest"], Value::Null);
     assert_eq!(attempts[0]["process"]["comm"], "getent");
+    // Every query (A, AAAA) was answered NXDOMAIN: the attempt says so.
+    assert_eq!(
+        attempts[0]["outcomes"],
+        serde_json::json!({"dns_nxdomain": attempts[0]["count"]}),
+        "{:#}",
+        attempts[0]
+    );
 }
 
 #[test]
@@ -290,6 +301,22 @@ fn detaches_everything_from_the_root_cgroup_on_exit() {
             })
             .collect()
     };
+    // Tracing programs hang off BTF tracepoints, not the cgroup; their
+    // links are the agent's file descriptors (never pinned), which /proc
+    // shows as `link_type: raw_tracepoint` with the tracepoint's name.
+    let tracepoints = |pid: u32| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .expect("the agent's fdinfo")
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .filter(|info| info.contains("link_type:\traw_tracepoint"))
+            .filter_map(|info| {
+                let line = info.lines().find(|l| l.starts_with("tp_name:"))?;
+                Some(line.split_whitespace().nth(1)?.to_string())
+            })
+            .collect();
+        names.sort();
+        names
+    };
     let before = attached();
     let agent = start_agent(&testbed.temp_dir().join("detach.json"));
     let ours: Vec<_> = attached().difference(&before).cloned().collect();
@@ -297,8 +324,25 @@ fn detaches_everything_from_the_root_cgroup_on_exit() {
     names.sort();
     assert_eq!(
         names,
-        ["connect4", "connect6", "dns_egress", "dns_ingress"],
+        [
+            "connect4",
+            "connect6",
+            "sendmsg4",
+            "sendmsg6",
+            "skb_egress",
+            "skb_ingress"
+        ],
         "{ours:?}"
+    );
+    let agent_pid = agent.pid();
+    assert_eq!(
+        tracepoints(agent_pid),
+        [
+            "inet_sock_set_state",
+            "sched_process_exec",
+            "sched_process_exit",
+            "sched_process_fork"
+        ]
     );
     let output = agent.stop();
     assert!(output.status.success(), "{output:?}");
@@ -309,6 +353,11 @@ fn detaches_everything_from_the_root_cgroup_on_exit() {
             "{program:?} still attached: {after:?}"
         );
     }
+    // With the process gone, so are its links: none was pinned.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{agent_pid}")).exists(),
+        "the agent exited"
+    );
 }
 
 /// `run -- COMMAND`: exit 1 with --fail-on-violation when the command touched

@@ -141,8 +141,9 @@ impl AddressBook {
                 .filter(|b| b.expires_ns > now_ns)
         };
         let own_scope = scope != GLOBAL_SCOPE && live().any(|b| b.scope == scope);
+        // Another cgroup's non-registry answer says nothing about this one.
         live()
-            .filter(|b| !own_scope || b.scope == scope)
+            .filter(|b| if own_scope { b.scope == scope } else { !b.name.is_empty() })
             .max_by_key(|b| (preferred(&b.name), b.learned_ns))
             .filter(|b| !b.name.is_empty())
             .map(|b| Found {
