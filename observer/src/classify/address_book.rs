@@ -143,7 +143,13 @@ impl AddressBook {
         let own_scope = scope != GLOBAL_SCOPE && live().any(|b| b.scope == scope);
         // Another cgroup's non-registry answer says nothing about this one.
         live()
-            .filter(|b| if own_scope { b.scope == scope } else { !b.name.is_empty() })
+            .filter(|b| {
+                if own_scope {
+                    b.scope == scope
+                } else {
+                    !b.name.is_empty()
+                }
+            })
             .max_by_key(|b| (preferred(&b.name), b.learned_ns))
             .filter(|b| !b.name.is_empty())
             .map(|b| Found {
