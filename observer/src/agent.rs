@@ -4,7 +4,7 @@
 use std::{
     io,
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitStatus,
     time::{Duration, SystemTime},
 };
@@ -18,7 +18,11 @@ use tokio::{
 
 use crate::{
     UsageError,
-    attribute::Attributor,
+    attribute::{
+        Attributor,
+        component_rules::ComponentRule,
+        cri::{self, CriWatcher},
+    },
     classify::{AddressBook, Catalog, Category, Classifier, Pattern, Source},
     clock::{self, Clock},
     export::Console,
@@ -38,6 +42,9 @@ pub struct RunOptions {
     pub fail_on_violation: bool,
     pub phase: String,
     pub resolve_interval: Duration,
+    /// Empty: the default CRI sockets that exist.
+    pub cri_sockets: Vec<PathBuf>,
+    pub component_rules: Vec<ComponentRule>,
     pub command: Vec<String>,
 }
 
@@ -69,6 +76,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         );
     }
     let exact_names: Vec<String> = catalog.exact_names().map(String::from).collect();
+
+    // Started first so the first pod listing is in before events flow.
+    let (cri_watcher, pod_source) = CriWatcher::spawn(
+        cri::choose_sockets(&options.cri_sockets, Path::exists),
+        format!(
+            "no CRI socket found (looked for {}); give one with --cri-socket PATH",
+            cri::DEFAULT_SOCKETS.join(", ")
+        ),
+    );
 
     let started_at = SystemTime::now();
     let clock = Clock::now();
@@ -109,7 +125,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 MIN_ADDRESS_RETENTION.as_nanos() as u64,
             ),
         ),
-        attributor: Attributor::new("/proc".into(), cgroup_root.clone()),
+        attributor: Attributor::new("/proc".into(), cgroup_root.clone())
+            .with_pods(pod_source)
+            .with_rules(options.component_rules.clone()),
         recorder: Recorder::default(),
         scope: command_cgroup.as_ref().map(CommandCgroup::scope),
         console: Console::new(live_output),
@@ -162,7 +180,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         resolver.abort();
         let _ = resolver.await;
     }
-    let pipeline = processor.await.context("the pipeline failed")?;
+    let mut pipeline = processor.await.context("the pipeline failed")?;
+    let (pod_directory, cri_status) = cri_watcher.finish().await;
+    pipeline.name_pods_late(&pod_directory, cri_status.state == "connected");
     let kernel = read::kernel_counters(&counters);
     let command_cgroup_path = command_cgroup
         .as_ref()
@@ -217,6 +237,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             parse_errors: pipeline.stats.parse_errors.clone(),
             dns_truncated,
             attribution: pipeline.attributor.stats().clone(),
+            cri: cri_status,
             complete: events_lost == 0,
         },
         summary,

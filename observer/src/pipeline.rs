@@ -1,12 +1,12 @@
 //! The stages between the reader and the report, run on one thread:
 //! decode -> classify -> (scope) -> attribute -> record -> export.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use tokio::sync::mpsc;
 
 use crate::{
-    attribute::Attributor,
+    attribute::{Attributor, pods::PodDirectory},
     classify::Classifier,
     clock::Clock,
     decode::{self, Observation},
@@ -58,6 +58,16 @@ impl Pipeline {
                 boot_ns,
             } => self.classifier.learn_resolved(&name, &addresses, boot_ns),
         }
+    }
+
+    /// At the end of the run: names the pods of attempts recorded before
+    /// the CRI listing had them, from the final listing (tombstones
+    /// included), so a pod that lived two seconds still has its name.
+    pub fn name_pods_late(&mut self, directory: &Arc<PodDirectory>, cri_answered: bool) {
+        let attributor = &mut self.attributor;
+        self.recorder.rename_pods(|owner, recorded, process| {
+            attributor.name_late(directory, cri_answered, owner, recorded, process)
+        });
     }
 
     fn observe(&mut self, observation: &Observation) {

@@ -14,7 +14,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::{
-    attribute::AttributionStats,
+    attribute::{AttributionStats, cri::CriStatus},
     classify::Category,
     record::{Attempt, Verdict, rfc3339},
 };
@@ -55,6 +55,8 @@ pub struct ObserverSection {
     /// DNS payloads longer than the capture: parsed as far as they went.
     pub dns_truncated: u64,
     pub attribution: AttributionStats,
+    /// Whether pods could be named through the CRI API, and if not why.
+    pub cri: CriStatus,
     /// True when every hook was attached for the whole run and no event was
     /// lost: only then does "no attempts" mean none happened.
     pub complete: bool,

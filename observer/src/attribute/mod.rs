@@ -1,21 +1,30 @@
 //! Stage 5, attribute: who made an attempt. Process facts from /proc while
 //! the process lives (what was available is recorded, the rest stays null),
-//! then cgroup id -> path -> systemd unit / container / pod, then a
-//! component name a human recognizes.
+//! then cgroup id -> path -> systemd unit / container / pod uid, then the
+//! pod's name, namespace and labels from the CRI API (`cri`, `pods`), then
+//! a component name a human recognizes (`component`, `component_rules`).
 
 pub mod cgroup_path;
 pub mod cgroups;
+pub mod component;
+pub mod component_rules;
+pub mod cri;
+pub mod pods;
 pub mod procfs;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
 use serde::Serialize;
 
 pub use self::cgroup_path::{CgroupOwner, Container};
-use self::{cgroups::CgroupIndex, procfs::ProcessFacts};
+pub use self::pods::Pod;
+use self::{
+    cgroups::CgroupIndex, component_rules::ComponentRule, cri::PodSource, pods::PodDirectory,
+    procfs::ProcessFacts,
+};
 use crate::decode::{Actor, Comm};
 
 /// Ancestors recorded per process: enough to reach systemd or a container
@@ -55,6 +64,8 @@ pub struct Origin {
     pub process: ProcessInfo,
     pub cgroup: CgroupRef,
     pub owner: CgroupOwner,
+    /// From the cgroup path's uid, named through the CRI API when it knew.
+    pub pod: Option<Pod>,
     pub component: String,
 }
 
@@ -65,6 +76,10 @@ pub struct AttributionStats {
     pub process_gone: u64,
     /// The cgroup id matched no directory (removed, or outside our view).
     pub cgroup_unknown: u64,
+    /// Attempts from a pod left without a name in the report, by reason:
+    /// `cri_unavailable` (no CRI socket answered during the run),
+    /// `unknown_to_cri` (the runtime answered but never listed it).
+    pub pods_unnamed: BTreeMap<&'static str, u64>,
 }
 
 struct CachedProcess {
@@ -77,6 +92,8 @@ pub struct Attributor {
     proc_root: PathBuf,
     cgroups: CgroupIndex,
     processes: HashMap<u32, CachedProcess>,
+    pods: PodSource,
+    rules: Vec<ComponentRule>,
     stats: AttributionStats,
 }
 
@@ -86,8 +103,22 @@ impl Attributor {
             proc_root,
             cgroups: CgroupIndex::new(cgroup_root),
             processes: HashMap::new(),
+            pods: PodSource::fixed(PodDirectory::default()),
+            rules: Vec::new(),
             stats: AttributionStats::default(),
         }
+    }
+
+    /// Names pods through `pods` (the CRI watcher's snapshots).
+    pub fn with_pods(mut self, pods: PodSource) -> Attributor {
+        self.pods = pods;
+        self
+    }
+
+    /// User rules naming components, first match wins.
+    pub fn with_rules(mut self, rules: Vec<ComponentRule>) -> Attributor {
+        self.rules = rules;
+        self
     }
 
     pub fn stats(&self) -> &AttributionStats {
@@ -121,7 +152,8 @@ impl Attributor {
             cmdline: facts.as_ref().and_then(|f| f.cmdline.clone()),
             ancestors,
         };
-        let component = component(&owner, &process);
+        let pod = self.pod_of(&owner);
+        let component = component::component(&self.rules, &owner, pod.as_ref(), &process);
         Origin {
             process,
             cgroup: CgroupRef {
@@ -129,7 +161,72 @@ impl Attributor {
                 path,
             },
             owner,
+            pod,
             component,
+        }
+    }
+
+    /// The pod of a cgroup, named if the last CRI listing knew it; a miss
+    /// asks the watcher for an early listing and never waits for it.
+    fn pod_of(&self, owner: &CgroupOwner) -> Option<Pod> {
+        let container_id = owner
+            .container
+            .as_ref()
+            .filter(|c| is_cri_runtime(&c.runtime))
+            .map(|c| c.id.as_str());
+        if owner.pod_uid.is_none() && container_id.is_none() {
+            return None;
+        }
+        let named = self
+            .pods
+            .current()
+            .resolve(owner.pod_uid.as_deref(), container_id);
+        if named.is_none() {
+            self.pods.request_refresh();
+        }
+        named.or_else(|| owner.pod_uid.as_deref().map(Pod::uid_only))
+    }
+
+    /// At report time: names the pod of an attempt recorded before the CRI
+    /// listing had it, from `directory` (the final listing, tombstones
+    /// included), and recomputes its component. Counts what stays unnamed.
+    /// Returns the new (pod, component) when the pod got a name.
+    pub fn name_late(
+        &mut self,
+        directory: &PodDirectory,
+        cri_answered: bool,
+        owner: &CgroupOwner,
+        recorded: Option<&Pod>,
+        process: &ProcessInfo,
+    ) -> Option<(Pod, String)> {
+        if recorded.is_some_and(Pod::is_named) {
+            return None;
+        }
+        let container_id = owner
+            .container
+            .as_ref()
+            .filter(|c| is_cri_runtime(&c.runtime))
+            .map(|c| c.id.as_str());
+        let uid = recorded
+            .map(|p| p.uid.as_str())
+            .or(owner.pod_uid.as_deref());
+        if uid.is_none() && container_id.is_none() {
+            return None;
+        }
+        match directory.resolve(uid, container_id) {
+            Some(pod) => {
+                let component = component::component(&self.rules, owner, Some(&pod), process);
+                Some((pod, component))
+            }
+            None => {
+                let reason = if cri_answered {
+                    "unknown_to_cri"
+                } else {
+                    "cri_unavailable"
+                };
+                *self.stats.pods_unnamed.entry(reason).or_default() += 1;
+                None
+            }
         }
     }
 
@@ -167,6 +264,12 @@ impl Attributor {
     }
 }
 
+/// Runtimes whose containers the CRI API names (podman and docker have no
+/// pods).
+fn is_cri_runtime(runtime: &str) -> bool {
+    matches!(runtime, "cri-o" | "containerd")
+}
+
 /// /proc's start time (clock ticks of CLOCK_BOOTTIME) is at or before the
 /// event, allowing one tick of rounding.
 fn started_before(start_ticks: u64, event_boot_ns: u64) -> bool {
@@ -195,62 +298,9 @@ fn read_ancestors(proc_root: &Path, mut pid: u32) -> Vec<Ancestor> {
     ancestors
 }
 
-/// A stable, human name for who is responsible: the pod, else the
-/// container, else the systemd unit, else the executable, else the comm.
-pub fn component(owner: &CgroupOwner, process: &ProcessInfo) -> String {
-    if let Some(uid) = &owner.pod_uid {
-        return format!("pod/{uid}");
-    }
-    if let Some(container) = &owner.container {
-        return format!("{}/{}", container.runtime, &container.id[..12]);
-    }
-    if let Some(unit) = &owner.unit {
-        return unit.strip_suffix(".service").unwrap_or(unit).to_string();
-    }
-    if let Some(exe) = &process.exe {
-        let name = exe.rsplit('/').next().unwrap_or(exe);
-        // A replaced binary shows as "name (deleted)".
-        return name.trim_end_matches(" (deleted)").to_string();
-    }
-    process.comm.clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn process(exe: Option<&str>) -> ProcessInfo {
-        ProcessInfo {
-            pid: 1,
-            comm: "skopeo".into(),
-            uid: Some(0),
-            exe: exe.map(String::from),
-            cmdline: None,
-            ancestors: vec![],
-        }
-    }
-
-    #[test]
-    fn component_prefers_pod_then_container_then_unit_then_exe() {
-        let id = "ab".repeat(32);
-        let pod = cgroup_path::parse(&format!(
-            "/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/{id}"
-        ));
-        assert_eq!(
-            component(&pod, &process(None)),
-            "pod/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-        );
-        let podman = cgroup_path::parse(&format!("/machine.slice/libpod-{id}.scope"));
-        assert_eq!(component(&podman, &process(None)), "podman/abababababab");
-        let unit = cgroup_path::parse("/system.slice/rpm-ostreed.service");
-        assert_eq!(component(&unit, &process(None)), "rpm-ostreed");
-        let none = CgroupOwner::default();
-        assert_eq!(
-            component(&none, &process(Some("/usr/bin/skopeo (deleted)"))),
-            "skopeo"
-        );
-        assert_eq!(component(&none, &process(None)), "skopeo");
-    }
 
     #[test]
     fn attributes_this_process_with_ancestors_and_cgroup() {
