@@ -414,7 +414,15 @@ fn podman_container_attempt_carries_runtime_and_id() {
             .args(args);
         command
     };
-    let image = format!("oci:{}:busybox", testbed.oci_layout().display());
+    // Pulled by address from the testbed's registry, before the agent
+    // starts: only the container's own attempt is under test.
+    let image = format!("{}:443/t/busybox:1", testbed.host_ip());
+    let cert_dir = testbed.cert_dir().display().to_string();
+    run_checked(
+        &mut podman(&["pull", "--cert-dir", &cert_dir, &image]),
+        TIMEOUT,
+    )
+    .expect("podman pull from the testbed registry");
     let report_path = testbed.temp_dir().join("podman.json");
     let agent = start_agent(&report_path, &[]);
 
