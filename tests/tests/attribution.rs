@@ -472,8 +472,8 @@ fn podman_container_attempt_carries_runtime_and_id() {
 }
 
 /// systemd booted in systemd-nspawn (PID 1 here is not systemd), joined to
-/// the testbed's network namespace; a real unit started with systemd-run
-/// inside makes the registry lookup.
+/// the testbed's network namespace; a real service unit started by that
+/// systemd makes the registry lookup.
 #[test]
 fn a_systemd_unit_is_named_as_the_unit() {
     let testbed = setup(&["systemd-nspawn", "nsenter"]);
@@ -512,23 +512,47 @@ fn a_systemd_unit_is_named_as_the_unit() {
     let busybox = observer_tests::find_executable("busybox").expect("busybox");
     let dns = testbed.host_ip().to_string();
     let unit = "registry-check.service";
-    run_checked(
-        &mut nsenter(&[
-            "systemd-run",
-            "--wait",
-            "--unit",
-            unit,
-            busybox.to_str().unwrap(),
-            "nslookup",
-            "quay.io",
-            &dns,
-        ]),
-        TIMEOUT,
-    )
-    .expect("systemd-run inside the nspawn container");
+    // A runtime unit file (/run is the payload's own tmpfs), started the
+    // way systemd starts any service. (`systemd-run` needs a D-Bus daemon,
+    // which this payload does not run; systemctl talks to systemd directly.)
+    // The service stays up after its lookup, like a daemon: a unit whose
+    // cgroup is removed before the agent reads it can only be reported by
+    // cgroup id (counted as `cgroup_unknown`).
+    let unit_file = format!(
+        "[Unit]\nDescription=registry-observer test: a registry lookup from a unit\n\
+         [Service]\nExecStart=/bin/sh -c '{} nslookup quay.io {dns}; exec sleep 120'\n",
+        busybox.display()
+    );
+    let mut write = nsenter(&["sh", "-c", &format!("cat > /run/systemd/system/{unit}")]);
+    write.stdin(std::process::Stdio::piped());
+    let mut writer = write.spawn().expect("writing the unit file");
+    std::io::Write::write_all(&mut writer.stdin.take().unwrap(), unit_file.as_bytes())
+        .expect("writing the unit file");
+    assert!(
+        writer.wait().unwrap().success(),
+        "writing the unit file failed"
+    );
+    // systemd may still be finishing its start-up (its private socket
+    // comes and goes while it runs generators): retry, bounded.
+    let mut reload = Err(anyhow::anyhow!("not tried"));
+    for _ in 0..40 {
+        reload = run_checked(&mut nsenter(&["systemctl", "daemon-reload"]), TIMEOUT);
+        if reload.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    reload.expect("systemctl daemon-reload inside the nspawn container");
+    run_checked(&mut nsenter(&["systemctl", "start", unit]), TIMEOUT)
+        .expect("systemctl start inside the nspawn container");
     testbed
         .wait_for_dns_log("quay.io", Duration::from_secs(5))
         .expect("the unit asked for quay.io");
+    assert!(
+        wait_for_line(&agent, &["quay.io", &format!("unit {unit}")]),
+        "no live line names the unit:\n{}",
+        agent.stdout_so_far()
+    );
     let _ = output_within(&mut nsenter(&["systemctl", "poweroff"]), TIMEOUT);
     nspawn.wait_bounded(Duration::from_secs(20));
 
@@ -608,7 +632,14 @@ impl ChildGuard {
 }
 
 impl Drop for ChildGuard {
+    /// SIGTERM first (systemd-nspawn then shuts its payload down in
+    /// order), SIGKILL after 10 s.
     fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+            self.wait_bounded(Duration::from_secs(10));
+        }
         if let Ok(None) = self.0.try_wait() {
             let _ = self.0.kill();
             let _ = self.0.wait();
