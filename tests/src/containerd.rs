@@ -375,13 +375,12 @@ fn remove_pod_cgroups(uid: &str) {
     }
     for root in roots {
         let pod = root.join(&relative);
-        if !pod.is_dir() {
-            continue;
-        }
-        for dir in crate::cgroup::dirs_depth_first(&pod) {
-            let _ = poll_until(Duration::from_secs(5), || {
-                fs::remove_dir(&dir).is_ok() || !dir.exists()
-            });
+        if pod.is_dir() {
+            for dir in crate::cgroup::dirs_depth_first(&pod) {
+                let _ = poll_until(Duration::from_secs(5), || {
+                    fs::remove_dir(&dir).is_ok() || !dir.exists()
+                });
+            }
         }
     }
 }

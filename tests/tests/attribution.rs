@@ -646,3 +646,24 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// Bad input: a component rule that cannot mean anything exits 2 before
+/// anything is attached, naming the rule and how to write one.
+#[test]
+fn a_bad_component_rule_is_a_usage_error_that_says_how_to_write_one() {
+    let output = output_within(
+        Command::new(observer_tests::agent_binary()).args([
+            "run",
+            "--component-rule",
+            "ns=openshift-machine-config-operator:machine-config",
+        ]),
+        TIMEOUT,
+    )
+    .expect("running registry-observer");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown condition \"ns\"") && stderr.contains("namespace="),
+        "{stderr}"
+    );
+}

@@ -303,6 +303,72 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pods_missing_from_the_listing_are_named_late_or_counted() {
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let id = "ab".repeat(32);
+        let owner = cgroup_path::parse(&format!("/kubepods/besteffort/pod{uid}/{id}"));
+        let process = ProcessInfo {
+            pid: 1,
+            comm: "skopeo".into(),
+            uid: Some(0),
+            exe: Some("/usr/bin/skopeo".into()),
+            cmdline: None,
+            ancestors: vec![],
+        };
+        let mut directory = PodDirectory::default();
+        directory.apply(
+            pods::Listing {
+                pods: vec![pods::PodEntry {
+                    sandbox_id: "sb".into(),
+                    uid: uid.into(),
+                    namespace: "openshift-machine-config-operator".into(),
+                    name: "machine-config-daemon-x7k2p".into(),
+                    labels: BTreeMap::new(),
+                }],
+                containers: vec![pods::ContainerEntry {
+                    id: id.clone(),
+                    sandbox_id: "sb".into(),
+                    name: "machine-config-daemon".into(),
+                }],
+            },
+            std::time::Instant::now(),
+        );
+        let rules = vec![
+            ComponentRule::parse("namespace=openshift-machine-config-operator:machine-config")
+                .unwrap(),
+        ];
+        let mut attributor =
+            Attributor::new("/proc".into(), PathBuf::from("/nonexistent")).with_rules(rules);
+        let recorded = Pod::uid_only(uid);
+        let (pod, component) = attributor
+            .name_late(&directory, true, &owner, Some(&recorded), &process)
+            .expect("named from the final listing");
+        assert_eq!(pod.name.as_deref(), Some("machine-config-daemon-x7k2p"));
+        assert_eq!(pod.container.as_deref(), Some("machine-config-daemon"));
+        assert_eq!(component, "machine-config");
+        // Already named: left alone, not counted.
+        assert_eq!(
+            attributor.name_late(&directory, true, &owner, Some(&pod), &process),
+            None
+        );
+        // Not in the listing: counted by why.
+        let empty = PodDirectory::default();
+        attributor.name_late(&empty, true, &owner, Some(&recorded), &process);
+        attributor.name_late(&empty, false, &owner, Some(&recorded), &process);
+        attributor.name_late(&empty, false, &owner, Some(&recorded), &process);
+        // Not a pod at all: nothing to name, nothing counted.
+        let unit = cgroup_path::parse("/system.slice/crio.service");
+        assert_eq!(
+            attributor.name_late(&empty, false, &unit, None, &process),
+            None
+        );
+        assert_eq!(
+            attributor.stats().pods_unnamed,
+            BTreeMap::from([("cri_unavailable", 2), ("unknown_to_cri", 1)])
+        );
+    }
+
+    #[test]
     fn attributes_this_process_with_ancestors_and_cgroup() {
         let cgroup_root = crate::preflight::cgroup2_mount_from(
             &std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
