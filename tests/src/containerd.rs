@@ -255,11 +255,21 @@ impl Containerd {
         let mut client = self.client.clone().context("not connected")?;
         let id = sandbox_id.to_string();
         self.runtime.block_on(async move {
-            bounded(client.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            }))
-            .await
-            .context("StopPodSandbox")?;
+            // A container exiting at the moment it is stopped can make
+            // containerd 1.6 fail the stop ("ttrpc: closed"); it succeeds
+            // when asked again.
+            let mut stopped = Err(anyhow::anyhow!("not tried"));
+            for _ in 0..5 {
+                stopped = bounded(client.stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                }))
+                .await;
+                if stopped.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            stopped.context("StopPodSandbox")?;
             bounded(client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }))
                 .await
                 .context("RemovePodSandbox")?;
