@@ -182,7 +182,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     let mut pipeline = processor.await.context("the pipeline failed")?;
     let (pod_directory, cri_status) = cri_watcher.finish().await;
-    pipeline.name_pods_late(&pod_directory, cri_status.state == "connected");
+    pipeline.name_pods_late(&pod_directory, cri_status.state == cri::CriState::Connected);
     let kernel = read::kernel_counters(&counters);
     let command_cgroup_path = command_cgroup
         .as_ref()

@@ -64,12 +64,20 @@ pub fn choose_sockets(given: &[PathBuf], exists: impl Fn(&Path) -> bool) -> Vec<
     chosen
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CriState {
+    /// At least one socket answered at least once during the run.
+    Connected,
+    /// None did: pods are named by uid only.
+    #[default]
+    Unavailable,
+}
+
 /// How the CRI side of the run went, for the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CriStatus {
-    /// `connected` (at least one socket answered at least once during the
-    /// run) or `unavailable` (none did; pods are named by uid only).
-    pub state: &'static str,
+    pub state: CriState,
     /// Why, when `unavailable`: one sentence.
     pub reason: Option<String>,
     pub sockets: Vec<SocketStatus>,
@@ -135,7 +143,7 @@ impl CriWatcher {
         let wake = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
         let status = Arc::new(Mutex::new(CriStatus {
-            state: "unavailable",
+            state: CriState::Unavailable,
             reason: sockets.is_empty().then_some(no_socket_reason),
             sockets: sockets
                 .iter()
@@ -238,14 +246,14 @@ async fn refresh(
                     socket.runtime = version;
                 }
                 runtime.last = listing;
-                status.state = "connected";
+                status.state = CriState::Connected;
                 status.reason = None;
             }
             Err((reason, error)) => {
                 runtime.client = None;
                 *socket.failures.entry(reason).or_default() += 1;
                 socket.last_error = Some(error.clone());
-                if status.state != "connected" {
+                if status.state != CriState::Connected {
                     status.reason = Some(format!(
                         "no CRI socket answered (last: {}: {error}); pods are named by uid only",
                         runtime.path.display()
@@ -403,7 +411,7 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(directory.live_pods(), 0);
-        assert_eq!(status.state, "unavailable");
+        assert_eq!(status.state, CriState::Unavailable);
         let socket = &status.sockets[0];
         assert_eq!(socket.path, missing.display().to_string());
         assert!(socket.failures["connect"] >= 1, "{status:?}");
@@ -427,7 +435,7 @@ mod tests {
         let elapsed = started.elapsed();
         std::fs::remove_file(&path).unwrap();
         assert!(elapsed < CALL_TIMEOUT * 4, "{elapsed:?}");
-        assert_eq!(status.state, "unavailable");
+        assert_eq!(status.state, CriState::Unavailable);
         let failures: u64 = status.sockets[0].failures.values().sum();
         assert!(failures >= 1, "{status:?}");
     }
@@ -436,7 +444,7 @@ mod tests {
     async fn no_socket_says_why() {
         let (watcher, _) = CriWatcher::spawn(vec![], "no CRI socket found".into());
         let (_, status) = watcher.finish().await;
-        assert_eq!(status.state, "unavailable");
+        assert_eq!(status.state, CriState::Unavailable);
         assert_eq!(status.reason.as_deref(), Some("no CRI socket found"));
         assert_eq!(status.refreshes, 0);
     }

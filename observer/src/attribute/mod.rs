@@ -13,7 +13,7 @@ pub mod pods;
 pub mod procfs;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -31,6 +31,8 @@ use crate::decode::{Actor, Comm};
 /// runtime from any realistic process tree.
 const MAX_ANCESTORS: usize = 16;
 const MAX_CACHED_PROCESSES: usize = 8192;
+/// Bounds the set of pods and containers an early listing was asked for.
+const MAX_ASKED: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProcessInfo {
@@ -93,6 +95,9 @@ pub struct Attributor {
     cgroups: CgroupIndex,
     processes: HashMap<u32, CachedProcess>,
     pods: PodSource,
+    /// Pod uids and container ids an early listing was already asked for:
+    /// one the runtime does not know must not make it list on every event.
+    asked: HashSet<String>,
     rules: Vec<ComponentRule>,
     stats: AttributionStats,
 }
@@ -104,6 +109,7 @@ impl Attributor {
             cgroups: CgroupIndex::new(cgroup_root),
             processes: HashMap::new(),
             pods: PodSource::fixed(PodDirectory::default()),
+            asked: HashSet::new(),
             rules: Vec::new(),
             stats: AttributionStats::default(),
         }
@@ -168,7 +174,7 @@ impl Attributor {
 
     /// The pod of a cgroup, named if the last CRI listing knew it; a miss
     /// asks the watcher for an early listing and never waits for it.
-    fn pod_of(&self, owner: &CgroupOwner) -> Option<Pod> {
+    fn pod_of(&mut self, owner: &CgroupOwner) -> Option<Pod> {
         let container_id = owner
             .container
             .as_ref()
@@ -182,7 +188,15 @@ impl Attributor {
             .current()
             .resolve(owner.pod_uid.as_deref(), container_id);
         if named.is_none() {
-            self.pods.request_refresh();
+            let key = container_id
+                .or(owner.pod_uid.as_deref())
+                .unwrap_or_default();
+            if self.asked.len() >= MAX_ASKED {
+                self.asked.clear();
+            }
+            if self.asked.insert(key.to_string()) {
+                self.pods.request_refresh();
+            }
         }
         named.or_else(|| owner.pod_uid.as_deref().map(Pod::uid_only))
     }
