@@ -301,6 +301,7 @@ impl Drop for Containerd {
         {
             eprintln!("observer-tests: stopping containerd: {e:#}");
         }
+        remove_empty_parents();
     }
 }
 
@@ -379,11 +380,7 @@ fn make_pod_image(testbed: &Testbed, archive: &Path) -> anyhow::Result<()> {
 /// tree and every v1 hierarchy; containerd leaves the parents behind.
 fn remove_pod_cgroups(uid: &str) {
     let relative = format!("kubepods/besteffort/pod{uid}");
-    let mut roots = vec![crate::cgroup2_root()];
-    if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
-        roots.extend(entries.flatten().map(|e| e.path()));
-    }
-    for root in roots {
+    for root in cgroup_roots() {
         let pod = root.join(&relative);
         if pod.is_dir() {
             for dir in crate::cgroup::dirs_depth_first(&pod) {
@@ -391,6 +388,30 @@ fn remove_pod_cgroups(uid: &str) {
                     fs::remove_dir(&dir).is_ok() || !dir.exists()
                 });
             }
+        }
+    }
+}
+
+/// The cgroup roots: the cgroup2 mount and, on hybrid machines, every v1
+/// hierarchy.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mut roots = vec![crate::cgroup2_root()];
+    if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()));
+    }
+    roots
+}
+
+/// Removes the shared `kubepods/besteffort` parents once empty (runc
+/// removes a pod's own cgroups asynchronously after its shim exits);
+/// another test's live pod keeps them, which rmdir respects.
+fn remove_empty_parents() {
+    for root in cgroup_roots() {
+        for parent in ["kubepods/besteffort", "kubepods"] {
+            let dir = root.join(parent);
+            let _ = poll_until(Duration::from_secs(2), || {
+                !dir.exists() || fs::remove_dir(&dir).is_ok()
+            });
         }
     }
 }
