@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     io,
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitStatus,
     time::{Duration, SystemTime},
 };
@@ -19,7 +19,11 @@ use tokio::{
 
 use crate::{
     UsageError,
-    attribute::Attributor,
+    attribute::{
+        Attributor,
+        component_rules::ComponentRule,
+        cri::{self, CriWatcher},
+    },
     classify::{AddressBook, Classifier, Pattern},
     clock::{self, Clock},
     config::{self, Config},
@@ -41,6 +45,9 @@ pub struct RunOptions {
     pub fail_on_violation: bool,
     pub phase: String,
     pub resolve_interval: Duration,
+    /// Empty: the default CRI sockets that exist.
+    pub cri_sockets: Vec<PathBuf>,
+    pub component_rules: Vec<ComponentRule>,
     pub command: Vec<String>,
     /// The `--config` file, re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
@@ -57,7 +64,12 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the observer; returns the process exit code.
 pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     // Bad configuration first: it is the user's to fix on any machine.
-    let setup = config::setup(&options.config, &options.registries).map_err(UsageError)?;
+    let setup = config::setup(
+        &options.config,
+        &options.registries,
+        &options.component_rules,
+    )
+    .map_err(UsageError)?;
     preflight::check_own_privileges().map_err(UsageError)?;
     let cgroup_root = preflight::cgroup2_mount().map_err(UsageError)?;
     report::check_writable(&options.report).map_err(UsageError)?;
@@ -73,8 +85,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         catalog,
         policy,
         registries_conf,
+        component_rules,
     } = setup;
     let exact_names: Vec<String> = catalog.exact_names().map(String::from).collect();
+
+    // Started first so the first pod listing is in before events flow.
+    let (cri_watcher, pod_source) = CriWatcher::spawn(
+        cri::choose_sockets(&options.cri_sockets, Path::exists),
+        format!(
+            "no CRI socket found (looked for {}); give one with --cri-socket PATH",
+            cri::DEFAULT_SOCKETS.join(", ")
+        ),
+    );
 
     let started_at = SystemTime::now();
     let clock = Clock::now();
@@ -116,7 +138,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 MIN_ADDRESS_RETENTION.as_nanos() as u64,
             ),
         ),
-        attributor: Attributor::new("/proc".into(), cgroup_root.clone()),
+        attributor: Attributor::new("/proc".into(), cgroup_root.clone())
+            .with_pods(pod_source)
+            .with_rules(component_rules),
         recorder: Recorder::default(),
         scope: command_cgroup.as_ref().map(CommandCgroup::scope),
         console: Console::new(live_output),
@@ -137,6 +161,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let reloader = tokio::spawn(reload_on_hangup(
         options.config_path.clone(),
         options.registries.clone(),
+        options.component_rules.clone(),
         queue_tx.clone(),
     ));
     drop(queue_tx);
@@ -190,7 +215,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     reloader.abort();
     let _ = reloader.await;
-    let pipeline = processor.await.context("the pipeline failed")?;
+    let mut pipeline = processor.await.context("the pipeline failed")?;
+    let (pod_directory, cri_status) = cri_watcher.finish().await;
+    // Before the policy judges again below: a pod named late can change the
+    // component and namespace an allow entry matches.
+    pipeline.name_pods_late(&pod_directory, cri_status.state == cri::CriState::Connected);
     let kernel = read::kernel_counters(&counters);
     let command_cgroup_path = command_cgroup
         .as_ref()
@@ -255,6 +284,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             truncated,
             payload_parsers: pipeline.connections.stats().clone(),
             attribution: pipeline.attributor.stats().clone(),
+            cri: cri_status,
         },
         summary,
         policy: policy_report,
@@ -383,6 +413,7 @@ async fn run_command(argv: &[String], cgroup: &CommandCgroup) -> io::Result<Exit
 async fn reload_on_hangup(
     config_path: Option<PathBuf>,
     cli_registries: Vec<Pattern>,
+    cli_rules: Vec<ComponentRule>,
     queue: mpsc::Sender<Input>,
 ) {
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
@@ -393,7 +424,7 @@ async fn reload_on_hangup(
             Some(path) => config::load(path).map_err(|e| e.to_string()),
             None => Ok(Config::default()),
         };
-        match loaded.and_then(|config| config::setup(&config, &cli_registries)) {
+        match loaded.and_then(|config| config::setup(&config, &cli_registries, &cli_rules)) {
             Ok(setup) => {
                 if queue.send(Input::Reload(Box::new(setup))).await.is_err() {
                     return;

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     UsageError,
     agent::{self, RunOptions},
+    attribute::component_rules::ComponentRule,
     classify::Pattern,
     config::{self, Config},
 };
@@ -66,18 +67,26 @@ pub enum Command {
             "  sudo registry-observer run --duration 10m --report /var/tmp/node.json\n",
             "  sudo registry-observer run --fail-on-violation -- ./upgrade.sh\n",
             "  sudo registry-observer run --registry '*.corp.example' -- make e2e\n",
-            "  sudo registry-observer run --config /etc/registry-observer.yaml --phase upgrade\n\n",
+            "  sudo registry-observer run --config /etc/registry-observer.yaml --phase upgrade\n",
+            "  sudo registry-observer run --cri-socket /run/containerd/containerd.sock \\\n",
+            "      --component-rule 'namespace=openshift-machine-config-operator:machine-config' \\\n",
+            "      --component-rule 'unit=rpm-ostreed.service:machine-config'\n\n",
             "A config file (YAML or TOML) adds catalog entries, imports registries.conf\n",
             "(read by default from /etc/containers), and holds the policy: which phases\n",
-            "are enforced and which contacts are allowed, with a reason and an expiry:\n\n",
+            "are enforced and which contacts are allowed, with a reason and an expiry;\n",
+            "and rules naming components (after any --component-rule):\n\n",
             "  policy:\n",
             "    enforce_phases: [boot, upgrade]\n",
             "    allow:\n",
             "      - component: rpm-ostreed\n",
             "        host: quay.io\n",
             "        reason: OS rebase during upgrade\n",
-            "        expires: 2026-12-31\n\n",
-            "SIGHUP reloads the config file and registries.conf; a bad file is reported\n",
+            "        expires: 2026-12-31\n",
+            "  component_rules:\n",
+            "    - match: {namespace: openshift-machine-config-operator}\n",
+            "      component: machine-config\n\n",
+            "SIGHUP reloads the config file (policy, catalog, component rules) and\n",
+            "registries.conf; a bad file is reported\n",
             "and the previous configuration stays. See docs/CONFIG.md.\n\n",
             exit_codes!()
         )
@@ -130,6 +139,22 @@ pub struct RunArgs {
     )]
     pub catalog_resolve_interval: Duration,
 
+    /// The CRI socket to ask which pod a container belongs to (name,
+    /// namespace, labels); repeat for several. Default: every one of
+    /// /run/crio/crio.sock and /run/containerd/containerd.sock that exists.
+    /// If none answers, pods are reported by uid only and the report's
+    /// observer.cri says why.
+    #[arg(long = "cri-socket", value_name = "PATH")]
+    pub cri_sockets: Vec<PathBuf>,
+
+    /// Name a component: `CONDITIONS:COMPONENT`, where CONDITIONS are
+    /// comma-separated `namespace=NS`, `pod_name_prefix=P`, `unit=U`,
+    /// `exe=E` (path, or file name) or `label.KEY=VALUE`, all of which must
+    /// hold. Checked in order, first match wins, before the built-in naming
+    /// (pod owner, unit, executable). Repeat for several.
+    #[arg(long = "component-rule", value_name = "RULE", value_parser = parse_component_rule)]
+    pub component_rules: Vec<ComponentRule>,
+
     /// The command to run and observe, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -137,6 +162,10 @@ pub struct RunArgs {
 
 fn parse_pattern(text: &str) -> Result<Pattern, String> {
     Pattern::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_component_rule(text: &str) -> Result<ComponentRule, String> {
+    ComponentRule::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -170,6 +199,8 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
             .or_else(|| config.phases.initial.clone())
             .unwrap_or_else(|| DEFAULT_PHASE.into()),
         resolve_interval: args.catalog_resolve_interval,
+        cri_sockets: args.cri_sockets,
+        component_rules: args.component_rules,
         command: args.command,
         config_path: args.config,
         config,
@@ -241,6 +272,25 @@ mod tests {
         assert_eq!(args.registries[0].to_string(), "*.example.test");
         assert!(args.fail_on_violation);
         assert_eq!(args.catalog_resolve_interval, Duration::from_secs(300));
+        assert!(args.cri_sockets.is_empty());
+        let cli = Cli::try_parse_from([
+            "registry-observer",
+            "run",
+            "--cri-socket",
+            "/run/k3s/containerd/containerd.sock",
+            "--component-rule",
+            "namespace=openshift-machine-config-operator:machine-config",
+            "--component-rule",
+            "unit=rpm-ostreed.service:machine-config",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(
+            args.cri_sockets,
+            vec![PathBuf::from("/run/k3s/containerd/containerd.sock")]
+        );
+        assert_eq!(args.component_rules.len(), 2);
+        assert_eq!(args.component_rules[1].component, "machine-config");
     }
 
     #[test]
@@ -288,6 +338,9 @@ mod tests {
             Cli::try_parse_from(["registry-observer", "run", "--duration", "soon"]).unwrap_err();
         assert!(err.to_string().contains("30s"), "{err}");
         assert!(Cli::try_parse_from(["registry-observer", "run", "--bogus"]).is_err());
+        let err = Cli::try_parse_from(["registry-observer", "run", "--component-rule", "ns=x:y"])
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown condition"), "{err}");
         let zero = Cli::try_parse_from([
             "registry-observer",
             "run",

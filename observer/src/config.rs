@@ -16,6 +16,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    attribute::component_rules::ComponentRule,
     classify::{
         Catalog, Category, Pattern, Source,
         registries_conf::{self, RegistriesConf},
@@ -30,9 +31,9 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub registries_conf: RegistriesConfConfig,
     pub policy: Policy,
-    /// Rules that name components (see component rules in docs/CONFIG.md).
-    /// Carried through untouched here; the attribution stage interprets them.
-    pub component_rules: Vec<serde_json::Value>,
+    /// Rules that name components (docs/ATTRIBUTION.md), checked after
+    /// `--component-rule`s.
+    pub component_rules: Vec<ComponentRule>,
     pub phases: PhasesConfig,
     pub outputs: OutputsConfig,
 }
@@ -181,12 +182,20 @@ pub struct Setup {
     pub policy: Policy,
     /// None when the import is turned off.
     pub registries_conf: Option<RegistriesConf>,
+    /// `--component-rule`s first, then the config's: first match wins, so
+    /// the command line can override a shared file for one run.
+    pub component_rules: Vec<ComponentRule>,
 }
 
 /// Builds the catalog (built-in, then `--registry`, then the config's
 /// entries, then registries.conf: an earlier source's category wins for a
-/// pattern listed twice) and takes the policy. Reads registries.conf.
-pub fn setup(config: &Config, cli_registries: &[Pattern]) -> Result<Setup, String> {
+/// pattern listed twice), takes the policy and puts the command line's
+/// component rules before the file's. Reads registries.conf.
+pub fn setup(
+    config: &Config,
+    cli_registries: &[Pattern],
+    cli_rules: &[ComponentRule],
+) -> Result<Setup, String> {
     let mut catalog = Catalog::builtin();
     for pattern in cli_registries {
         catalog.add(
@@ -219,6 +228,11 @@ pub fn setup(config: &Config, cli_registries: &[Pattern]) -> Result<Setup, Strin
         catalog,
         policy: config.policy.clone(),
         registries_conf,
+        component_rules: cli_rules
+            .iter()
+            .chain(&config.component_rules)
+            .cloned()
+            .collect(),
     })
 }
 
@@ -333,16 +347,69 @@ mod tests {
     }
 
     #[test]
-    fn component_rules_pass_through_untouched() {
-        let yaml = "component_rules:\n  - match: {namespace: openshift-machine-config-operator}\n    component: machine-config-daemon\n";
-        let config = parse(Path::new("c.yaml"), yaml).unwrap();
+    fn component_rules_are_typed_and_follow_the_command_line_rules() {
+        let yaml = "component_rules:\n  - match: {namespace: openshift-machine-config-operator}\n    component: machine-config-daemon\n  - match:\n      exe: skopeo\n      label: {app.kubernetes.io/name: mirror}\n    component: mirror-job\n";
+        let toml = "[[component_rules]]\ncomponent = \"machine-config-daemon\"\nmatch = { namespace = \"openshift-machine-config-operator\" }\n\n[[component_rules]]\ncomponent = \"mirror-job\"\n[component_rules.match]\nexe = \"skopeo\"\nlabel = { \"app.kubernetes.io/name\" = \"mirror\" }\n";
+        let from_yaml = parse(Path::new("c.yaml"), yaml).unwrap();
+        assert_eq!(from_yaml, parse(Path::new("c.toml"), toml).unwrap());
         assert_eq!(
-            config.component_rules,
-            vec![serde_json::json!({
-                "match": {"namespace": "openshift-machine-config-operator"},
-                "component": "machine-config-daemon"
-            })]
+            from_yaml.component_rules[0],
+            ComponentRule::parse(
+                "namespace=openshift-machine-config-operator:machine-config-daemon"
+            )
+            .unwrap()
         );
+        assert_eq!(
+            from_yaml.component_rules[1].to_string(),
+            "exe=skopeo,label.app.kubernetes.io/name=mirror:mirror-job"
+        );
+
+        // The command line's rules come first: first match wins.
+        let cli =
+            [ComponentRule::parse("namespace=openshift-machine-config-operator:mco").unwrap()];
+        let setup = setup(
+            &Config {
+                registries_conf: RegistriesConfConfig {
+                    enabled: false,
+                    ..RegistriesConfConfig::default()
+                },
+                ..from_yaml
+            },
+            &[],
+            &cli,
+        )
+        .unwrap();
+        let names: Vec<&str> = setup
+            .component_rules
+            .iter()
+            .map(|r| r.component.as_str())
+            .collect();
+        assert_eq!(names, ["mco", "machine-config-daemon", "mirror-job"]);
+    }
+
+    #[test]
+    fn component_rule_mistakes_name_file_line_and_field() {
+        let yaml = "component_rules:\n  - match: {unit: crio.service}\n    component: crio\n  - match: {}\n    component: everything\n";
+        let err = parse(Path::new("/etc/ro.yaml"), yaml).unwrap_err();
+        assert_eq!(err.0.line, Some(4), "{err}");
+        assert_eq!(err.0.field.as_deref(), Some("component_rules[1]"), "{err}");
+        assert!(
+            err.to_string().contains("at least one of `namespace`"),
+            "{err}"
+        );
+
+        let yaml = "component_rules:\n  - match: {namespaces: x}\n    component: y\n";
+        let err = parse(Path::new("c.yaml"), yaml).unwrap_err();
+        assert_eq!(err.0.line, Some(2), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `namespaces`"),
+            "{err}"
+        );
+
+        let toml = "[[component_rules]]\ncomponent = \"\"\nmatch = { unit = \"crio.service\" }\n";
+        let err = parse(Path::new("c.toml"), toml).unwrap_err();
+        assert_eq!(err.0.line, Some(1), "{err}");
+        assert!(err.to_string().contains("non-empty `component`"), "{err}");
     }
 
     #[test]
@@ -361,7 +428,11 @@ mod tests {
             dir.display()
         );
         let config = parse(Path::new("c.yaml"), &yaml).unwrap();
-        let setup = setup(&config, &[Pattern::parse("registry.example.test").unwrap()]);
+        let setup = setup(
+            &config,
+            &[Pattern::parse("registry.example.test").unwrap()],
+            &[],
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         let setup = setup.unwrap();
         let catalog = &setup.catalog;
@@ -386,7 +457,7 @@ mod tests {
         // A named registries.conf that is missing stops the run.
         let yaml = "registries_conf:\n  file: /nonexistent/registries.conf\n";
         let config = parse(Path::new("c.yaml"), yaml).unwrap();
-        let err = super::setup(&config, &[]).unwrap_err();
+        let err = super::setup(&config, &[], &[]).unwrap_err();
         assert!(
             err.starts_with("registries.conf error: /nonexistent/registries.conf"),
             "{err}"
@@ -398,7 +469,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            super::setup(&config, &[])
+            super::setup(&config, &[], &[])
                 .unwrap()
                 .registries_conf
                 .is_none()

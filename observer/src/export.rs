@@ -23,8 +23,11 @@ pub fn format_line(at: SystemTime, matched: &Match, origin: &Origin) -> String {
     if let Some(exe) = &process.exe {
         who.push_str(&format!(" {exe}"));
     }
-    let place = if let Some(uid) = &origin.owner.pod_uid {
-        format!("pod {uid}")
+    let place = if let Some(pod) = &origin.pod {
+        match (&pod.namespace, &pod.name) {
+            (Some(namespace), Some(name)) => format!("pod {namespace}/{name}"),
+            _ => format!("pod {}", pod.uid),
+        }
     } else if let Some(container) = &origin.owner.container {
         format!("container {} {}", container.runtime, &container.id[..12])
     } else if let Some(unit) = &origin.owner.unit {
@@ -69,7 +72,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        attribute::{CgroupOwner, CgroupRef, ProcessInfo, cgroup_path},
+        attribute::{CgroupOwner, CgroupRef, Pod, ProcessInfo, cgroup_path},
         classify::{Catalog, Evidence},
     };
 
@@ -100,6 +103,7 @@ mod tests {
                 path: Some("/system.slice/mcd.service".into()),
             },
             owner: cgroup_path::parse("/system.slice/mcd.service"),
+            pod: None,
             component: "mcd".into(),
         };
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_123);
@@ -110,5 +114,18 @@ mod tests {
         origin.owner = CgroupOwner::default();
         origin.cgroup.path = None;
         assert!(format_line(at, &matched, &origin).ends_with("cgroup id 7"));
+        let mut pod = Pod::uid_only("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+        origin.pod = Some(pod.clone());
+        assert!(
+            format_line(at, &matched, &origin)
+                .ends_with("pod 0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+        );
+        pod.namespace = Some("openshift-machine-config-operator".into());
+        pod.name = Some("machine-config-daemon-x7k2p".into());
+        origin.pod = Some(pod);
+        assert!(
+            format_line(at, &matched, &origin)
+                .ends_with("pod openshift-machine-config-operator/machine-config-daemon-x7k2p")
+        );
     }
 }

@@ -2,14 +2,14 @@
 //! decode -> join (connections, process lineage) -> classify -> (scope) ->
 //! attribute -> record -> export.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use tokio::sync::mpsc;
 
 use hickory_proto::op::ResponseCode;
 
 use crate::{
-    attribute::Attributor,
+    attribute::{Attributor, pods::PodDirectory},
     classify::{Classifier, registries_conf::RegistriesConf},
     clock::Clock,
     connections::{Connections, Joined},
@@ -74,6 +74,7 @@ impl Pipeline {
                 self.classifier.set_catalog(setup.catalog);
                 self.policy = setup.policy;
                 self.registries_conf = setup.registries_conf;
+                self.attributor.set_rules(setup.component_rules);
             }
         }
     }
@@ -115,6 +116,16 @@ impl Pipeline {
             }
             _ => self.observe(&observation),
         }
+    }
+
+    /// At the end of the run: names the pods of attempts recorded before
+    /// the CRI listing had them, from the final listing (tombstones
+    /// included), so a pod that lived two seconds still has its name.
+    pub fn name_pods_late(&mut self, directory: &Arc<PodDirectory>, cri_answered: bool) {
+        let attributor = &mut self.attributor;
+        self.recorder.rename_pods(|owner, recorded, process| {
+            attributor.name_late(directory, cri_answered, owner, recorded, process)
+        });
     }
 
     fn observe(&mut self, observation: &Observation) {

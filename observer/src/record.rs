@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
-    attribute::{CgroupRef, Container, Origin, ProcessInfo},
+    attribute::{CgroupOwner, CgroupRef, Container, Origin, Pod, ProcessInfo},
     classify::{Category, Evidence, Match, Source},
 };
 
@@ -32,16 +32,6 @@ pub struct RegistryRef {
 pub struct Dest {
     pub ip: String,
     pub port: u16,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Pod {
-    pub uid: String,
-    /// Filled from the CRI API in a later stage of the project; the cgroup
-    /// path carries only the uid.
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub container: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,12 +167,7 @@ impl Recorder {
                     cgroup: origin.cgroup.clone(),
                     unit: origin.owner.unit.clone(),
                     container: origin.owner.container.clone(),
-                    pod: origin.owner.pod_uid.clone().map(|uid| Pod {
-                        uid,
-                        namespace: None,
-                        name: None,
-                        container: None,
-                    }),
+                    pod: origin.pod.clone(),
                     component: origin.component.clone(),
                     phase: phase.to_string(),
                     // Until the policy has judged it, a contact is a violation.
@@ -242,6 +227,26 @@ impl Recorder {
         &self.attempts
     }
 
+    /// Gives each attempt's (unit, container, pod uid) and recorded pod to
+    /// `name`; a returned (pod, component) replaces the recorded ones. For
+    /// pods the CRI API named only after their attempts were recorded.
+    pub fn rename_pods(
+        &mut self,
+        mut name: impl FnMut(&CgroupOwner, Option<&Pod>, &ProcessInfo) -> Option<(Pod, String)>,
+    ) {
+        for attempt in &mut self.attempts {
+            let owner = CgroupOwner {
+                unit: attempt.unit.clone(),
+                container: attempt.container.clone(),
+                pod_uid: attempt.pod.as_ref().map(|p| p.uid.clone()),
+            };
+            if let Some((pod, component)) = name(&owner, attempt.pod.as_ref(), &attempt.process) {
+                attempt.pod = Some(pod);
+                attempt.component = component;
+            }
+        }
+    }
+
     pub fn into_attempts(self) -> Vec<Attempt> {
         self.attempts
     }
@@ -256,7 +261,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        attribute::{CgroupOwner, cgroup_path},
+        attribute::cgroup_path,
         classify::{Catalog, Entry},
     };
 
@@ -279,6 +284,7 @@ mod tests {
                 path: Some("/x".into()),
             },
             owner: CgroupOwner::default(),
+            pod: None,
             component: "skopeo".into(),
         }
     }
@@ -376,6 +382,7 @@ mod tests {
         o.owner = cgroup_path::parse(&format!(
             "/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/{id}"
         ));
+        o.pod = Some(Pod::uid_only("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
         let a = recorder.record(&query(), &o, "boot", SystemTime::now());
         assert_eq!(
             a.pod.as_ref().unwrap().uid,

@@ -14,7 +14,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::{
-    attribute::AttributionStats,
+    attribute::{AttributionStats, cri::CriStatus},
     classify::{Category, registries_conf::RegistriesConfReport},
     payload::PayloadStats,
     policy::PolicyReport,
@@ -67,6 +67,8 @@ pub struct ObserverSection {
     /// TLS, HTTP and DNS-over-TCP streams: parsed, and unparsed by reason.
     pub payload_parsers: PayloadStats,
     pub attribution: AttributionStats,
+    /// Whether pods could be named through the CRI API, and if not why.
+    pub cri: CriStatus,
     /// True when every hook was attached for the whole run and no event was
     /// lost: only then does "no attempts" mean none happened.
     pub complete: bool,

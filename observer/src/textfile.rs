@@ -195,9 +195,15 @@ pub fn parse_yaml<T: DeserializeOwned>(file: PathBuf, text: &str) -> Result<T, F
 /// starts with `KEY:` (block style, which is what config files use). Falls
 /// back to the mapping's position.
 fn yaml_key_position(text: &str, line: usize, column: usize, field: &str) -> (usize, usize) {
-    let Some(key) = field.rsplit('.').next().filter(|k| !k.contains('[')) else {
-        return (line, column);
-    };
+    let last = field.rsplit('.').next().unwrap_or(field);
+    if let Some(index) = last
+        .strip_suffix(']')
+        .and_then(|l| l.rsplit_once('['))
+        .and_then(|(_, index)| index.parse().ok())
+    {
+        return yaml_item_position(text, line, column, index);
+    }
+    let key = last;
     for (index, candidate) in text.lines().enumerate().skip(line - 1) {
         let indent = candidate.len() - candidate.trim_start().len();
         let body = candidate.trim_start().trim_start_matches("- ");
@@ -207,6 +213,30 @@ fn yaml_key_position(text: &str, line: usize, column: usize, field: &str) -> (us
         }
         if body.starts_with(&format!("{key}:")) && key_column >= column {
             return (index + 1, key_column);
+        }
+    }
+    (line, column)
+}
+
+/// An element's own validation fails at the sequence that holds it
+/// (`policy.allow[2]`): point at the element's `- ` instead, counting block
+/// items at the sequence's indentation. Falls back to the sequence.
+fn yaml_item_position(text: &str, line: usize, column: usize, index: usize) -> (usize, usize) {
+    let mut seen = 0;
+    for (number, candidate) in text.lines().enumerate().skip(line - 1) {
+        let body = candidate.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let item_column = candidate.len() - body.len() + 1;
+        if item_column < column || (item_column == column && !body.starts_with('-')) {
+            break; // left the sequence
+        }
+        if item_column == column {
+            if seen == index {
+                return (number + 1, item_column);
+            }
+            seen += 1;
         }
     }
     (line, column)
@@ -288,6 +318,34 @@ mod tests {
         assert!(err.problem.contains("unknown field `nmae`"), "{err}");
         let err = parse::<Doc>("c.yaml", "items: [\n", Format::Yaml).unwrap_err();
         assert!(err.line.is_some(), "{err}");
+    }
+
+    /// Validation of a whole element (serde's `try_from`) points at the
+    /// element, not at the sequence that holds it.
+    #[test]
+    fn yaml_element_errors_point_at_the_element() {
+        #[derive(Debug, Deserialize)]
+        #[serde(try_from = "Item")]
+        struct Named(#[expect(dead_code, reason = "only the error matters")] Item);
+        impl TryFrom<Item> for Named {
+            type Error = String;
+            fn try_from(item: Item) -> Result<Named, String> {
+                if item.name.is_empty() {
+                    return Err("empty name; give one".into());
+                }
+                Ok(Named(item))
+            }
+        }
+        #[derive(Debug, Deserialize)]
+        struct NamedItems {
+            #[expect(dead_code, reason = "only the error matters")]
+            items: Vec<Named>,
+        }
+        let text = "items:\n  - name: a\n    size: 1\n  # a comment\n\n  - name: \"\"\n";
+        let err = parse::<NamedItems>("c.yaml", text, Format::Yaml).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("items[1]"), "{err}");
+        assert_eq!((err.line, err.column), (Some(6), Some(3)), "{err}");
+        assert_eq!(err.problem, "empty name; give one");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod agent;
 mod cgroup;
+mod containerd;
 mod process;
 mod testbed;
 
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root};
+pub use containerd::{CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, RunningPod};
 pub use process::{output_within, run_checked};
 pub use testbed::{TESTBED_TOOLS, Testbed};
 
