@@ -14,23 +14,31 @@ use observer_common::{Counter, DIRECTION_EGRESS, DNS_CAPTURE_LEN, DnsPacketEvent
 
 use crate::{
     emit::{self, EVENTS, SUBMIT_FLAGS},
-    skb::{Packet, verifier_bounded_len},
+    skb::{self, verifier_bounded_len},
 };
 
 const DNS_PORT: u16 = 53;
 const UDP_HEADER_LEN: u32 = 8;
 
 #[inline(always)]
-pub fn capture(ctx: &SkBuffContext, packet: &Packet, direction: u16) {
-    let Ok(udp) = ctx.load::<[u8; 8]>(packet.l4_offset as usize) else {
+pub fn capture(ctx: &SkBuffContext, ethertype: u16, direction: u16) {
+    // Ports first, with direct reads: other UDP traffic stops here.
+    let Some(l4_offset) = skb::network_header_len(ctx, ethertype) else {
         return;
     };
-    let src_port = u16::from_be_bytes([udp[0], udp[1]]);
-    let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+    let Some((src_port, dst_port)) = skb::ports(ctx, l4_offset) else {
+        return;
+    };
     let egress = direction == DIRECTION_EGRESS;
     if (if egress { dst_port } else { src_port }) != DNS_PORT {
         return;
     }
+    let Some(packet) = skb::locate(ctx, ethertype) else {
+        return;
+    };
+    let Ok(udp) = ctx.load::<[u8; 8]>(packet.l4_offset as usize) else {
+        return;
+    };
     let payload_offset = packet.l4_offset + UDP_HEADER_LEN;
     let payload_len = (u16::from_be_bytes([udp[4], udp[5]]) as u32).saturating_sub(UDP_HEADER_LEN);
     let skb = ctx.skb.skb;

@@ -50,14 +50,30 @@ fn dispatch(ctx: &SkBuffContext, direction: u16) {
         },
     };
     match protocol {
-        IPPROTO_UDP => {
-            if let Some(packet) = locate(ctx, ethertype) {
-                dns::capture(ctx, &packet, direction);
-            }
-        }
+        IPPROTO_UDP => dns::capture(ctx, ethertype, direction),
         IPPROTO_TCP => tcp::capture(ctx, ethertype, direction),
         _ => {}
     }
+}
+
+/// The first two 16-bit words of the transport header (the ports of UDP
+/// and TCP), with direct packet access when they are in the linear area.
+#[inline(always)]
+pub fn ports(ctx: &SkBuffContext, l4_offset: u32) -> Option<(u16, u16)> {
+    let skb = ctx.skb.skb;
+    // SAFETY: as in transport_protocol.
+    let (data, data_end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let header = data + l4_offset as usize;
+    let bytes: [u8; 4] = if header + 4 <= data_end {
+        // SAFETY: in bounds, checked just above.
+        unsafe { *(header as *const [u8; 4]) }
+    } else {
+        ctx.load(l4_offset as usize).ok()?
+    };
+    Some((
+        u16::from_be_bytes([bytes[0], bytes[1]]),
+        u16::from_be_bytes([bytes[2], bytes[3]]),
+    ))
 }
 
 /// Length of the network header, where the transport header starts; `None`

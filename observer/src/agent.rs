@@ -4,13 +4,15 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitStatus,
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
 };
 
 use anyhow::Context;
+use aya::maps::{MapData, PerCpuArray};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -28,13 +30,17 @@ use crate::{
     clock::{self, Clock},
     config::{self, Config},
     connections::{Connections, MAX_CONNECTIONS},
+    control::{self, ControlSocket, PhaseSwitch},
+    events_log::EventsLog,
     export::Console,
-    load,
+    http, load,
+    metrics::{HealthSnapshot, Metrics},
+    phase::{PhaseName, PhaseTimeline},
     pipeline::{Pipeline, PipelineStats},
     policy, preflight,
-    read::{self, Input},
+    read::{self, Input, ReadCounters},
     record::Recorder,
-    report::{self, HookMissing, Losses, ObserverSection, Report},
+    report::{self, HookMissing, Losses, ObserverSection, Report, junit, text},
     scope::CommandCgroup,
 };
 
@@ -43,16 +49,35 @@ pub struct RunOptions {
     pub registries: Vec<Pattern>,
     pub duration: Option<Duration>,
     pub fail_on_violation: bool,
-    pub phase: String,
+    pub allow_incomplete: bool,
+    pub phase: PhaseName,
     pub resolve_interval: Duration,
     /// Empty: the default CRI sockets that exist.
     pub cri_sockets: Vec<PathBuf>,
     pub component_rules: Vec<ComponentRule>,
+    pub metrics_addr: MetricsAddr,
+    /// None: the default path, where another agent's socket is a warning.
+    pub control_socket: Option<PathBuf>,
+    pub events: Option<PathBuf>,
+    pub events_max_bytes: u64,
+    pub junit: Option<PathBuf>,
+    pub ring_buffer_bytes: u32,
     pub command: Vec<String>,
     /// The `--config` file, re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
     /// Its contents (the defaults without one).
     pub config: Config,
+}
+
+/// Where the HTTP endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    /// The default loopback address: if it is taken (another agent, another
+    /// service) the run goes on without the endpoint, with a warning.
+    Default(SocketAddr),
+    /// Given with --metrics-addr: failing to listen is an error.
+    Explicit(SocketAddr),
 }
 
 /// Bounds the address book; far above the registry addresses any node sees.
@@ -73,6 +98,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     preflight::check_own_privileges().map_err(UsageError)?;
     let cgroup_root = preflight::cgroup2_mount().map_err(UsageError)?;
     report::check_writable(&options.report).map_err(UsageError)?;
+    if let Some(junit) = &options.junit {
+        report::check_output_writable(junit, "JUnit file", "--junit", "junit.xml")
+            .map_err(UsageError)?;
+    }
     if std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|status| preflight::in_nested_pid_namespace(&status))
     {
@@ -80,6 +109,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             "registry-observer: warning: running in a nested PID namespace; process details will be missing (run with the host's PID namespace, e.g. hostPID: true)"
         );
     }
+    let events_log = match &options.events {
+        Some(path) => EventsLog::open(path, options.events_max_bytes).map_err(UsageError)?,
+        None => EventsLog::disabled(),
+    };
 
     let config::Setup {
         catalog,
@@ -89,22 +122,79 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     } = setup;
     let exact_names: Vec<String> = catalog.exact_names().map(String::from).collect();
 
-    // Started first so the first pod listing is in before events flow.
+    // The endpoints come up before the (slow) load, so /healthz answers and
+    // /readyz says "not yet" meanwhile; phase requests queue up.
+    let (queue_tx, queue_rx) = mpsc::channel(read::QUEUE_CAPACITY);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let phase_switch = PhaseSwitch::new(queue_tx.downgrade());
+    let metrics = Arc::new(Metrics::new());
+    let ready: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let read_counters = Arc::new(ReadCounters::default());
+    let kernel_counter_map: Arc<OnceLock<PerCpuArray<MapData, u64>>> = Arc::new(OnceLock::new());
+    let events_file_dropped = events_log.dropped_counter();
+    let (http_server, metrics_url) = match bind_metrics(options.metrics_addr)? {
+        Some((listener, addr)) => {
+            let (read_counters, kernel_counter_map) =
+                (Arc::clone(&read_counters), Arc::clone(&kernel_counter_map));
+            let endpoint = http::Endpoint {
+                metrics: Arc::clone(&metrics),
+                health: Box::new(move || {
+                    let (kernel_losses, kernel_truncated) = kernel_counter_map
+                        .get()
+                        .map(kernel_counts)
+                        .unwrap_or_default();
+                    HealthSnapshot {
+                        read: read_counters.snapshot(),
+                        kernel_losses,
+                        kernel_truncated,
+                        events_file_dropped: events_file_dropped
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    }
+                }),
+                ready: Arc::clone(&ready),
+                phases: phase_switch.clone(),
+            };
+            (
+                Some(tokio::spawn(http::serve(
+                    listener,
+                    Arc::new(endpoint),
+                    stop_rx.clone(),
+                ))),
+                Some(format!("http://{addr}/metrics")),
+            )
+        }
+        None => (None, None),
+    };
+    let control = bind_control(options.control_socket.as_deref())?;
+    let control_path = control.as_ref().map(|c| c.path().display().to_string());
+    let control_server =
+        control.map(|socket| tokio::spawn(socket.serve(phase_switch.clone(), stop_rx.clone())));
+
+    // Started before the (slow) load so the first pod listing is in before
+    // events flow.
     let (cri_watcher, pod_source) = CriWatcher::spawn(
         cri::choose_sockets(&options.cri_sockets, Path::exists),
         format!(
             "no CRI socket found (looked for {}); give one with --cri-socket PATH",
             cri::DEFAULT_SOCKETS.join(", ")
         ),
+        {
+            // A departed pod's attempt series go, so churn cannot grow them.
+            let metrics = Arc::clone(&metrics);
+            Box::new(move |uid: &str| metrics.forget_pod(uid))
+        },
     );
 
     let started_at = SystemTime::now();
     let clock = Clock::now();
+    let phases = PhaseTimeline::starting(&options.phase, started_at);
     let root = cgroup_root.clone();
-    let (probes, maps) = tokio::task::spawn_blocking(move || load::load_and_attach(&root))
-        .await
-        .context("the loader task failed")?
-        .map_err(|e| UsageError(format!("{e:#}")))?;
+    let ring_buffer_bytes = options.ring_buffer_bytes;
+    let (probes, maps) =
+        tokio::task::spawn_blocking(move || load::load_and_attach(&root, ring_buffer_bytes))
+            .await
+            .context("the loader task failed")?
+            .map_err(|e| UsageError(format!("{e:#}")))?;
 
     let command_cgroup = if options.command.is_empty() {
         None
@@ -118,10 +208,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     };
     let command_mode = command_cgroup.is_some();
 
-    let (queue_tx, queue_rx) = mpsc::channel(read::QUEUE_CAPACITY);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let load::Maps { events, counters } = maps;
-    let reader = tokio::spawn(read::run_reader(events, queue_tx.clone(), stop_rx));
+    let kernel_counters = kernel_counter_map.get_or_init(|| counters);
+    let reader = tokio::spawn(read::run_reader(
+        events,
+        queue_tx.clone(),
+        stop_rx.clone(),
+        Arc::clone(&read_counters),
+    ));
+    // Missing hooks do not stop the agent (what is attached still sees
+    // evidence), but the run will be incomplete: say so where it is asked.
+    let _ = ready.set(readiness(&probes.missing));
     // Live lines go to stdout when watching the machine; with a command they
     // go to stderr so the command's own stdout stays its own.
     let live_output: Box<dyn io::Write + Send> = if command_mode {
@@ -145,9 +242,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         scope: command_cgroup.as_ref().map(CommandCgroup::scope),
         console: Console::new(live_output),
         clock,
-        phase: options.phase.clone(),
+        phases,
         policy,
         registries_conf,
+        metrics: Arc::clone(&metrics),
+        events_log,
         stats: PipelineStats::default(),
     };
     let processor = tokio::task::spawn_blocking(move || pipeline.run(queue_rx));
@@ -158,12 +257,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             queue_tx.clone(),
         ))
     });
+    // The reloader holds a sender too; it is stopped before the pipeline
+    // is awaited.
     let reloader = tokio::spawn(reload_on_hangup(
         options.config_path.clone(),
         options.registries.clone(),
         options.component_rules.clone(),
         queue_tx.clone(),
     ));
+    // From here the reader and the resolver hold the only strong senders:
+    // when they end, the pipeline drains and ends (phase requests hold weak
+    // ones, which do not keep it open).
     drop(queue_tx);
 
     let what = match &command_cgroup {
@@ -174,11 +278,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         ),
         None => "the whole machine".to_string(),
     };
-    let observing = format!(
-        "registry-observer: observing {what} (hooks: {}); report: {}",
+    let mut observing = format!(
+        "registry-observer: observing {what} (hooks: {}); phase: {}; report: {}",
         probes.attached.join(", "),
+        options.phase,
         options.report.display()
     );
+    if let Some(url) = &metrics_url {
+        observing.push_str(&format!("; metrics: {url}"));
+    }
+    if let Some(path) = &control_path {
+        observing.push_str(&format!("; control socket: {path}"));
+    }
     for (hook, reason) in &probes.missing {
         eprintln!("registry-observer: warning: hook {hook} is not attached: {reason}");
     }
@@ -197,12 +308,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     };
 
     // Detach first, then drain: nothing can arrive after the final drain.
-    let hooks = probes.attached.clone();
+    let hooks: Vec<String> = probes.attached.iter().map(|h| h.to_string()).collect();
     let hooks_missing: Vec<HookMissing> = probes
         .missing
         .iter()
         .map(|(hook, reason)| HookMissing {
-            hook,
+            hook: hook.to_string(),
             reason: reason.clone(),
         })
         .collect();
@@ -215,12 +326,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     reloader.abort();
     let _ = reloader.await;
+    for server in [http_server, control_server].into_iter().flatten() {
+        let _ = server.await;
+    }
     let mut pipeline = processor.await.context("the pipeline failed")?;
     let (pod_directory, cri_status) = cri_watcher.finish().await;
     // Before the policy judges again below: a pod named late can change the
     // component and namespace an allow entry matches.
     pipeline.name_pods_late(&pod_directory, cri_status.state == cri::CriState::Connected);
-    let kernel = read::kernel_counters(&counters);
+    let kernel = read::kernel_counters(kernel_counters);
     let command_cgroup_path = command_cgroup
         .as_ref()
         .map(|c| c.relative_path().to_string());
@@ -238,38 +352,51 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         );
     }
 
+    let Pipeline {
+        connections,
+        recorder,
+        attributor,
+        phases,
+        policy,
+        registries_conf,
+        events_log,
+        stats,
+        ..
+    } = pipeline;
     let mut losses = Losses {
         user_queue: read_stats.queue_full,
+        events_file: events_log.finish(),
         ..Losses::default()
     };
     let mut truncated = BTreeMap::new();
     for (counter, value) in kernel {
         if counter.is_loss() {
-            losses.kernel.insert(counter.name(), value);
+            losses.kernel.insert(counter.name().to_string(), value);
         } else {
-            truncated.insert(counter.name(), value);
+            truncated.insert(counter.name().to_string(), value);
         }
     }
     let kernel_lost: u64 = losses.kernel.values().sum();
     let events_lost = kernel_lost + losses.user_queue;
-    let mut attempts = pipeline.recorder.into_attempts();
+    let mut attempts = recorder.into_attempts();
     // Judged again by the policy in force at the end (a reload may have
-    // changed it), so verdicts and the policy section agree.
+    // changed it, a late pod name may match another entry), so verdicts,
+    // the policy section, the summary and the JUnit file agree.
     for attempt in &mut attempts {
-        pipeline.policy.judge(attempt);
+        policy.judge(attempt);
     }
     let ended_at = SystemTime::now();
-    let policy_report = policy::report(&pipeline.policy, &attempts, ended_at);
+    let policy_report = policy::report(&policy, &attempts, ended_at);
     let summary = report::summarize(&attempts);
     let report = Report {
         schema_version: report::SCHEMA_VERSION,
-        observer: ObserverSection {
-            version: env!("CARGO_PKG_VERSION"),
+        observer: Some(ObserverSection {
+            version: env!("CARGO_PKG_VERSION").to_string(),
             hostname: preflight::hostname(),
             kernel: preflight::kernel_release(),
             started_at,
             ended_at,
-            mode: if command_mode { "command" } else { "machine" },
+            mode: if command_mode { "command" } else { "machine" }.to_string(),
             command: command_mode.then(|| options.command.clone()),
             command_exit_code,
             command_cgroup: command_cgroup_path,
@@ -280,21 +407,33 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             events_total: read_stats.records + kernel_lost,
             events_lost,
             losses,
-            parse_errors: pipeline.stats.parse_errors.clone(),
+            parse_errors: stats
+                .parse_errors
+                .iter()
+                .map(|(parser, n)| (parser.to_string(), *n))
+                .collect(),
             truncated,
-            payload_parsers: pipeline.connections.stats().clone(),
-            attribution: pipeline.attributor.stats().clone(),
+            payload_parsers: connections.stats().clone(),
+            attribution: attributor.stats().clone(),
             cri: cri_status,
-        },
+        }),
+        nodes: vec![],
+        phases: phases.markers(),
         summary,
-        policy: policy_report,
-        registries_conf: pipeline.registries_conf.as_ref().map(|c| c.report()),
+        policy: Some(policy_report),
+        registries_conf: registries_conf.as_ref().map(|c| c.report()),
         attempts,
     };
     report::write(&options.report, &report)?;
+    if let Some(path) = &options.junit {
+        let xml = junit::to_junit(&report).context("writing JUnit XML")?;
+        report::write_atomically(path, xml.as_bytes())
+            .with_context(|| format!("writing the JUnit file {}", path.display()))?;
+    }
 
     let summary = &report.summary;
-    for (index, entry) in report.policy.allow.iter().enumerate() {
+    let allow_entries = report.policy.iter().flat_map(|p| p.allow.iter());
+    for (index, entry) in allow_entries.enumerate() {
         if entry.matched_after_expiry > 0 {
             eprintln!(
                 "registry-observer: allow entry {index} ({:?}) expired on {}; the {} attempt(s) it matched are violations",
@@ -322,24 +461,121 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         },
         options.report.display()
     );
-    if events_lost > 0 {
+    eprint!("{}", text::summarize(&report, text::Format::Table));
+    let observer = report.observer.as_ref().expect("a node report");
+    let incompleteness = observer.incompleteness();
+    if let Some(reason) = &incompleteness {
         eprintln!(
-            "registry-observer: warning: {events_lost} event(s) were lost (see observer.losses in the report); the report is incomplete"
+            "registry-observer: warning: the observation is incomplete: {reason}{}",
+            if options.allow_incomplete {
+                " (--allow-incomplete: not failing the run)"
+            } else {
+                "; exiting 3 (--allow-incomplete to accept)"
+            }
         );
     }
     Ok(exit_code(
-        options.fail_on_violation,
-        summary.violations,
-        command_exit_code,
+        ExitPolicy {
+            fail_on_violation: options.fail_on_violation,
+            allow_incomplete: options.allow_incomplete,
+        },
+        Outcome {
+            violations: summary.violations,
+            incomplete: incompleteness.is_some(),
+            command: command_exit_code,
+        },
     ))
 }
 
-/// 1 when violations fail the run, else the command's code (0 without one).
-pub fn exit_code(fail_on_violation: bool, violations: usize, command: Option<i32>) -> i32 {
-    if fail_on_violation && violations > 0 {
+/// The /readyz answer once the programs are attached.
+fn readiness(missing: &[(&'static str, String)]) -> String {
+    if missing.is_empty() {
+        "ready: every hook is attached\n".to_string()
+    } else {
+        let hooks: Vec<&str> = missing.iter().map(|(hook, _)| *hook).collect();
+        format!(
+            "ready, but incomplete: hook(s) not attached: {}\n",
+            hooks.join(", ")
+        )
+    }
+}
+
+/// The kernel's counters by name, split as the report splits them: losses,
+/// and events that went out cut short.
+type NamedCounts = Vec<(&'static str, u64)>;
+
+fn kernel_counts(counters: &PerCpuArray<MapData, u64>) -> (NamedCounts, NamedCounts) {
+    let (losses, truncated): (Vec<_>, Vec<_>) = read::kernel_counters(counters)
+        .into_iter()
+        .partition(|(counter, _)| counter.is_loss());
+    let named = |counts: Vec<(observer_common::Counter, u64)>| {
+        counts
+            .into_iter()
+            .map(|(counter, value)| (counter.name(), value))
+            .collect()
+    };
+    (named(losses), named(truncated))
+}
+
+fn bind_metrics(
+    addr: MetricsAddr,
+) -> Result<Option<(tokio::net::TcpListener, SocketAddr)>, UsageError> {
+    match addr {
+        MetricsAddr::Off => Ok(None),
+        MetricsAddr::Explicit(addr) => http::bind(addr)
+            .map(|l| Some((l, addr)))
+            .map_err(UsageError),
+        MetricsAddr::Default(addr) => match http::bind(addr) {
+            Ok(listener) => Ok(Some((listener, addr))),
+            Err(e) => {
+                eprintln!("registry-observer: warning: {e}; running without the HTTP endpoint");
+                Ok(None)
+            }
+        },
+    }
+}
+
+fn bind_control(explicit: Option<&Path>) -> Result<Option<ControlSocket>, UsageError> {
+    match explicit {
+        Some(path) => ControlSocket::bind(path).map(Some).map_err(UsageError),
+        None => match ControlSocket::bind(Path::new(control::DEFAULT_SOCKET)) {
+            Ok(socket) => Ok(Some(socket)),
+            Err(e) => {
+                eprintln!(
+                    "registry-observer: warning: {e}; running without a control socket (`registry-observer mark` will not reach this agent)"
+                );
+                Ok(None)
+            }
+        },
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ExitPolicy {
+    pub fail_on_violation: bool,
+    pub allow_incomplete: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub violations: usize,
+    /// Events were lost, the events file has gaps, or a hook was missing.
+    pub incomplete: bool,
+    /// The wrapped command's exit code.
+    pub command: Option<i32>,
+}
+
+/// Precedence: 2 (usage or config, decided before a run starts) > 3
+/// (incomplete: a lossy run proves nothing, even its violations may be
+/// partial) > 1 (violations, with --fail-on-violation) > the wrapped
+/// command's code > 0.
+pub fn exit_code(policy: ExitPolicy, outcome: Outcome) -> i32 {
+    if outcome.incomplete && !policy.allow_incomplete {
+        3
+    } else if policy.fail_on_violation && outcome.violations > 0 {
         1
     } else {
-        command.unwrap_or(0)
+        outcome.command.unwrap_or(0)
     }
 }
 
@@ -477,13 +713,58 @@ async fn resolve_catalog(names: Vec<String>, every: Duration, queue: mpsc::Sende
 mod tests {
     use super::*;
 
+    fn code(
+        fail_on_violation: bool,
+        allow_incomplete: bool,
+        violations: usize,
+        incomplete: bool,
+        command: Option<i32>,
+    ) -> i32 {
+        exit_code(
+            ExitPolicy {
+                fail_on_violation,
+                allow_incomplete,
+            },
+            Outcome {
+                violations,
+                incomplete,
+                command,
+            },
+        )
+    }
+
     #[test]
     fn exit_codes() {
-        assert_eq!(exit_code(false, 3, None), 0);
-        assert_eq!(exit_code(true, 3, None), 1);
-        assert_eq!(exit_code(true, 0, None), 0);
-        assert_eq!(exit_code(false, 3, Some(5)), 5);
-        assert_eq!(exit_code(true, 1, Some(5)), 1);
-        assert_eq!(exit_code(true, 0, Some(5)), 5);
+        assert_eq!(code(false, false, 3, false, None), 0);
+        assert_eq!(code(true, false, 3, false, None), 1);
+        assert_eq!(code(true, false, 0, false, None), 0);
+        assert_eq!(code(false, false, 3, false, Some(5)), 5);
+        assert_eq!(code(true, false, 1, false, Some(5)), 1);
+        assert_eq!(code(true, false, 0, false, Some(5)), 5);
+    }
+
+    #[test]
+    fn readiness_names_the_hooks_this_kernel_refused() {
+        assert_eq!(readiness(&[]), "ready: every hook is attached\n");
+        assert_eq!(
+            readiness(&[
+                ("sendmsg4", "EINVAL".into()),
+                ("process_exec", "no BTF".into())
+            ]),
+            "ready, but incomplete: hook(s) not attached: sendmsg4, process_exec\n"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_run_never_passes_silently() {
+        // Clean but lossy: 3, whatever else happened.
+        assert_eq!(code(false, false, 0, true, None), 3);
+        assert_eq!(code(true, false, 2, true, None), 3);
+        assert_eq!(code(false, false, 0, true, Some(0)), 3);
+        assert_eq!(code(false, false, 0, true, Some(9)), 3);
+        // Accepted explicitly: the usual rules apply.
+        assert_eq!(code(false, true, 0, true, None), 0);
+        assert_eq!(code(true, true, 2, true, None), 1);
+        assert_eq!(code(false, true, 0, true, Some(9)), 9);
     }
 }

@@ -1,15 +1,23 @@
 //! Command-line interface: parsing, help text and exit codes.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     UsageError,
-    agent::{self, RunOptions},
+    agent::{self, MetricsAddr, RunOptions},
     attribute::component_rules::ComponentRule,
     classify::Pattern,
     config::{self, Config},
+    control, http, load,
+    phase::PhaseName,
+    report::{self, diff, merge, text},
 };
 
 /// Used when neither `--report` nor the config's `outputs.report` is given.
@@ -20,14 +28,20 @@ const DEFAULT_PHASE: &str = "boot";
 /// A macro, not a const, so `concat!` can put it after the run examples.
 macro_rules! exit_codes {
     () => {
-        "Exit codes:
-  0    no violation (or violations seen without --fail-on-violation)
+        "Exit codes of `run` (the first that applies):
+  2    usage error, or the observer could not start (privileges, kernel, cgroup2)
+  3    incomplete: events were lost, --events lines dropped or a hook could
+       not be attached, so absence of attempts proves nothing
+       (--allow-incomplete turns this off)
   1    --fail-on-violation was given and there was a violation: a registry
        contact in an enforced phase (default: boot, upgrade) that no allow
        entry covers
-  2    usage error, or the observer could not start (privileges, kernel, cgroup2)
-  N    with a COMMAND and no violation: the command's own exit code
-       (127 not found, 126 not executable, 128+S killed by signal S)"
+  N    with a COMMAND: the command's own exit code
+       (127 not found, 126 not executable, 128+S killed by signal S)
+  0    otherwise: no violation (allowed or not-enforced contacts only), or
+       violations without --fail-on-violation
+`report diff` exits 1 when NEW has violations BASE did not; every command
+exits 2 on bad input (a malformed report names FILE:LINE:COLUMN)."
     };
 }
 
@@ -42,7 +56,10 @@ macro_rules! exit_codes {
         are matched against a catalog of registry hosts (quay.io, registry.redhat.io, \
         docker.io, gcr.io, ...); each attempt is attributed to its process, cgroup, systemd \
         unit or container, and written to a JSON report.",
-    after_help = exit_codes!()
+    after_help = concat!(
+        exit_codes!(),
+        "\n\n`lint` has its own exit codes: registry-observer lint --help"
+    )
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -67,6 +84,11 @@ pub enum Command {
             "  sudo registry-observer run --duration 10m --report /var/tmp/node.json\n",
             "  sudo registry-observer run --fail-on-violation -- ./upgrade.sh\n",
             "  sudo registry-observer run --registry '*.corp.example' -- make e2e\n",
+            "  sudo registry-observer run --junit junit.xml --events /var/tmp/attempts.jsonl\n",
+            "  # phases: the agent starts in `boot`; mark the upgrade when it begins\n",
+            "  sudo registry-observer mark upgrade\n",
+            "  curl -d upgrade http://127.0.0.1:9669/phase\n",
+            "  curl http://127.0.0.1:9669/metrics\n",
             "  sudo registry-observer run --config /etc/registry-observer.yaml --phase upgrade\n",
             "  sudo registry-observer run --cri-socket /run/containerd/containerd.sock \\\n",
             "      --component-rule 'namespace=openshift-machine-config-operator:machine-config' \\\n",
@@ -84,14 +106,111 @@ pub enum Command {
             "        expires: 2026-12-31\n",
             "  component_rules:\n",
             "    - match: {namespace: openshift-machine-config-operator}\n",
-            "      component: machine-config\n\n",
+            "      component: machine-config\n",
+            "  phases: {initial: boot}\n",
+            "  outputs: {report: /var/tmp/node.json, junit: junit.xml}\n\n",
             "SIGHUP reloads the config file (policy, catalog, component rules) and\n",
             "registries.conf; a bad file is reported\n",
             "and the previous configuration stays. See docs/CONFIG.md.\n\n",
             exit_codes!()
         )
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+
+    /// Find workloads in Kubernetes manifests that make a node contact a registry.
+    #[command(
+        long_about = "Find workloads in Kubernetes manifests that make a node contact a registry.\n\n\
+            Checks every container, init container and ephemeral container of Pods, \
+            Deployments, DaemonSets, StatefulSets, ReplicaSets, Jobs, CronJobs, \
+            ReplicationControllers, DeploymentConfigs and PodTemplates, also inside Lists \
+            and OpenShift Templates, applying Kubernetes' own defaulting: no imagePullPolicy \
+            with a latest or missing tag means Always.\n\n\
+            Rules (docs/LINT.md): error explicit-always, implicit-always, invalid-image, \
+            invalid-pull-policy; warning tag-not-digest, short-name. Each finding names the \
+            file, document, line, object, container and the fix. A document that does not \
+            parse is reported with its line and the rest is still checked.",
+        after_help = concat!(
+            "Examples:\n",
+            "  registry-observer lint deploy/\n",
+            "  oc adm release extract --to=manifests quay.io/openshift-release-dev/ocp-release:4.19.0-x86_64\n",
+            "  registry-observer lint manifests/ --format sarif > lint.sarif\n",
+            "  helm template ./chart | registry-observer lint - --fail-level warning\n",
+            "  kubectl get pods -A -o json | registry-observer lint --cluster\n",
+            "  registry-observer lint --format junit k8s/*.yaml > junit-lint.xml\n\n",
+            crate::lint_exit_codes!()
+        )
+    )]
+    Lint(crate::lint::LintArgs),
+
+    /// Tell a running agent that a new phase begins (e.g. upgrade).
+    #[command(
+        long_about = "Tell a running agent that a new phase begins: later attempts carry this \
+            phase, and the report records a marker with the time. Talks to the agent's \
+            control socket (root only). `POST /phase` on the agent's HTTP endpoint does \
+            the same.",
+        after_help = "Examples:\n  sudo registry-observer mark upgrade\n  \
+            sudo registry-observer mark post-upgrade --socket /tmp/ro.sock\n\n\
+            Exit codes: 0 the agent switched phase; 2 invalid name or no agent listening."
+    )]
+    Mark(MarkArgs),
+
+    /// Read reports: summarize, merge nodes into a cluster, diff releases.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct MarkArgs {
+    /// Phase name: 1-63 characters a-z, 0-9, '_' or '-'.
+    #[arg(value_name = "NAME", value_parser = parse_phase)]
+    pub name: PhaseName,
+
+    /// The agent's control socket (its --control-socket).
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// Print a report's summary: one row per phase and component.
+    #[command(
+        after_help = "Examples:\n  registry-observer report summarize node.json\n  \
+        registry-observer report summarize --format markdown cluster.json >> comment.md"
+    )]
+    Summarize {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// `table` for a terminal, `markdown` for a pull-request comment.
+        #[arg(long, value_enum, default_value = "table")]
+        format: text::Format,
+    },
+    /// Merge nodes' reports into one cluster report (per-node counts,
+    /// first/last seen across nodes).
+    #[command(
+        after_help = "Examples:\n  registry-observer report merge -o cluster.json node-*.json"
+    )]
+    Merge {
+        #[arg(value_name = "FILE", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Where to write the cluster report (atomically); stdout if not given.
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+    /// Compare NEW with a BASE report: new components, hosts and
+    /// violations. Exits 1 when NEW has violations BASE did not.
+    #[command(
+        after_help = "Examples:\n  registry-observer report diff 4.18.json 4.19.json\n\n\
+        Exit codes: 0 no new violation; 1 new violations (a regression); 2 bad input."
+    )]
+    Diff {
+        #[arg(value_name = "BASE")]
+        base: PathBuf,
+        #[arg(value_name = "NEW")]
+        new: PathBuf,
+        /// Print the differences as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -123,10 +242,51 @@ pub struct RunArgs {
     #[arg(long)]
     pub fail_on_violation: bool,
 
-    /// Phase name recorded on every attempt (e.g. boot, upgrade)
+    /// Do not exit 3 when events were lost or a hook was missing: accept
+    /// an incomplete observation (the report still says `complete: false`).
+    #[arg(long)]
+    pub allow_incomplete: bool,
+
+    /// The phase the run starts in; `registry-observer mark NAME` or
+    /// `POST /phase` switch to the next one
     /// [default: the config's phases.initial, else boot].
-    #[arg(long, value_name = "NAME")]
-    pub phase: Option<String>,
+    #[arg(long, value_name = "NAME", value_parser = parse_phase)]
+    pub phase: Option<PhaseName>,
+
+    /// JUnit XML at exit: one testsuite per phase, one testcase per
+    /// component (failing when it contacted a registry)
+    /// [default: the config's outputs.junit, else none].
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+
+    /// Append every recorded event to this JSON-lines file as it happens
+    /// (the forensic trail); rotated by size to PATH.1 .. PATH.5
+    /// [default: the config's outputs.events, else none].
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+
+    /// Rotate the --events file when it would grow beyond this.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub events_max_size: u64,
+
+    /// HTTP endpoint for /metrics (Prometheus), /healthz, /readyz and
+    /// POST /phase; `off` disables it. Default: the config's
+    /// outputs.metrics_addr, else 127.0.0.1:9669, loopback only; give
+    /// 0.0.0.0:9669 explicitly to expose it. If the default port is taken
+    /// the run continues without the endpoint (with a warning).
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<MetricsAddr>,
+
+    /// Control socket for `registry-observer mark` (root only). If another
+    /// agent holds the default one, this run goes on without a socket (with
+    /// a warning); a path given here must be free.
+    #[arg(long, value_name = "PATH", default_value_t = control::DEFAULT_SOCKET.to_string())]
+    pub control_socket: String,
+
+    /// Ring buffer size in bytes (power of two, whole pages). For tests
+    /// that must force losses.
+    #[arg(long, hide = true, default_value_t = load::RING_BUFFER_BYTES, value_parser = parse_ring_size)]
+    pub ring_buffer_bytes: u32,
 
     /// How often the agent resolves the catalog's host names itself, so that
     /// connections to registry addresses looked up before it started are
@@ -160,6 +320,38 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+fn parse_phase(text: &str) -> Result<PhaseName, String> {
+    PhaseName::parse(text)
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = text
+        .parse()
+        .map_err(|e| format!("{e}; write a size such as 64MiB or 500kB"))?;
+    if size.as_u64() == 0 {
+        return Err("the size must be above 0, e.g. 64MiB".into());
+    }
+    Ok(size.as_u64())
+}
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr::Off);
+    }
+    text.parse::<SocketAddr>()
+        .map(MetricsAddr::Explicit)
+        .map_err(|e| format!("{e}; write IP:PORT (127.0.0.1:9669, [::1]:9669) or `off`"))
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if load::valid_ring_buffer_bytes(bytes) {
+        Ok(bytes)
+    } else {
+        Err("must be a power of two of at least one page (4096)".into())
+    }
+}
+
 fn parse_pattern(text: &str) -> Result<Pattern, String> {
     Pattern::parse(text).map_err(|e| e.to_string())
 }
@@ -179,13 +371,90 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Lint(args) => crate::lint::run(args),
+        Command::Run(args) => run(*args),
+        Command::Mark(args) => mark(&args),
+        Command::Report(command) => match report_command(command) {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("registry-observer: {message}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn mark(args: &MarkArgs) -> ExitCode {
+    match control::mark(&args.socket, &args.name) {
+        Ok(reply) => {
+            println!("{reply}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("registry-observer: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report_command(command: ReportCommand) -> Result<ExitCode, String> {
+    let load = |path: &Path| report::load(path).map_err(|e| e.to_string());
+    match command {
+        ReportCommand::Summarize { file, format } => {
+            print!("{}", text::summarize(&load(&file)?, format));
+            Ok(ExitCode::SUCCESS)
+        }
+        ReportCommand::Merge { files, output } => {
+            let mut inputs = Vec::new();
+            for file in &files {
+                inputs.push((file.display().to_string(), load(file)?));
+            }
+            let merged = merge::merge(inputs);
+            match output {
+                Some(path) => report::write(&path, &merged).map_err(|e| format!("{e:#}"))?,
+                None => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&merged).map_err(|e| e.to_string())?
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ReportCommand::Diff { base, new, json } => {
+            let differences = diff::diff(&load(&base)?, &load(&new)?);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&differences).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!(
+                    "{}",
+                    diff::render(
+                        &differences,
+                        &base.display().to_string(),
+                        &new.display().to_string()
+                    )
+                );
+            }
+            Ok(if differences.regressed() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
     }
 }
 
 /// Command-line values win over the config file's, which win over the
 /// defaults.
 fn run_options(args: RunArgs, config: Config) -> RunOptions {
+    let default_metrics_addr = MetricsAddr::Default(
+        http::DEFAULT_ADDR
+            .parse()
+            .expect("the default address parses"),
+    );
+    let control_socket = (args.control_socket != control::DEFAULT_SOCKET)
+        .then(|| PathBuf::from(&args.control_socket));
     RunOptions {
         report: args
             .report
@@ -194,13 +463,25 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
         registries: args.registries,
         duration: args.duration,
         fail_on_violation: args.fail_on_violation,
+        allow_incomplete: args.allow_incomplete,
         phase: args
             .phase
             .or_else(|| config.phases.initial.clone())
-            .unwrap_or_else(|| DEFAULT_PHASE.into()),
+            .unwrap_or_else(|| {
+                PhaseName::parse(DEFAULT_PHASE).expect("the default phase is valid")
+            }),
         resolve_interval: args.catalog_resolve_interval,
         cri_sockets: args.cri_sockets,
         component_rules: args.component_rules,
+        metrics_addr: args
+            .metrics_addr
+            .or(config.outputs.metrics_addr.map(MetricsAddr::Explicit))
+            .unwrap_or(default_metrics_addr),
+        control_socket,
+        events: args.events.or_else(|| config.outputs.events.clone()),
+        events_max_bytes: args.events_max_size,
+        junit: args.junit.or_else(|| config.outputs.junit.clone()),
+        ring_buffer_bytes: args.ring_buffer_bytes,
         command: args.command,
         config_path: args.config,
         config,
@@ -267,7 +548,9 @@ mod tests {
             "skopeo inspect x",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command")
+        };
         assert_eq!(args.command, vec!["sh", "-c", "skopeo inspect x"]);
         assert_eq!(args.registries[0].to_string(), "*.example.test");
         assert!(args.fail_on_violation);
@@ -284,7 +567,9 @@ mod tests {
             "unit=rpm-ostreed.service:machine-config",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command")
+        };
         assert_eq!(
             args.cri_sockets,
             vec![PathBuf::from("/run/k3s/containerd/containerd.sock")]
@@ -297,17 +582,27 @@ mod tests {
     fn flags_override_the_config_file_which_overrides_defaults() {
         let parse = |argv: &[&str]| {
             let cli = Cli::try_parse_from(argv).unwrap();
-            let Command::Run(args) = cli.command;
-            args
+            let Command::Run(args) = cli.command else {
+                panic!("parsed as another command")
+            };
+            *args
         };
         let config = config::parse(
             std::path::Path::new("c.yaml"),
-            "phases: {initial: upgrade}\noutputs: {report: /var/tmp/r.json}\n",
+            "phases: {initial: upgrade}\n\
+             outputs: {report: /var/tmp/r.json, junit: /var/tmp/j.xml, \
+             events: /var/tmp/e.jsonl, metrics_addr: '127.0.0.1:9700'}\n",
         )
         .unwrap();
         let options = run_options(parse(&["registry-observer", "run"]), config.clone());
-        assert_eq!(options.phase, "upgrade");
+        assert_eq!(options.phase.as_str(), "upgrade");
         assert_eq!(options.report, PathBuf::from("/var/tmp/r.json"));
+        assert_eq!(options.junit, Some(PathBuf::from("/var/tmp/j.xml")));
+        assert_eq!(options.events, Some(PathBuf::from("/var/tmp/e.jsonl")));
+        assert_eq!(
+            options.metrics_addr,
+            MetricsAddr::Explicit("127.0.0.1:9700".parse().unwrap())
+        );
         let options = run_options(
             parse(&[
                 "registry-observer",
@@ -316,14 +611,26 @@ mod tests {
                 "boot",
                 "--report",
                 "x.json",
+                "--junit",
+                "k.xml",
+                "--events",
+                "f.jsonl",
+                "--metrics-addr",
+                "off",
             ]),
             config,
         );
-        assert_eq!(options.phase, "boot");
+        assert_eq!(options.phase.as_str(), "boot");
         assert_eq!(options.report, PathBuf::from("x.json"));
+        assert_eq!(options.junit, Some(PathBuf::from("k.xml")));
+        assert_eq!(options.events, Some(PathBuf::from("f.jsonl")));
+        assert_eq!(options.metrics_addr, MetricsAddr::Off);
         let options = run_options(parse(&["registry-observer", "run"]), Config::default());
-        assert_eq!(options.phase, DEFAULT_PHASE);
+        assert_eq!(options.phase.as_str(), DEFAULT_PHASE);
         assert_eq!(options.report, PathBuf::from(DEFAULT_REPORT));
+        assert_eq!(options.junit, None);
+        assert_eq!(options.events, None);
+        assert!(matches!(options.metrics_addr, MetricsAddr::Default(_)));
     }
 
     #[test]
@@ -348,7 +655,81 @@ mod tests {
             "0",
         ])
         .unwrap();
-        let Command::Run(args) = zero.command;
+        let Command::Run(args) = zero.command else {
+            panic!("parsed as another command")
+        };
         assert!(args.catalog_resolve_interval.is_zero());
+    }
+
+    #[test]
+    fn output_flags_parse_with_reasons() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["registry-observer", "run"];
+            argv.extend(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Run(args) => args,
+                _ => panic!("not run"),
+            })
+        };
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.metrics_addr, None);
+        assert_eq!(defaults.events_max_size, 64 << 20);
+        assert_eq!(defaults.phase, None);
+        assert_eq!(defaults.ring_buffer_bytes, load::RING_BUFFER_BYTES);
+        let args = parse(&[
+            "--metrics-addr",
+            "off",
+            "--events-max-size",
+            "500kB",
+            "--phase",
+            "upgrade",
+        ])
+        .unwrap();
+        assert_eq!(args.metrics_addr, Some(MetricsAddr::Off));
+        assert_eq!(args.events_max_size, 500_000);
+        let args = parse(&["--metrics-addr", "0.0.0.0:9000"]).unwrap();
+        assert_eq!(
+            args.metrics_addr,
+            Some(MetricsAddr::Explicit("0.0.0.0:9000".parse().unwrap()))
+        );
+        for (flag, value, reason) in [
+            ("--metrics-addr", "localhost", "IP:PORT"),
+            ("--phase", "Upgrade", "a-z, 0-9"),
+            ("--events-max-size", "lots", "64MiB"),
+            ("--events-max-size", "0", "above 0"),
+            ("--ring-buffer-bytes", "5000", "power of two"),
+        ] {
+            let error = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(error.contains(reason), "{flag} {value}: {error}");
+        }
+    }
+
+    #[test]
+    fn mark_and_report_subcommands_parse() {
+        let cli = Cli::try_parse_from(["registry-observer", "mark", "upgrade"]).unwrap();
+        let Command::Mark(args) = cli.command else {
+            panic!("not mark")
+        };
+        assert_eq!(args.name.as_str(), "upgrade");
+        assert_eq!(args.socket, PathBuf::from(control::DEFAULT_SOCKET));
+        assert!(Cli::try_parse_from(["registry-observer", "mark", "Bad Name"]).is_err());
+        let cli = Cli::try_parse_from([
+            "registry-observer",
+            "report",
+            "summarize",
+            "--format",
+            "markdown",
+            "r.json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Report(ReportCommand::Summarize {
+                format: text::Format::Markdown,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["registry-observer", "report", "merge"]).is_err());
+        assert!(Cli::try_parse_from(["registry-observer", "report", "diff", "a.json"]).is_err());
     }
 }

@@ -21,6 +21,7 @@ use crate::{
         Catalog, Category, Pattern, Source,
         registries_conf::{self, RegistriesConf},
     },
+    phase::PhaseName,
     policy::Policy,
     textfile::{self, FileError, Format},
 };
@@ -118,7 +119,7 @@ impl RegistriesConfConfig {
 pub struct PhasesConfig {
     /// The phase attempts are recorded in until it is changed (default
     /// `boot`); `--phase` overrides it.
-    pub initial: Option<String>,
+    pub initial: Option<PhaseName>,
 }
 
 /// Where results go. Command-line flags override these.
@@ -131,7 +132,9 @@ pub struct OutputsConfig {
     pub events: Option<PathBuf>,
     /// A JUnit XML file for CI.
     pub junit: Option<PathBuf>,
-    /// Where to serve Prometheus metrics (`127.0.0.1:9464`).
+    /// The HTTP endpoint for /metrics, /healthz, /readyz and POST /phase
+    /// (`--metrics-addr`; default `127.0.0.1:9669`). Given here, failing to
+    /// listen is an error, as with the flag.
     pub metrics_addr: Option<SocketAddr>,
 }
 

@@ -9,7 +9,7 @@
 //! say into observations carrying the connecting process. Pure: no I/O.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
 };
 
@@ -22,10 +22,13 @@ use crate::{
 
 const DNS_PORT: u16 = 53;
 
-/// Connections remembered at once. The kernel captures the first segments
-/// within milliseconds of connect(); entries beyond this bound are the
-/// oldest, long decided.
-pub const MAX_CONNECTIONS: usize = 65_536;
+/// Connections remembered at once. A connection is forgotten once its
+/// streams are decided and its handshake outcome is known, or when it
+/// failed; what stays are established connections that have not sent yet.
+/// The first segments follow connect() within milliseconds, so this bounds
+/// memory (~200 bytes each) without losing joins in practice; a segment of
+/// an evicted connection is still joined by its packet's cgroup.
+pub const MAX_CONNECTIONS: usize = 16_384;
 
 struct Side {
     assembler: StreamAssembler,
@@ -52,6 +55,17 @@ struct Connection {
     serial: u64,
 }
 
+impl Connection {
+    /// Every wanted stream has given its finding.
+    fn decided(&self) -> bool {
+        self.egress.assembler.is_done()
+            && self
+                .ingress
+                .as_ref()
+                .is_none_or(|side| side.assembler.is_done())
+    }
+}
+
 /// What one payload segment turned into.
 #[derive(Debug, PartialEq)]
 pub enum Joined {
@@ -65,6 +79,9 @@ pub enum Joined {
 
 pub struct Connections {
     by_cookie: HashMap<u64, Connection>,
+    /// (cookie, serial) in insertion order, for O(1) eviction; entries whose
+    /// connection was removed or replaced since are skipped.
+    order: VecDeque<(u64, u64)>,
     max_connections: usize,
     next_serial: u64,
     stats: PayloadStats,
@@ -76,6 +93,7 @@ impl Connections {
     pub fn new(max_connections: usize) -> Connections {
         Connections {
             by_cookie: HashMap::new(),
+            order: VecDeque::new(),
             max_connections,
             next_serial: 0,
             stats: PayloadStats::default(),
@@ -93,6 +111,13 @@ impl Connections {
             self.evict_oldest();
         }
         self.next_serial += 1;
+        self.order.push_back((cookie, self.next_serial));
+        if self.order.len() > 2 * self.max_connections {
+            // Mostly stale entries of connections already removed.
+            let live = &self.by_cookie;
+            self.order
+                .retain(|(cookie, serial)| live.get(cookie).is_some_and(|c| c.serial == *serial));
+        }
         let dns = dest.port() == DNS_PORT;
         let mode = if dns { Mode::DnsTcp } else { Mode::Auto };
         self.by_cookie.insert(
@@ -108,27 +133,44 @@ impl Connections {
         );
     }
 
-    /// The connection left SYN_SENT.
+    /// The connection left SYN_SENT. A connection that failed sends
+    /// nothing more: it is forgotten (its outcome was returned to the
+    /// caller to count).
     pub fn ended_handshake(&mut self, cookie: u64, outcome: ConnectOutcome) {
-        if let Some(connection) = self.by_cookie.get_mut(&cookie) {
-            connection.outcome = Some(outcome);
-            if outcome != ConnectOutcome::Established {
-                // Nothing will be sent: close the streams and count them.
-                let Connection {
-                    egress, ingress, ..
-                } = connection;
-                for side in std::iter::once(egress).chain(ingress.as_mut()) {
-                    if let Some(finding) = side.assembler.finish() {
-                        self.stats.record(&finding);
-                    }
-                }
-            }
+        let Some(connection) = self.by_cookie.get_mut(&cookie) else {
+            return;
+        };
+        connection.outcome = Some(outcome);
+        if outcome != ConnectOutcome::Established || connection.decided() {
+            self.forget(cookie);
         }
     }
 
     /// How the connection's handshake ended, once known.
     pub fn outcome(&self, cookie: u64) -> Option<ConnectOutcome> {
         self.by_cookie.get(&cookie).and_then(|c| c.outcome)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_cookie.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_cookie.is_empty()
+    }
+
+    /// Removes a connection, counting its undecided streams.
+    fn forget(&mut self, cookie: u64) {
+        if let Some(mut connection) = self.by_cookie.remove(&cookie) {
+            let Connection {
+                egress, ingress, ..
+            } = &mut connection;
+            for side in std::iter::once(egress).chain(ingress.as_mut()) {
+                if let Some(finding) = side.assembler.finish() {
+                    self.stats.record(&finding);
+                }
+            }
+        }
     }
 
     /// One captured payload segment ([`Observation::TcpPayload`]; other
@@ -185,6 +227,10 @@ impl Connections {
         };
         self.stats.record(&finding);
         let (actor, dest) = (connection.actor.clone(), connection.dest);
+        if connection.decided() && connection.outcome.is_some() {
+            // Nothing more to learn from it; the outcome was counted.
+            self.by_cookie.remove(&cookie);
+        }
         // The packet's time, not the connect()'s.
         let actor = Actor {
             boot_ns: packet_actor.boot_ns,
@@ -194,21 +240,14 @@ impl Connections {
     }
 
     fn evict_oldest(&mut self) {
-        let oldest = self
-            .by_cookie
-            .iter()
-            .min_by_key(|(_, c)| c.serial)
-            .map(|(cookie, _)| *cookie);
-        if let Some(cookie) = oldest
-            && let Some(mut connection) = self.by_cookie.remove(&cookie)
-        {
-            let Connection {
-                egress, ingress, ..
-            } = &mut connection;
-            for side in std::iter::once(egress).chain(ingress.as_mut()) {
-                if let Some(finding) = side.assembler.finish() {
-                    self.stats.record(&finding);
-                }
+        while let Some((cookie, serial)) = self.order.pop_front() {
+            if self
+                .by_cookie
+                .get(&cookie)
+                .is_some_and(|c| c.serial == serial)
+            {
+                self.forget(cookie);
+                return;
             }
         }
     }
@@ -250,4 +289,103 @@ fn derive(finding: Finding, actor: Actor, cookie: u64, dest: SocketAddr, egress:
         | Finding::NotRecognized => return Joined::Nothing,
     };
     Joined::Observation(observation)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::payload::testing::{rustls_client_hello, split};
+
+    fn actor(tgid: u32, boot_ns: u64) -> Actor {
+        Actor {
+            tgid,
+            tid: tgid,
+            uid: Some(0),
+            comm: "skopeo".into(),
+            cgroup_id: 7,
+            boot_ns,
+        }
+    }
+
+    fn dest() -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::new(198, 18, 0, 1).into(), 443)
+    }
+
+    fn segment(cookie: u64, seq: u32, bytes: &[u8]) -> Observation {
+        Observation::TcpPayload {
+            // Sent from softirq: no task.
+            actor: Actor {
+                tgid: 0,
+                tid: 0,
+                uid: None,
+                comm: "".into(),
+                cgroup_id: 7,
+                boot_ns: 50,
+            },
+            cookie,
+            egress: true,
+            src: SocketAddr::new(Ipv4Addr::new(198, 18, 0, 2).into(), 40000),
+            dst: dest(),
+            seq,
+            wire_len: bytes.len() as u32,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_client_hello_over_two_segments_becomes_sni_by_the_connecting_process() {
+        let mut table = Connections::new(16);
+        table.opened(1, &actor(42, 10), dest());
+        table.ended_handshake(1, ConnectOutcome::Established);
+        let hello = rustls_client_hello("quay.io");
+        let segments = split(&hello, 1000, 77);
+        assert!(segments.len() >= 2);
+        let mut joined = Vec::new();
+        for (seq, bytes) in &segments {
+            joined.push(table.segment(&segment(1, *seq, bytes)));
+        }
+        let Some(Joined::Observation(Observation::TlsHello {
+            actor, sni, cookie, ..
+        })) = joined.pop()
+        else {
+            panic!("{joined:?}");
+        };
+        assert!(joined.iter().all(|j| *j == Joined::Nothing));
+        assert_eq!((actor.tgid, sni.as_str(), cookie), (42, "quay.io", 1));
+        // The packet's time, the connecting process.
+        assert_eq!(actor.boot_ns, 50);
+        assert_eq!(table.stats().parser(crate::payload::Parser::Tls).parsed, 1);
+        // Decided and its outcome known: forgotten.
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn failed_connections_are_forgotten_and_the_table_stays_bounded() {
+        let mut table = Connections::new(100);
+        table.opened(1, &actor(42, 10), dest());
+        assert_eq!(table.outcome(1), None);
+        table.ended_handshake(1, ConnectOutcome::Refused);
+        assert!(table.is_empty());
+        // Established connections that never send stay until evicted,
+        // oldest first, in constant time.
+        for cookie in 0..10_000u64 {
+            table.opened(cookie, &actor(42, cookie), dest());
+            table.ended_handshake(cookie, ConnectOutcome::Established);
+        }
+        assert_eq!(table.len(), 100);
+        assert_eq!(table.outcome(9_999), Some(ConnectOutcome::Established));
+        assert_eq!(table.outcome(9_899), None);
+        assert!(table.order.len() <= 200);
+        // A segment of an evicted connection still joins, by its packet.
+        let hello = rustls_client_hello("quay.io");
+        let first = split(&hello, 4096, 1).remove(0);
+        let joined = table.segment(&segment(5, first.0, first.1));
+        let Joined::Observation(Observation::TlsHello { actor, .. }) = joined else {
+            panic!("{joined:?}");
+        };
+        assert_eq!((actor.tgid, actor.cgroup_id), (0, 7));
+        assert_eq!(table.orphan_segments, 1);
+    }
 }

@@ -3,7 +3,11 @@
 
 use std::{io::Write, time::SystemTime};
 
-use crate::{attribute::Origin, classify::Match};
+use crate::{
+    attribute::Origin,
+    classify::Match,
+    phase::{PhaseMarker, PhaseSource},
+};
 
 /// `12:34:56.789  quay.io  dns_query(AAAA)  pid 4242 skopeo /usr/bin/skopeo  cgroup /x`
 pub fn format_line(at: SystemTime, matched: &Match, origin: &Origin) -> String {
@@ -44,6 +48,18 @@ pub fn format_line(at: SystemTime, matched: &Match, origin: &Origin) -> String {
         None => matched.entry.pattern.to_string(),
     };
     format!("{clock}  {registry}  {what}  {who}  {place}")
+}
+
+/// `12:34:56.789  phase upgrade begins (mark)`
+pub fn format_phase_line(marker: &PhaseMarker) -> String {
+    let time = humantime::format_rfc3339_millis(marker.started_at).to_string();
+    let clock = time.get(11..23).unwrap_or(&time);
+    let source = match marker.source {
+        PhaseSource::Start => "start",
+        PhaseSource::Mark => "registry-observer mark",
+        PhaseSource::Http => "POST /phase",
+    };
+    format!("{clock}  phase {} begins ({source})", marker.name)
 }
 
 pub struct Console {
@@ -110,6 +126,14 @@ mod tests {
         assert_eq!(
             format_line(at, &matched, &origin),
             "08:00:00.123  quay.io  dns_answer+connect -> 198.18.0.1:443  pid 42 skopeo /usr/bin/skopeo  unit mcd.service"
+        );
+        assert_eq!(
+            format_phase_line(&PhaseMarker {
+                name: "upgrade".into(),
+                started_at: at,
+                source: PhaseSource::Mark,
+            }),
+            "08:00:00.123  phase upgrade begins (registry-observer mark)"
         );
         origin.owner = CgroupOwner::default();
         origin.cgroup.path = None;

@@ -7,7 +7,11 @@
 //! `payload` holds the pure parsers for the first bytes of TCP connections
 //! (TLS SNI, HTTP proxy requests, DNS over TCP), used by `connections`.
 //! `agent` wires them for `registry-observer run`; `pipeline` runs the
-//! middle stages on one thread.
+//! middle stages on one thread. Outputs besides the live lines: `report`
+//! (JSON, and from it JUnit, summaries, merge and diff), `events_log`
+//! (JSONL), `metrics` served by `http`; `phase` changes arrive through
+//! `control` (the socket) or `http`. `lint` checks Kubernetes manifests for
+//! image pull policies that contact a registry (its own stages inside).
 
 pub mod agent;
 pub mod attribute;
@@ -16,10 +20,16 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod control;
 pub mod decode;
+pub mod events_log;
 pub mod export;
+pub mod http;
+pub mod lint;
 pub mod load;
+pub mod metrics;
 pub mod payload;
+pub mod phase;
 pub mod pipeline;
 pub mod policy;
 pub mod preflight;

@@ -2,7 +2,7 @@
 //! decode -> join (connections, process lineage) -> classify -> (scope) ->
 //! attribute -> record -> export.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -14,7 +14,10 @@ use crate::{
     clock::Clock,
     connections::{Connections, Joined},
     decode::{self, Observation},
+    events_log::{EventsLog, Line},
     export::{self, Console},
+    metrics::Metrics,
+    phase::PhaseTimeline,
     policy::Policy,
     read::Input,
     record::Recorder,
@@ -40,10 +43,12 @@ pub struct Pipeline {
     pub scope: Option<Scope>,
     pub console: Console,
     pub clock: Clock,
-    pub phase: String,
+    pub phases: PhaseTimeline,
     pub policy: Policy,
     /// What the catalog imported from registries.conf, for the report.
     pub registries_conf: Option<RegistriesConf>,
+    pub metrics: Arc<Metrics>,
+    pub events_log: EventsLog,
     pub stats: PipelineStats,
 }
 
@@ -59,11 +64,14 @@ impl Pipeline {
 
     pub fn handle(&mut self, input: Input) {
         match input {
-            Input::Kernel(bytes) => match decode::decode(&bytes) {
-                Ok(Some(observation)) => self.join(observation),
-                Ok(None) => {}
-                Err(error) => self.count_error(&error),
-            },
+            Input::Kernel(bytes) => {
+                self.metrics.event_received(SystemTime::now());
+                match decode::decode(&bytes) {
+                    Ok(Some(observation)) => self.join(observation),
+                    Ok(None) => {}
+                    Err(error) => self.count_error(&error),
+                }
+            }
             Input::Resolved {
                 name,
                 addresses,
@@ -76,11 +84,20 @@ impl Pipeline {
                 self.registries_conf = setup.registries_conf;
                 self.attributor.set_rules(setup.component_rules);
             }
+            Input::Phase(change) => {
+                let marker = self.phases.switch(&change).clone();
+                self.console.line(&export::format_phase_line(&marker));
+                self.events_log.send(Line::Phase {
+                    time: change.at,
+                    marker,
+                });
+            }
         }
     }
 
     fn count_error(&mut self, error: &decode::DecodeError) {
         *self.stats.parse_errors.entry(error.parser()).or_default() += 1;
+        self.metrics.parse_error(error.parser());
     }
 
     /// Events that describe a process or a connection rather than an
@@ -91,11 +108,15 @@ impl Pipeline {
             Observation::Exec { .. } | Observation::Fork { .. } | Observation::Exit { .. } => {
                 self.attributor.follow(&observation);
             }
-            Observation::TcpPayload { .. } => match self.connections.segment(&observation) {
-                Joined::Observation(derived) => self.observe(&derived),
-                Joined::DnsError(error) => self.count_error(&error),
-                Joined::Nothing => {}
-            },
+            Observation::TcpPayload { .. } => {
+                let joined = self.connections.segment(&observation);
+                self.metrics.payload_parsers(self.connections.stats());
+                match joined {
+                    Joined::Observation(derived) => self.observe(&derived),
+                    Joined::DnsError(error) => self.count_error(&error),
+                    Joined::Nothing => {}
+                }
+            }
             Observation::ConnectDone {
                 cookie, outcome, ..
             } => {
@@ -112,6 +133,8 @@ impl Pipeline {
             } => {
                 self.connections
                     .opened(*cookie, actor, SocketAddr::new(*dest, *port));
+                // Opening may evict a connection whose stream is judged then.
+                self.metrics.payload_parsers(self.connections.stats());
                 self.observe(&observation);
             }
             _ => self.observe(&observation),
@@ -152,17 +175,36 @@ impl Pipeline {
             }
         }
         let origin = self.attributor.attribute(actor);
+        let failures = self.attributor.stats();
+        self.metrics
+            .attribution(failures.process_gone, failures.cgroup_unknown);
         let at = self.clock.wall(actor.boot_ns);
         self.console
             .line(&export::format_line(at, &matched, &origin));
-        let attempt = self.recorder.record(&matched, &origin, &self.phase, at);
+        // Recorded under the phase in force when the event happened, not
+        // when it was processed. The handshake may have ended before the
+        // payload that named the registry arrived.
+        let phase = self.phases.phase_at(actor.boot_ns);
+        let handshake_outcome = matched
+            .cookie
+            .and_then(|cookie| self.connections.outcome(cookie))
+            .map(|outcome| outcome.name());
+        let attempt = self.recorder.record_with_outcome(
+            &matched,
+            &origin,
+            phase,
+            at,
+            handshake_outcome.as_deref(),
+        );
+        // Judged before it is counted or logged: metrics and the events
+        // file carry the verdict.
         self.policy.judge(attempt);
-        // The handshake may have ended before the payload that named the
-        // registry arrived.
-        if let Some(cookie) = matched.cookie
-            && let Some(outcome) = self.connections.outcome(cookie)
-        {
-            self.recorder.connection_outcome(cookie, &outcome.name());
+        self.metrics.record_event(attempt, &matched.evidence);
+        if self.events_log.enabled() {
+            self.events_log.send(Line::Attempt {
+                time: at,
+                attempt: Box::new(attempt.clone()),
+            });
         }
     }
 }

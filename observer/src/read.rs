@@ -4,7 +4,14 @@
 //! epoll. Losses are counted where they happen: the kernel counts failed
 //! reserves, this stage counts a full queue.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use bytes::Bytes;
@@ -12,6 +19,7 @@ use observer_common::Counter;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Setup;
+use crate::phase::PhaseChange;
 
 /// What flows into the pipeline.
 #[derive(Debug)]
@@ -27,6 +35,8 @@ pub enum Input {
     /// A reloaded configuration (SIGHUP): new catalog and policy; what was
     /// recorded so far stays.
     Reload(Box<Setup>),
+    /// `mark NAME` or `POST /phase`: later events belong to a new phase.
+    Phase(PhaseChange),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +44,22 @@ pub struct ReadStats {
     pub records: u64,
     /// Records dropped because the pipeline queue was full.
     pub queue_full: u64,
+}
+
+/// The reader's counts, readable while it runs (by /metrics).
+#[derive(Debug, Default)]
+pub struct ReadCounters {
+    records: AtomicU64,
+    queue_full: AtomicU64,
+}
+
+impl ReadCounters {
+    pub fn snapshot(&self) -> ReadStats {
+        ReadStats {
+            records: self.records.load(Ordering::Relaxed),
+            queue_full: self.queue_full.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// How often the ring buffer is drained; bounds the delay to the live line.
@@ -47,29 +73,31 @@ pub async fn run_reader(
     mut ring: RingBuf<MapData>,
     queue: mpsc::Sender<Input>,
     mut stop: watch::Receiver<bool>,
+    stats: Arc<ReadCounters>,
 ) -> ReadStats {
-    let mut stats = ReadStats::default();
     let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => drain(&mut ring, &queue, &mut stats),
+            _ = ticker.tick() => drain(&mut ring, &queue, &stats),
             _ = stop.wait_for(|stop| *stop) => {
-                drain(&mut ring, &queue, &mut stats);
-                return stats;
+                drain(&mut ring, &queue, &stats);
+                return stats.snapshot();
             }
         }
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, queue: &mpsc::Sender<Input>, stats: &mut ReadStats) {
+fn drain(ring: &mut RingBuf<MapData>, queue: &mpsc::Sender<Input>, stats: &ReadCounters) {
     while let Some(item) = ring.next() {
-        stats.records += 1;
+        stats.records.fetch_add(1, Ordering::Relaxed);
         match queue.try_send(Input::Kernel(Bytes::copy_from_slice(&item))) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => stats.queue_full += 1,
-            // The pipeline is gone only during shutdown; count it as lost.
-            Err(mpsc::error::TrySendError::Closed(_)) => stats.queue_full += 1,
+            // A closed queue (the pipeline is gone only during shutdown)
+            // loses the record too.
+            Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {
+                stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

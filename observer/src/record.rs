@@ -10,31 +10,33 @@ use std::{
     time::SystemTime,
 };
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     attribute::{CgroupOwner, CgroupRef, Container, Origin, Pod, ProcessInfo},
     classify::{Category, Evidence, Match, Source},
 };
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryRef {
     /// The catalog pattern that matched (`quay.io`, `*.gcr.io`).
     pub pattern: String,
     pub category: Category,
     pub source: Source,
     /// registries.conf blocks this registry: pulls are refused, yet the
-    /// contact (a lookup, a connect()) still happened.
+    /// contact (a lookup, a connect()) still happened. Reports before the
+    /// policy stage lack it: false.
+    #[serde(default)]
     pub blocked: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dest {
     pub ip: String,
     pub port: u16,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Violation,
@@ -52,7 +54,7 @@ pub struct Allowance {
     pub expires: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub host: Option<String>,
     pub registry: RegistryRef,
@@ -72,21 +74,44 @@ pub struct Attempt {
     /// source may be the fallback taken when the mirrors failed (OpenShift's
     /// default `AllowContactingSource`). The repository path is not visible
     /// on the wire, so "may": the mirrors may cover other repositories only.
+    /// Reports before the policy stage lack it: false.
+    #[serde(default)]
     pub mirror_fallback: bool,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
     pub first_seen: SystemTime,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
     pub last_seen: SystemTime,
     /// Events merged into this attempt (each DNS query and connect()).
     pub count: u64,
+    /// The node that saw it: set by `report merge` in a cluster report,
+    /// absent in a node's own report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// How the contacts ended, counted: TCP handshakes (`established`,
     /// `refused`, `timed_out`, `unreachable`, `aborted`, `error_N`) and
     /// failed DNS answers (`dns_nxdomain`, `dns_servfail`, ...).
+    #[serde(default)]
     pub outcomes: BTreeMap<String, u64>,
+}
+
+impl Attempt {
+    /// The host name, or for a connect() into a catalog CIDR (no name seen)
+    /// the range it matched: how summaries, JUnit and diffs name it.
+    pub fn host_or_range(&self) -> String {
+        self.host
+            .clone()
+            .unwrap_or_else(|| self.registry.pattern.clone())
+    }
 }
 
 pub fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+pub fn parse_rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_rfc3339_weak(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}")))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -127,6 +152,30 @@ impl Recorder {
         phase: &str,
         at: SystemTime,
     ) -> &mut Attempt {
+        let index = self.merge(matched, origin, phase, at);
+        &mut self.attempts[index]
+    }
+
+    /// [`Recorder::record`] for a match whose connection already ended its
+    /// handshake (a TLS ClientHello follows an established one): the
+    /// returned attempt already counts that outcome.
+    pub fn record_with_outcome(
+        &mut self,
+        matched: &Match,
+        origin: &Origin,
+        phase: &str,
+        at: SystemTime,
+        handshake_outcome: Option<&str>,
+    ) -> &mut Attempt {
+        let index = self.merge(matched, origin, phase, at);
+        if let (Some(cookie), Some(outcome)) = (matched.cookie, handshake_outcome) {
+            self.connection_outcome(cookie, outcome);
+        }
+        &mut self.attempts[index]
+    }
+
+    /// Merges the match into its attempt; returns the attempt's index.
+    fn merge(&mut self, matched: &Match, origin: &Origin, phase: &str, at: SystemTime) -> usize {
         let key = AttemptKey {
             phase: phase.to_string(),
             host: matched.host.clone(),
@@ -177,6 +226,7 @@ impl Recorder {
                     first_seen: at,
                     last_seen: at,
                     count: 1,
+                    node: None,
                     outcomes: BTreeMap::new(),
                 });
                 self.index.insert(key, self.attempts.len() - 1);
@@ -194,7 +244,7 @@ impl Recorder {
                 outcome_counted: false,
             });
         }
-        &mut self.attempts[index]
+        index
     }
 
     /// Counts how the TCP connection `cookie` ended, once, on the attempt it

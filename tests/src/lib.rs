@@ -14,6 +14,7 @@
 mod agent;
 mod cgroup;
 mod containerd;
+pub mod observe;
 mod process;
 mod testbed;
 
@@ -24,7 +25,7 @@ pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root};
 pub use containerd::{CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, RunningPod};
 pub use process::{output_within, run_checked};
-pub use testbed::{TESTBED_TOOLS, Testbed};
+pub use testbed::{Daemon, TESTBED_TOOLS, Testbed};
 
 /// Panics with one sentence naming what is missing: root, or the executables
 /// in `tools` that are not on `PATH`.

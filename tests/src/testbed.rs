@@ -213,6 +213,32 @@ impl Testbed {
         cmd
     }
 
+    /// An HTTP proxy (Debian's tinyproxy) inside the namespace and in
+    /// `cgroup`, listening on the namespace's address, allowing CONNECT to
+    /// port 443 for clients of the namespace. It resolves names through the
+    /// testbed's dnsmasq like every client here. Stopped by PID on drop.
+    pub fn start_http_proxy(
+        &self,
+        cgroup: &crate::TestCgroup,
+    ) -> anyhow::Result<(Daemon, SocketAddr)> {
+        let addr = SocketAddr::new(self.ns_ip().into(), HTTP_PROXY_PORT);
+        let config = self.temp_dir().join("tinyproxy.conf");
+        fs::write(
+            &config,
+            format!(
+                "Port {HTTP_PROXY_PORT}\nListen {}\nAllow {}/24\nConnectPort 443\n\
+                 User nobody\nGroup nogroup\nMaxClients 16\n",
+                self.ns_ip(),
+                self.ns_ip()
+            ),
+        )?;
+        let mut cmd = self.netns_command_in(cgroup, "tinyproxy");
+        cmd.arg("-d").arg("-c").arg(&config);
+        let mut daemon = Daemon::spawn("tinyproxy", cmd, &self.temp_dir().join("tinyproxy.log"))?;
+        daemon.wait_listening(addr, Duration::from_secs(10))?;
+        Ok((daemon, addr))
+    }
+
     /// The testbed's scratch directory (removed on drop).
     pub fn temp_dir(&self) -> &Path {
         self.dir.path()
@@ -626,8 +652,11 @@ fn has_elf_interpreter(path: &Path) -> anyhow::Result<bool> {
     Ok(false)
 }
 
+/// Port of the HTTP proxy [`Testbed::start_http_proxy`] runs.
+const HTTP_PROXY_PORT: u16 = 8888;
+
 /// A background server we spawned, stopped by PID on drop.
-struct Daemon {
+pub struct Daemon {
     name: &'static str,
     child: Child,
     log: PathBuf,

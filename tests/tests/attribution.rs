@@ -16,13 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use observer_tests::observe::{PYTHON, assert_valid_report, read_report};
 use observer_tests::{
     Agent, CONTAINERD_TOOLS, Containerd, PodSpec, TESTBED_TOOLS, TestCgroup, Testbed,
     output_within, require_root_and_tools, run_checked,
 };
 use serde_json::Value;
 
-const PYTHON: &str = "/usr/bin/python3";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn setup(extra_tools: &[&str]) -> Testbed {
@@ -43,34 +43,6 @@ fn start_agent(report: &Path, extra: &[&str]) -> Agent {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-fn read_report(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("the report is JSON")
-}
-
-/// Validates with an independent implementation (Python's jsonschema).
-fn assert_valid_report(path: &Path) {
-    let schema = observer_tests::workspace_root().join("docs/report.schema.json");
-    let script = "import json,sys,jsonschema\n\
-        schema=json.load(open(sys.argv[1])); report=json.load(open(sys.argv[2]))\n\
-        jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)";
-    let output = output_within(
-        Command::new(PYTHON)
-            .args(["-c", script])
-            .arg(&schema)
-            .arg(path),
-        TIMEOUT,
-    )
-    .expect("running the schema validator");
-    assert!(
-        output.status.success(),
-        "report {} does not match docs/report.schema.json:\n{}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn attempts_where(report: &Value, keep: impl Fn(&Value) -> bool) -> Vec<Value> {

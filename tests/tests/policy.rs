@@ -9,50 +9,21 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
+use observer_tests::observe::{PYTHON, assert_valid_report, read_report};
 use observer_tests::{
     Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed, output_within, require_root_and_tools,
 };
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const PYTHON: &str = "/usr/bin/python3";
 
 fn setup() -> Testbed {
     require_root_and_tools(TESTBED_TOOLS);
     require_root_and_tools(&[PYTHON, "getent", "skopeo", "sh"]);
     Testbed::start().expect("starting the testbed")
-}
-
-fn read_report(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("the report is JSON")
-}
-
-/// Validates with Python's jsonschema against docs/report.schema.json.
-fn assert_valid_report(path: &Path) {
-    let schema = observer_tests::workspace_root().join("docs/report.schema.json");
-    let script = "import json,sys,jsonschema\n\
-        schema=json.load(open(sys.argv[1])); report=json.load(open(sys.argv[2]))\n\
-        jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)";
-    let output = output_within(
-        Command::new(PYTHON)
-            .args(["-c", script])
-            .arg(&schema)
-            .arg(path),
-        TIMEOUT,
-    )
-    .expect("running the schema validator");
-    assert!(
-        output.status.success(),
-        "report {} does not match docs/report.schema.json:\n{}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn write(path: &Path, text: &str) -> PathBuf {

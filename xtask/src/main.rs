@@ -46,11 +46,22 @@ const TEST_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     // systemd-nspawn: a real systemd (PID 1 here is not) for unit attribution.
     "systemd-container",
+    // A real HTTP proxy for the CONNECT-attribution test.
+    "tinyproxy",
+    "curl",
     "iproute2",
     "openssl",
     "python3",
     // An independent validator for the report against docs/report.schema.json.
     "python3-jsonschema",
+    // Independent consumers of the outputs: `promtool check metrics` for
+    // /metrics, an OpenMetrics parser, a JUnit parser; curl scrapes and
+    // POSTs. Debian's packages for /usr/bin/python3, like jsonschema (pip
+    // into Debian's python is refused, PEP 668).
+    "prometheus",
+    "python3-prometheus-client",
+    "python3-junitparser",
+    "curl",
     // Shows which programs are attached to the cgroup2 root (detach checks).
     "bpftool",
 ];
@@ -139,7 +150,7 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
                     "-p",
                     "observer-tests",
                     "--bin",
-                    "connect-overhead",
+                    "overhead",
                     "--",
                 ])
                 .args(args)

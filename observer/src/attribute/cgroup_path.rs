@@ -13,7 +13,7 @@
 //!   sessions under `/user.slice/...`; nested systemd (systemd-nspawn
 //!   payloads) repeats the same shapes deeper in the tree.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CgroupOwner {
@@ -24,14 +24,14 @@ pub struct CgroupOwner {
     pub pod_uid: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     /// `cri-o`, `containerd`, `podman` or `docker`.
     pub runtime: String,
     /// Full 64-hex container id.
     pub id: String,
     /// True for the runtime's monitor (conmon) rather than the container.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub monitor: bool,
 }
 

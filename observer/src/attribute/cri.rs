@@ -18,7 +18,7 @@ use k8s_cri::v1::{
     ListContainersRequest, ListPodSandboxRequest, VersionRequest,
     runtime_service_client::RuntimeServiceClient,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::{
     net::UnixStream,
     sync::{Notify, watch},
@@ -64,7 +64,7 @@ pub fn choose_sockets(given: &[PathBuf], exists: impl Fn(&Path) -> bool) -> Vec<
     chosen
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CriState {
     /// At least one socket answered at least once during the run.
@@ -75,7 +75,7 @@ pub enum CriState {
 }
 
 /// How the CRI side of the run went, for the report.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CriStatus {
     pub state: CriState,
     /// Why, when `unavailable`: one sentence.
@@ -88,7 +88,7 @@ pub struct CriStatus {
     pub tombstones: usize,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketStatus {
     pub path: String,
     /// From the CRI Version call, e.g. `containerd 1.6.20`.
@@ -96,7 +96,7 @@ pub struct SocketStatus {
     /// Successful listings from this socket.
     pub listings: u64,
     /// Failed connects and calls, by reason: `connect`, `timeout`, `call`.
-    pub failures: BTreeMap<&'static str, u64>,
+    pub failures: BTreeMap<String, u64>,
     pub last_error: Option<String>,
 }
 
@@ -128,6 +128,9 @@ impl PodSource {
     }
 }
 
+/// Told the uid of a pod that is gone.
+pub type PodRemoved = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The running watcher task.
 pub struct CriWatcher {
     stop: watch::Sender<bool>,
@@ -137,8 +140,13 @@ pub struct CriWatcher {
 
 impl CriWatcher {
     /// Starts watching `sockets` (none: the source stays empty and the
-    /// status says why, with `no_socket_reason`).
-    pub fn spawn(sockets: Vec<PathBuf>, no_socket_reason: String) -> (CriWatcher, PodSource) {
+    /// status says why, with `no_socket_reason`). `on_pod_removed` gets the
+    /// uid of each pod a listing no longer holds (metrics drop its series).
+    pub fn spawn(
+        sockets: Vec<PathBuf>,
+        no_socket_reason: String,
+        on_pod_removed: PodRemoved,
+    ) -> (CriWatcher, PodSource) {
         let (publish, directory) = watch::channel(Arc::new(PodDirectory::default()));
         let wake = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
@@ -160,6 +168,7 @@ impl CriWatcher {
             Arc::clone(&wake),
             stop_rx,
             Arc::clone(&status),
+            on_pod_removed,
         ));
         (
             CriWatcher { stop, task, status },
@@ -196,6 +205,7 @@ async fn watch_runtimes(
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
     status: Arc<Mutex<CriStatus>>,
+    on_pod_removed: PodRemoved,
 ) -> Arc<PodDirectory> {
     let mut runtimes: Vec<Runtime> = sockets
         .into_iter()
@@ -212,7 +222,9 @@ async fn watch_runtimes(
     }
     loop {
         let started = Instant::now();
-        refresh(&mut runtimes, &mut directory, &status).await;
+        for uid in refresh(&mut runtimes, &mut directory, &status).await {
+            on_pod_removed(&uid);
+        }
         let _ = publish.send(Arc::new(directory.clone()));
         if *stop.borrow() {
             return Arc::new(directory);
@@ -232,7 +244,7 @@ async fn refresh(
     runtimes: &mut [Runtime],
     directory: &mut PodDirectory,
     status: &Mutex<CriStatus>,
-) {
+) -> Vec<String> {
     let mut merged = Listing::default();
     for (index, runtime) in runtimes.iter_mut().enumerate() {
         let outcome = list_one(runtime).await;
@@ -251,7 +263,7 @@ async fn refresh(
             }
             Err((reason, error)) => {
                 runtime.client = None;
-                *socket.failures.entry(reason).or_default() += 1;
+                *socket.failures.entry(reason.to_string()).or_default() += 1;
                 socket.last_error = Some(error.clone());
                 if status.state != CriState::Connected {
                     status.reason = Some(format!(
@@ -273,11 +285,12 @@ async fn refresh(
             .containers
             .extend(runtime.last.containers.iter().cloned());
     }
-    directory.apply(merged, Instant::now());
+    let departed = directory.apply(merged, Instant::now());
     let mut status = status.lock().unwrap_or_else(PoisonError::into_inner);
     status.refreshes += 1;
     status.pods_live = directory.live_pods();
     status.tombstones = directory.tombstones();
+    departed
 }
 
 type Failure = (&'static str, String);
@@ -401,7 +414,8 @@ mod tests {
     async fn a_missing_socket_is_counted_never_waited_for() {
         let missing = std::env::temp_dir().join(format!("ro-no-cri-{}.sock", std::process::id()));
         let started = Instant::now();
-        let (watcher, source) = CriWatcher::spawn(vec![missing.clone()], String::new());
+        let (watcher, source) =
+            CriWatcher::spawn(vec![missing.clone()], String::new(), Box::new(|_| {}));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(source.current().live_pods(), 0);
         let (directory, status) = watcher.finish().await;
@@ -430,7 +444,8 @@ mod tests {
         // Bound but never accepted: connects queue in the backlog, unanswered.
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let started = Instant::now();
-        let (watcher, _source) = CriWatcher::spawn(vec![path.clone()], String::new());
+        let (watcher, _source) =
+            CriWatcher::spawn(vec![path.clone()], String::new(), Box::new(|_| {}));
         let (_, status) = watcher.finish().await;
         let elapsed = started.elapsed();
         std::fs::remove_file(&path).unwrap();
@@ -442,7 +457,8 @@ mod tests {
 
     #[tokio::test]
     async fn no_socket_says_why() {
-        let (watcher, _) = CriWatcher::spawn(vec![], "no CRI socket found".into());
+        let (watcher, _) =
+            CriWatcher::spawn(vec![], "no CRI socket found".into(), Box::new(|_| {}));
         let (_, status) = watcher.finish().await;
         assert_eq!(status.state, CriState::Unavailable);
         assert_eq!(status.reason.as_deref(), Some("no CRI socket found"));

@@ -6,14 +6,9 @@
 //! ancestors stay known. Entries are keyed by tgid and checked against their
 //! start time, so a reused pid never inherits another process's facts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::decode::Observation;
-
-/// Exited processes are kept this long: attempts are attributed as they are
-/// read, a few milliseconds after the event, and ancestors are looked up then
-/// too. Long enough for a burst of queued events.
-const EXITED_RETENTION_NS: u64 = 5 * 60 * 1_000_000_000;
 
 /// What the kernel told us about one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +28,10 @@ pub struct Lineage {
 #[derive(Debug)]
 pub struct ProcessTable {
     by_tgid: HashMap<u32, Lineage>,
+    /// (tgid, start_ns) of exited processes in exit order: the first to go
+    /// when the table is full, in O(1). Entries of processes replaced since
+    /// (pid reuse) are skipped.
+    exited: VecDeque<(u32, u64)>,
     max_processes: usize,
 }
 
@@ -40,6 +39,7 @@ impl ProcessTable {
     pub fn new(max_processes: usize) -> ProcessTable {
         ProcessTable {
             by_tgid: HashMap::new(),
+            exited: VecDeque::new(),
             max_processes,
         }
     }
@@ -63,7 +63,7 @@ impl ProcessTable {
                     argv: argv.clone(),
                     exited_ns: None,
                 };
-                self.insert(entry, actor.boot_ns);
+                self.insert(entry);
             }
             Observation::Fork {
                 actor,
@@ -81,13 +81,15 @@ impl ProcessTable {
                     argv: parent.and_then(|p| p.argv.clone()),
                     exited_ns: None,
                 };
-                self.insert(entry, actor.boot_ns);
+                self.insert(entry);
             }
             Observation::Exit { actor, start_ns } => {
                 if let Some(entry) = self.by_tgid.get_mut(&actor.tgid)
                     && entry.start_ns == *start_ns
+                    && entry.exited_ns.is_none()
                 {
                     entry.exited_ns = Some(actor.boot_ns);
+                    self.exited.push_back((actor.tgid, *start_ns));
                 }
             }
             _ => {}
@@ -110,31 +112,34 @@ impl ProcessTable {
         self.by_tgid.is_empty()
     }
 
-    fn insert(&mut self, entry: Lineage, now_ns: u64) {
+    fn insert(&mut self, entry: Lineage) {
         if !self.by_tgid.contains_key(&entry.tgid) && self.by_tgid.len() >= self.max_processes {
-            self.make_room(now_ns);
+            self.make_room();
         }
         self.by_tgid.insert(entry.tgid, entry);
     }
 
-    /// Drops processes that exited long enough ago; if the table is still
-    /// full (a fork storm of long-lived processes), the oldest exited ones,
-    /// then the oldest started. Runs only when an insert would exceed the
-    /// bound.
-    fn make_room(&mut self, now_ns: u64) {
-        self.by_tgid.retain(|_, e| {
-            e.exited_ns
-                .is_none_or(|exit| now_ns.saturating_sub(exit) < EXITED_RETENTION_NS)
-        });
-        if self.by_tgid.len() >= self.max_processes {
-            let oldest = self
+    /// Drops the process that exited first; only if none has exited (a
+    /// table full of live processes), the one started first, by a scan.
+    /// Runs only when an insert would exceed the bound.
+    fn make_room(&mut self) {
+        while let Some((tgid, start_ns)) = self.exited.pop_front() {
+            if self
                 .by_tgid
-                .values()
-                .min_by_key(|e| (e.exited_ns.is_none(), e.exited_ns, e.start_ns))
-                .map(|e| e.tgid);
-            if let Some(tgid) = oldest {
+                .get(&tgid)
+                .is_some_and(|e| e.start_ns == start_ns && e.exited_ns.is_some())
+            {
                 self.by_tgid.remove(&tgid);
+                return;
             }
+        }
+        let oldest = self
+            .by_tgid
+            .values()
+            .min_by_key(|e| e.start_ns)
+            .map(|e| e.tgid);
+        if let Some(tgid) = oldest {
+            self.by_tgid.remove(&tgid);
         }
     }
 }

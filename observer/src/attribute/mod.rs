@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::cgroup_path::{CgroupOwner, Container};
 pub use self::pods::Pod;
@@ -41,7 +41,7 @@ const MAX_LINEAGE_PROCESSES: usize = 32768;
 /// Bounds the set of pods and containers an early listing was asked for.
 const MAX_ASKED: usize = 4096;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub comm: String,
@@ -53,14 +53,14 @@ pub struct ProcessInfo {
     pub ancestors: Vec<Ancestor>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ancestor {
     pub pid: u32,
     pub comm: String,
     pub exe: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupRef {
     pub id: u64,
     /// Relative to the cgroup2 root; None when the cgroup was already gone.
@@ -79,7 +79,9 @@ pub struct Origin {
 }
 
 /// Counts of attributions that had to do with less than everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Counters added later (`from_lineage`) read as zero from older reports.
+#[serde(default)]
 pub struct AttributionStats {
     /// The process had exited before /proc was read and no exec event
     /// described it (it started before the agent).
@@ -92,7 +94,7 @@ pub struct AttributionStats {
     /// Attempts from a pod left without a name in the report, by reason:
     /// `cri_unavailable` (no CRI socket answered during the run),
     /// `unknown_to_cri` (the runtime answered but never listed it).
-    pub pods_unnamed: BTreeMap<&'static str, u64>,
+    pub pods_unnamed: BTreeMap<String, u64>,
 }
 
 struct CachedProcess {
@@ -262,7 +264,11 @@ impl Attributor {
                 } else {
                     "cri_unavailable"
                 };
-                *self.stats.pods_unnamed.entry(reason).or_default() += 1;
+                *self
+                    .stats
+                    .pods_unnamed
+                    .entry(reason.to_string())
+                    .or_default() += 1;
                 None
             }
         }
@@ -280,12 +286,25 @@ impl Attributor {
             if self.processes.len() >= MAX_CACHED_PROCESSES {
                 self.processes.clear();
             }
-            let mut facts = procfs::read_process(&self.proc_root, actor.tgid)
+            let live = procfs::read_process(&self.proc_root, actor.tgid)
                 .filter(|facts| started_before(facts.stat.start_ticks, actor.boot_ns));
-            if facts.is_none() {
-                facts = self.lineage.get(actor.tgid, actor.boot_ns).map(|known| {
+            let known = self.lineage.get(actor.tgid, actor.boot_ns);
+            let facts = match (live, known) {
+                // An exiting process (a zombie) still has a stat file but no
+                // exe or cmdline: the exec event has them.
+                (Some(mut live), Some(known)) => {
+                    if live.exe.is_none() {
+                        live.exe = known.exe.clone();
+                    }
+                    if live.cmdline.is_none() {
+                        live.cmdline = known.argv.clone();
+                    }
+                    Some(live)
+                }
+                (Some(live), None) => Some(live),
+                (None, Some(known)) => {
                     self.stats.from_lineage += 1;
-                    ProcessFacts {
+                    Some(ProcessFacts {
                         stat: StatFields {
                             comm: known.comm.clone(),
                             ppid: known.ppid,
@@ -294,9 +313,10 @@ impl Attributor {
                         exe: known.exe.clone(),
                         cmdline: known.argv.clone(),
                         cgroup: None,
-                    }
-                });
-            }
+                    })
+                }
+                (None, None) => None,
+            };
             if facts.is_none() {
                 self.stats.process_gone += 1;
             }
@@ -344,16 +364,19 @@ fn read_ancestors(
     while pid != 0 && ancestors.len() < MAX_ANCESTORS {
         let live = procfs::read_stat(proc_root, pid)
             .filter(|stat| started_before(stat.start_ticks, at_ns));
+        let known = lineage.get(pid, at_ns);
         let (ancestor, parent) = match live {
             Some(stat) => (
                 Ancestor {
                     pid,
                     comm: stat.comm,
-                    exe: procfs::read_exe(proc_root, pid),
+                    // A zombie has no exe link; its exec event named it.
+                    exe: procfs::read_exe(proc_root, pid)
+                        .or_else(|| known.and_then(|k| k.exe.clone())),
                 },
                 stat.ppid,
             ),
-            None => match lineage.get(pid, at_ns) {
+            None => match known {
                 Some(known) => (
                     Ancestor {
                         pid,
@@ -440,7 +463,10 @@ mod tests {
         );
         assert_eq!(
             attributor.stats().pods_unnamed,
-            BTreeMap::from([("cri_unavailable", 2), ("unknown_to_cri", 1)])
+            BTreeMap::from([
+                ("cri_unavailable".to_string(), 2),
+                ("unknown_to_cri".to_string(), 1)
+            ])
         );
     }
 

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How long a removed pod or container stays resolvable.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
@@ -47,7 +47,7 @@ pub struct Listing {
 }
 
 /// What attribution learns about the pod of a process.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pod {
     pub uid: String,
     /// Null until the CRI API named the pod (see `observer.cri` in the
@@ -57,6 +57,8 @@ pub struct Pod {
     /// The container's name in the pod spec; null for the sandbox itself or
     /// when only the pod is known.
     pub container: Option<String>,
+    /// Reports before the CRI stage lack labels: empty.
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -112,7 +114,8 @@ impl PodDirectory {
     /// Replaces the live set with `listing` (from every runtime merged):
     /// entries no longer listed become tombstones; tombstones older than
     /// [`TOMBSTONE_TTL`], or beyond [`MAX_TOMBSTONES`], are dropped.
-    pub fn apply(&mut self, listing: Listing, now: Instant) {
+    /// Returns the uids of the pods this listing no longer holds.
+    pub fn apply(&mut self, listing: Listing, now: Instant) -> Vec<String> {
         let live_pods: HashMap<String, PodEntry> = listing
             .pods
             .into_iter()
@@ -122,6 +125,12 @@ impl PodDirectory {
             .containers
             .into_iter()
             .map(|c| (c.id.clone(), c))
+            .collect();
+        let departed: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(id, kept)| kept.gone_at.is_none() && !live_pods.contains_key(*id))
+            .map(|(_, kept)| kept.entry.uid.clone())
             .collect();
         bury_missing(&mut self.pods, &live_pods, now);
         bury_missing(&mut self.containers, &live_containers, now);
@@ -150,6 +159,7 @@ impl PodDirectory {
         let pods = &self.pods;
         self.uid_to_sandbox
             .retain(|_, sandbox| pods.contains_key(sandbox));
+        departed
     }
 
     /// The pod a cgroup belongs to: by container id (a container, or the
@@ -294,15 +304,18 @@ mod tests {
     fn removed_pods_stay_resolvable_until_their_tombstone_expires() {
         let mut directory = PodDirectory::default();
         let t0 = Instant::now();
-        directory.apply(
+        let departed = directory.apply(
             listing(
                 vec![pod("sb1", UID, "version-4-16-x8d7f")],
                 vec![container("c1", "sb1", "cluster-version-operator")],
             ),
             t0,
         );
-        // The pod lived two seconds: the next listing no longer has it.
-        directory.apply(Listing::default(), t0 + Duration::from_secs(2));
+        assert!(departed.is_empty());
+        // The pod lived two seconds: the next listing no longer has it, and
+        // says so once (metrics drop its series then).
+        let departed = directory.apply(Listing::default(), t0 + Duration::from_secs(2));
+        assert_eq!(departed, vec![UID.to_string()]);
         assert_eq!(directory.live_pods(), 0);
         assert_eq!(directory.tombstones(), 2);
         let later = directory.resolve(Some(UID), Some("c1")).unwrap();

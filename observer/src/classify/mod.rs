@@ -14,7 +14,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::{
     address_book::{AddressBook, Learned},
@@ -23,7 +23,7 @@ pub use self::{
 use crate::decode::{Actor, Observation};
 
 /// How we know an attempt happened. Names match the report schema.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Evidence {
     /// The process sent a DNS query for a registry name.

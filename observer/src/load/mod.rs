@@ -23,6 +23,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ob
 /// 4 MiB absorbs bursts of ~7000 DNS packets per drain.
 pub const RING_BUFFER_BYTES: u32 = 4 << 20;
 
+/// A ring buffer size the kernel accepts: a power of two and a whole
+/// number of pages.
+pub fn valid_ring_buffer_bytes(bytes: u32) -> bool {
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+    bytes.is_power_of_two() && bytes >= page
+}
+
 /// Programs without which the observer cannot do its job: loading fails if
 /// one of them does.
 const CORE_SOCK_ADDR: [&str; 2] = ["connect4", "connect6"];
@@ -57,7 +65,10 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
 }
 
-pub fn load_and_attach(cgroup_root: &Path) -> anyhow::Result<(Probes, Maps)> {
+pub fn load_and_attach(
+    cgroup_root: &Path,
+    ring_buffer_bytes: u32,
+) -> anyhow::Result<(Probes, Maps)> {
     raise_memlock_limit();
     let own_tgid = std::process::id();
     let mut missing = Vec::new();
@@ -68,10 +79,11 @@ pub fn load_and_attach(cgroup_root: &Path) -> anyhow::Result<(Probes, Maps)> {
         }
         KernelOffsets::default()
     });
+    release_freed_memory();
     let mut ebpf = EbpfLoader::new()
         .override_global("OBSERVER_TGID", &own_tgid, true)
         .override_global("OFFSETS", &offsets, true)
-        .map_max_entries("EVENTS", RING_BUFFER_BYTES)
+        .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(OBJECT)
         .map_err(|e| anyhow!(explain_load_error(&e.to_string())))?;
     let cgroup = File::open(cgroup_root)
@@ -171,6 +183,17 @@ where
     program
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Parsing the kernel's BTF (several MB, ~100k types) allocates tens of MB
+/// that are freed at once; glibc keeps freed heap mapped, so without a trim
+/// they would stay in the agent's resident memory for the whole run.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages back to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Kernels >= 5.11 account BPF memory to the cgroup and ignore

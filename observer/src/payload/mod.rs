@@ -18,7 +18,7 @@ mod stats;
 pub mod tls;
 
 #[cfg(test)]
-mod testing;
+pub mod testing;
 
 pub use stats::{ParserStats, PayloadStats};
 
@@ -218,6 +218,11 @@ impl StreamAssembler {
             buffer: Vec::new(),
             done: false,
         }
+    }
+
+    /// A finding was returned (or the stream was finished).
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 
     /// Adds one segment and says whether the stream is decided.

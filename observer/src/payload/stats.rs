@@ -3,15 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Finding, Parser};
 
 /// Per parser: streams parsed and streams rejected, by reason.
 ///
 /// Serializes as `{"tls":{"parsed":N,"unparsed":{"gap":N,...}},"http":...,
-/// "dns_tcp":...,"dns_tcp_partial":N,"not_recognized":N}`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// "dns_tcp":...,"dns_tcp_partial":N,"not_recognized":N}`; reads back (by
+/// `report merge`) with absent parts as zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PayloadStats {
     pub tls: ParserStats,
     pub http: ParserStats,
@@ -23,12 +25,13 @@ pub struct PayloadStats {
     pub not_recognized: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ParserStats {
     pub parsed: u64,
     /// Keyed by [`super::UnparsedReason::as_str`]; only reasons that
     /// occurred appear.
-    pub unparsed: BTreeMap<&'static str, u64>,
+    pub unparsed: BTreeMap<String, u64>,
 }
 
 impl ParserStats {
@@ -54,7 +57,7 @@ impl PayloadStats {
                 *self
                     .parser_mut(*parser)
                     .unparsed
-                    .entry(reason.as_str())
+                    .entry(reason.as_str().to_string())
                     .or_default() += 1;
             }
             Finding::NotRecognized => self.not_recognized += 1,

@@ -1,0 +1,257 @@
+//! The summary as text: a table for the terminal, markdown for a
+//! pull-request comment. One row per phase and component.
+
+use std::time::SystemTime;
+
+use comfy_table::{Table, presets};
+
+use super::{
+    Report,
+    groups::{ComponentGroup, by_phase_and_component, outcomes_text},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Markdown,
+}
+
+pub fn summarize(report: &Report, format: Format) -> String {
+    let groups = by_phase_and_component(report);
+    let mut out = String::new();
+    let heading = headline(report);
+    match format {
+        Format::Table => out.push_str(&format!("{heading}\n")),
+        Format::Markdown => out.push_str(&format!("### registry-observer\n\n{heading}\n\n")),
+    }
+    let cluster = !report.nodes.is_empty();
+    let mut table = Table::new();
+    table.load_style(match format {
+        Format::Table => presets::UTF8_FULL_CONDENSED,
+        Format::Markdown => presets::ASCII_MARKDOWN,
+    });
+    let mut header = vec![
+        "phase",
+        "component",
+        "verdict",
+        "hosts",
+        "evidence",
+        "outcomes",
+        "events",
+    ];
+    if cluster {
+        header.push("nodes");
+    }
+    header.extend(["first seen", "last seen"]);
+    table.set_header(header);
+    let mut rows = 0;
+    for group in &groups {
+        if group.components.is_empty() {
+            let mut row = vec![
+                group.phase.clone(),
+                "-".into(),
+                "clean".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "0".into(),
+            ];
+            if cluster {
+                row.push("-".into());
+            }
+            row.extend(["-".into(), "-".into()]);
+            table.add_row(row);
+            rows += 1;
+        }
+        for component in &group.components {
+            table.add_row(row(&group.phase, component, cluster, format));
+            rows += 1;
+        }
+    }
+    if rows > 0 {
+        out.push_str(&table.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+fn headline(report: &Report) -> String {
+    let summary = &report.summary;
+    let scope = match &report.observer {
+        Some(observer) => format!(
+            "node {}",
+            observer.hostname.as_deref().unwrap_or("(unknown host)")
+        ),
+        None => format!("cluster of {} node(s)", report.nodes.len()),
+    };
+    let incomplete: Vec<String> = report
+        .observer
+        .iter()
+        .chain(report.nodes.iter().map(|n| &n.observer))
+        .filter_map(|o| o.incompleteness())
+        .collect();
+    let completeness = if incomplete.is_empty() {
+        "complete".to_string()
+    } else {
+        format!("INCOMPLETE: {}", incomplete.join("; "))
+    };
+    let not_enforced = if summary.not_enforced > 0 {
+        format!(", {} not enforced", summary.not_enforced)
+    } else {
+        String::new()
+    };
+    format!(
+        "{scope}: {} attempt(s), {} violation(s), {} allowed{not_enforced}; observation {completeness}",
+        summary.attempts, summary.violations, summary.allowed
+    )
+}
+
+fn row(phase: &str, group: &ComponentGroup, cluster: bool, format: Format) -> Vec<String> {
+    let join = |items: Vec<String>| items.join(", ");
+    let mut row = vec![
+        phase.to_string(),
+        code(&group.component, format),
+        if group.violation {
+            "violation".into()
+        } else if group.allowances.is_empty() && !group.not_enforced_hosts.is_empty() {
+            "not enforced".into()
+        } else {
+            "allowed".into()
+        },
+        join(group.hosts.iter().map(|h| code(h, format)).collect()),
+        join(
+            group
+                .evidence
+                .iter()
+                .map(|e| e.as_str().to_string())
+                .collect(),
+        ),
+        outcomes_text(&group.outcomes),
+        group.events.to_string(),
+    ];
+    if cluster {
+        row.push(join(group.nodes.iter().cloned().collect()));
+    }
+    row.push(time(group.first_seen));
+    row.push(time(group.last_seen));
+    row
+}
+
+/// Component and host names can hold `|` or `*`; code spans keep markdown
+/// from reading them as table or emphasis syntax.
+fn code(text: &str, format: Format) -> String {
+    match format {
+        Format::Table => text.to_string(),
+        Format::Markdown => format!("`{}`", text.replace('`', "'").replace('|', "\\|")),
+    }
+}
+
+fn time(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        classify::Evidence,
+        report::fixtures::{allowed, attempt, node_report},
+    };
+
+    fn report() -> Report {
+        let mut crio = attempt("boot", "crio", "quay.io", 10);
+        crio.evidence.insert(Evidence::TlsSni);
+        crio.outcomes = BTreeMap::from([("timed_out".into(), 1), ("established".into(), 2)]);
+        node_report(
+            "node-a",
+            &["boot", "upgrade", "after"],
+            vec![
+                crio,
+                allowed(
+                    attempt("boot", "kubelet", "registry.redhat.io", 20),
+                    "mirror",
+                ),
+                attempt("upgrade", "machine-config-daemon", "quay.io", 200),
+                attempt("upgrade", "machine-config-daemon", "*.quay.io", 210),
+            ],
+        )
+    }
+
+    #[test]
+    fn table_has_a_row_per_phase_and_component() {
+        let text = summarize(&report(), Format::Table);
+        assert!(
+            text.starts_with(
+                "node node-a: 4 attempt(s), 3 violation(s), 1 allowed; observation complete\n"
+            ),
+            "{text}"
+        );
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains('│')).collect();
+        // Header, crio, kubelet, machine-config-daemon, the clean phase.
+        assert_eq!(rows.len(), 5, "{text}");
+        assert!(
+            rows[1].contains("boot")
+                && rows[1].contains("crio")
+                && rows[1].contains("dns_query, tls_sni")
+                && rows[1].contains("established 2, timed_out 1"),
+            "{text}"
+        );
+        assert!(
+            rows[2].contains("kubelet") && rows[2].contains("allowed"),
+            "{text}"
+        );
+        assert!(
+            rows[3].contains("machine-config-daemon")
+                && rows[3].contains("*.quay.io, quay.io")
+                && rows[3].contains(" 4 ")
+                && rows[3].contains("2027-01-15T08:03:20Z")
+                && rows[3].contains("2027-01-15T08:03:31Z"),
+            "{text}"
+        );
+        assert!(
+            rows[4].contains("after") && rows[4].contains("clean"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("nodes"),
+            "no node column for one node: {text}"
+        );
+    }
+
+    #[test]
+    fn markdown_is_a_pipe_table_with_code_spans() {
+        let text = summarize(&report(), Format::Markdown);
+        assert!(
+            text.starts_with("### registry-observer\n\nnode node-a:"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("| upgrade") && l.contains("`*.quay.io`, `quay.io`")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("|---") || l.starts_with("|--")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn incompleteness_is_in_the_headline() {
+        let mut report = report();
+        let observer = report.observer.as_mut().unwrap();
+        observer.events_lost = 3;
+        observer.complete = false;
+        let text = summarize(&report, Format::Table);
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("observation INCOMPLETE: 3 event(s) lost (see observer.losses)"),
+            "{text}"
+        );
+    }
+}
