@@ -21,9 +21,14 @@ use tokio::{
 
 use crate::{
     UsageError,
-    attribute::Attributor,
-    classify::{AddressBook, Catalog, Category, Classifier, Pattern, Source},
+    attribute::{
+        Attributor,
+        component_rules::ComponentRule,
+        cri::{self, CriWatcher},
+    },
+    classify::{AddressBook, Classifier, Pattern},
     clock::{self, Clock},
+    config::{self, Config},
     connections::{Connections, MAX_CONNECTIONS},
     control::{self, ControlSocket, PhaseSwitch},
     events_log::EventsLog,
@@ -32,7 +37,7 @@ use crate::{
     metrics::{HealthSnapshot, Metrics},
     phase::{PhaseName, PhaseTimeline},
     pipeline::{Pipeline, PipelineStats},
-    preflight,
+    policy, preflight,
     read::{self, Input, ReadCounters},
     record::Recorder,
     report::{self, HookMissing, Losses, ObserverSection, Report, junit, text},
@@ -47,6 +52,9 @@ pub struct RunOptions {
     pub allow_incomplete: bool,
     pub phase: PhaseName,
     pub resolve_interval: Duration,
+    /// Empty: the default CRI sockets that exist.
+    pub cri_sockets: Vec<PathBuf>,
+    pub component_rules: Vec<ComponentRule>,
     pub metrics_addr: MetricsAddr,
     /// None: the default path, where another agent's socket is a warning.
     pub control_socket: Option<PathBuf>,
@@ -55,6 +63,10 @@ pub struct RunOptions {
     pub junit: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
     pub command: Vec<String>,
+    /// The `--config` file, re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Its contents (the defaults without one).
+    pub config: Config,
 }
 
 /// Where the HTTP endpoint listens.
@@ -76,6 +88,13 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the observer; returns the process exit code.
 pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
+    // Bad configuration first: it is the user's to fix on any machine.
+    let setup = config::setup(
+        &options.config,
+        &options.registries,
+        &options.component_rules,
+    )
+    .map_err(UsageError)?;
     preflight::check_own_privileges().map_err(UsageError)?;
     let cgroup_root = preflight::cgroup2_mount().map_err(UsageError)?;
     report::check_writable(&options.report).map_err(UsageError)?;
@@ -95,14 +114,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         None => EventsLog::disabled(),
     };
 
-    let mut catalog = Catalog::builtin();
-    for pattern in &options.registries {
-        catalog.add(
-            pattern.clone(),
-            Category::ImageRegistry,
-            Source::CommandLine,
-        );
-    }
+    let config::Setup {
+        catalog,
+        policy,
+        registries_conf,
+        component_rules,
+    } = setup;
     let exact_names: Vec<String> = catalog.exact_names().map(String::from).collect();
 
     // The endpoints come up before the (slow) load, so /healthz answers and
@@ -152,6 +169,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let control_path = control.as_ref().map(|c| c.path().display().to_string());
     let control_server =
         control.map(|socket| tokio::spawn(socket.serve(phase_switch.clone(), stop_rx.clone())));
+
+    // Started before the (slow) load so the first pod listing is in before
+    // events flow.
+    let (cri_watcher, pod_source) = CriWatcher::spawn(
+        cri::choose_sockets(&options.cri_sockets, Path::exists),
+        format!(
+            "no CRI socket found (looked for {}); give one with --cri-socket PATH",
+            cri::DEFAULT_SOCKETS.join(", ")
+        ),
+        {
+            // A departed pod's attempt series go, so churn cannot grow them.
+            let metrics = Arc::clone(&metrics);
+            Box::new(move |uid: &str| metrics.forget_pod(uid))
+        },
+    );
 
     let started_at = SystemTime::now();
     let clock = Clock::now();
@@ -203,12 +235,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 MIN_ADDRESS_RETENTION.as_nanos() as u64,
             ),
         ),
-        attributor: Attributor::new("/proc".into(), cgroup_root.clone()),
+        attributor: Attributor::new("/proc".into(), cgroup_root.clone())
+            .with_pods(pod_source)
+            .with_rules(component_rules),
         recorder: Recorder::default(),
         scope: command_cgroup.as_ref().map(CommandCgroup::scope),
         console: Console::new(live_output),
         clock,
         phases,
+        policy,
+        registries_conf,
         metrics: Arc::clone(&metrics),
         events_log,
         stats: PipelineStats::default(),
@@ -221,6 +257,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             queue_tx.clone(),
         ))
     });
+    // The reloader holds a sender too; it is stopped before the pipeline
+    // is awaited.
+    let reloader = tokio::spawn(reload_on_hangup(
+        options.config_path.clone(),
+        options.registries.clone(),
+        options.component_rules.clone(),
+        queue_tx.clone(),
+    ));
     // From here the reader and the resolver hold the only strong senders:
     // when they end, the pipeline drains and ends (phase requests hold weak
     // ones, which do not keep it open).
@@ -280,10 +324,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         resolver.abort();
         let _ = resolver.await;
     }
+    reloader.abort();
+    let _ = reloader.await;
     for server in [http_server, control_server].into_iter().flatten() {
         let _ = server.await;
     }
-    let pipeline = processor.await.context("the pipeline failed")?;
+    let mut pipeline = processor.await.context("the pipeline failed")?;
+    let (pod_directory, cri_status) = cri_watcher.finish().await;
+    // Before the policy judges again below: a pod named late can change the
+    // component and namespace an allow entry matches.
+    pipeline.name_pods_late(&pod_directory, cri_status.state == cri::CriState::Connected);
     let kernel = read::kernel_counters(kernel_counters);
     let command_cgroup_path = command_cgroup
         .as_ref()
@@ -307,6 +357,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         recorder,
         attributor,
         phases,
+        policy,
+        registries_conf,
         events_log,
         stats,
         ..
@@ -326,7 +378,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     let kernel_lost: u64 = losses.kernel.values().sum();
     let events_lost = kernel_lost + losses.user_queue;
-    let attempts = recorder.into_attempts();
+    let mut attempts = recorder.into_attempts();
+    // Judged again by the policy in force at the end (a reload may have
+    // changed it, a late pod name may match another entry), so verdicts,
+    // the policy section, the summary and the JUnit file agree.
+    for attempt in &mut attempts {
+        policy.judge(attempt);
+    }
+    let ended_at = SystemTime::now();
+    let policy_report = policy::report(&policy, &attempts, ended_at);
     let summary = report::summarize(&attempts);
     let report = Report {
         schema_version: report::SCHEMA_VERSION,
@@ -335,7 +395,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             hostname: preflight::hostname(),
             kernel: preflight::kernel_release(),
             started_at,
-            ended_at: SystemTime::now(),
+            ended_at,
             mode: if command_mode { "command" } else { "machine" }.to_string(),
             command: command_mode.then(|| options.command.clone()),
             command_exit_code,
@@ -355,10 +415,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             truncated,
             payload_parsers: connections.stats().clone(),
             attribution: attributor.stats().clone(),
+            cri: cri_status,
         }),
         nodes: vec![],
         phases: phases.markers(),
         summary,
+        policy: Some(policy_report),
+        registries_conf: registries_conf.as_ref().map(|c| c.report()),
         attempts,
     };
     report::write(&options.report, &report)?;
@@ -369,8 +432,26 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
 
     let summary = &report.summary;
+    let allow_entries = report.policy.iter().flat_map(|p| p.allow.iter());
+    for (index, entry) in allow_entries.enumerate() {
+        if entry.matched_after_expiry > 0 {
+            eprintln!(
+                "registry-observer: allow entry {index} ({:?}) expired on {}; the {} attempt(s) it matched are violations",
+                entry.reason,
+                entry.expires.as_deref().unwrap_or("?"),
+                entry.matched_after_expiry
+            );
+        }
+    }
+    let mut judged = String::new();
+    if summary.allowed > 0 {
+        judged.push_str(&format!(", {} allowed", summary.allowed));
+    }
+    if summary.not_enforced > 0 {
+        judged.push_str(&format!(", {} not enforced", summary.not_enforced));
+    }
     eprintln!(
-        "registry-observer: {} registry attempt(s), {} violation(s), by {}; report written to {}",
+        "registry-observer: {} registry attempt(s), {} violation(s){judged}, by {}; report written to {}",
         summary.attempts,
         summary.violations,
         if summary.components.is_empty() {
@@ -558,6 +639,37 @@ async fn run_command(argv: &[String], cgroup: &CommandCgroup) -> io::Result<Exit
             };
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+}
+
+/// On SIGHUP, re-reads the config file (if any) and registries.conf and
+/// hands the result to the pipeline. A file that fails to load is reported
+/// and the running configuration stays: nothing recorded is lost.
+async fn reload_on_hangup(
+    config_path: Option<PathBuf>,
+    cli_registries: Vec<Pattern>,
+    cli_rules: Vec<ComponentRule>,
+    queue: mpsc::Sender<Input>,
+) {
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let loaded = match &config_path {
+            Some(path) => config::load(path).map_err(|e| e.to_string()),
+            None => Ok(Config::default()),
+        };
+        match loaded.and_then(|config| config::setup(&config, &cli_registries, &cli_rules)) {
+            Ok(setup) => {
+                if queue.send(Input::Reload(Box::new(setup))).await.is_err() {
+                    return;
+                }
+                eprintln!("registry-observer: configuration reloaded");
+            }
+            Err(error) => eprintln!(
+                "registry-observer: reload failed, keeping the running configuration: {error}"
+            ),
         }
     }
 }

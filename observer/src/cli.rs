@@ -12,11 +12,18 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     UsageError,
     agent::{self, MetricsAddr, RunOptions},
+    attribute::component_rules::ComponentRule,
     classify::Pattern,
+    config::{self, Config},
     control, http, load,
     phase::PhaseName,
     report::{self, diff, merge, text},
 };
+
+/// Used when neither `--report` nor the config's `outputs.report` is given.
+const DEFAULT_REPORT: &str = "registry-report.json";
+/// Used when neither `--phase` nor the config's `phases.initial` is given.
+const DEFAULT_PHASE: &str = "boot";
 
 /// A macro, not a const, so `concat!` can put it after the run examples.
 macro_rules! exit_codes {
@@ -26,10 +33,13 @@ macro_rules! exit_codes {
   3    incomplete: events were lost, --events lines dropped or a hook could
        not be attached, so absence of attempts proves nothing
        (--allow-incomplete turns this off)
-  1    --fail-on-violation was given and a registry was contacted
+  1    --fail-on-violation was given and there was a violation: a registry
+       contact in an enforced phase (default: boot, upgrade) that no allow
+       entry covers
   N    with a COMMAND: the command's own exit code
        (127 not found, 126 not executable, 128+S killed by signal S)
-  0    otherwise: no attempt, or attempts without --fail-on-violation
+  0    otherwise: no violation (allowed or not-enforced contacts only), or
+       violations without --fail-on-violation
 `report diff` exits 1 when NEW has violations BASE did not; every command
 exits 2 on bad input (a malformed report names FILE:LINE:COLUMN)."
     };
@@ -78,7 +88,30 @@ pub enum Command {
             "  # phases: the agent starts in `boot`; mark the upgrade when it begins\n",
             "  sudo registry-observer mark upgrade\n",
             "  curl -d upgrade http://127.0.0.1:9669/phase\n",
-            "  curl http://127.0.0.1:9669/metrics\n\n",
+            "  curl http://127.0.0.1:9669/metrics\n",
+            "  sudo registry-observer run --config /etc/registry-observer.yaml --phase upgrade\n",
+            "  sudo registry-observer run --cri-socket /run/containerd/containerd.sock \\\n",
+            "      --component-rule 'namespace=openshift-machine-config-operator:machine-config' \\\n",
+            "      --component-rule 'unit=rpm-ostreed.service:machine-config'\n\n",
+            "A config file (YAML or TOML) adds catalog entries, imports registries.conf\n",
+            "(read by default from /etc/containers), and holds the policy: which phases\n",
+            "are enforced and which contacts are allowed, with a reason and an expiry;\n",
+            "and rules naming components (after any --component-rule):\n\n",
+            "  policy:\n",
+            "    enforce_phases: [boot, upgrade]\n",
+            "    allow:\n",
+            "      - component: rpm-ostreed\n",
+            "        host: quay.io\n",
+            "        reason: OS rebase during upgrade\n",
+            "        expires: 2026-12-31\n",
+            "  component_rules:\n",
+            "    - match: {namespace: openshift-machine-config-operator}\n",
+            "      component: machine-config\n",
+            "  phases: {initial: boot}\n",
+            "  outputs: {report: /var/tmp/node.json, junit: junit.xml}\n\n",
+            "SIGHUP reloads the config file (policy, catalog, component rules) and\n",
+            "registries.conf; a bad file is reported\n",
+            "and the previous configuration stays. See docs/CONFIG.md.\n\n",
             exit_codes!()
         )
     )]
@@ -182,9 +215,17 @@ pub enum ReportCommand {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Where to write the JSON report (written atomically at exit).
-    #[arg(long, value_name = "PATH", default_value = "registry-report.json")]
-    pub report: PathBuf,
+    /// Where to write the JSON report (written atomically at exit)
+    /// [default: the config's outputs.report, else registry-report.json].
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+
+    /// Configuration file, YAML (.yaml, .yml) or TOML (.toml): catalog
+    /// additions, registries.conf import, policy (enforced phases,
+    /// allowlist), initial phase, outputs. Command-line flags override the
+    /// file. See docs/CONFIG.md.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 
     /// Also treat this host as a registry: an exact name (registry.example.com)
     /// or every name below a suffix (*.example.com). Adds to the built-in
@@ -196,7 +237,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "command")]
     pub duration: Option<Duration>,
 
-    /// Exit 1 when any registry was contacted: for CI jobs.
+    /// Exit 1 when there was a violation (a registry contact in an enforced
+    /// phase that no allow entry covers): for CI jobs.
     #[arg(long)]
     pub fail_on_violation: bool,
 
@@ -206,17 +248,20 @@ pub struct RunArgs {
     pub allow_incomplete: bool,
 
     /// The phase the run starts in; `registry-observer mark NAME` or
-    /// `POST /phase` switch to the next one.
-    #[arg(long, value_name = "NAME", default_value = "boot", value_parser = parse_phase)]
-    pub phase: PhaseName,
+    /// `POST /phase` switch to the next one
+    /// [default: the config's phases.initial, else boot].
+    #[arg(long, value_name = "NAME", value_parser = parse_phase)]
+    pub phase: Option<PhaseName>,
 
     /// JUnit XML at exit: one testsuite per phase, one testcase per
-    /// component (failing when it contacted a registry).
+    /// component (failing when it contacted a registry)
+    /// [default: the config's outputs.junit, else none].
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
 
     /// Append every recorded event to this JSON-lines file as it happens
-    /// (the forensic trail); rotated by size to PATH.1 .. PATH.5.
+    /// (the forensic trail); rotated by size to PATH.1 .. PATH.5
+    /// [default: the config's outputs.events, else none].
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
 
@@ -225,8 +270,9 @@ pub struct RunArgs {
     pub events_max_size: u64,
 
     /// HTTP endpoint for /metrics (Prometheus), /healthz, /readyz and
-    /// POST /phase; `off` disables it. Default 127.0.0.1:9669, loopback
-    /// only; give 0.0.0.0:9669 explicitly to expose it. If the default port is taken
+    /// POST /phase; `off` disables it. Default: the config's
+    /// outputs.metrics_addr, else 127.0.0.1:9669, loopback only; give
+    /// 0.0.0.0:9669 explicitly to expose it. If the default port is taken
     /// the run continues without the endpoint (with a warning).
     #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
@@ -252,6 +298,22 @@ pub struct RunArgs {
         value_parser = parse_duration
     )]
     pub catalog_resolve_interval: Duration,
+
+    /// The CRI socket to ask which pod a container belongs to (name,
+    /// namespace, labels); repeat for several. Default: every one of
+    /// /run/crio/crio.sock and /run/containerd/containerd.sock that exists.
+    /// If none answers, pods are reported by uid only and the report's
+    /// observer.cri says why.
+    #[arg(long = "cri-socket", value_name = "PATH")]
+    pub cri_sockets: Vec<PathBuf>,
+
+    /// Name a component: `CONDITIONS:COMPONENT`, where CONDITIONS are
+    /// comma-separated `namespace=NS`, `pod_name_prefix=P`, `unit=U`,
+    /// `exe=E` (path, or file name) or `label.KEY=VALUE`, all of which must
+    /// hold. Checked in order, first match wins, before the built-in naming
+    /// (pod owner, unit, executable). Repeat for several.
+    #[arg(long = "component-rule", value_name = "RULE", value_parser = parse_component_rule)]
+    pub component_rules: Vec<ComponentRule>,
 
     /// The command to run and observe, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
@@ -292,6 +354,10 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 
 fn parse_pattern(text: &str) -> Result<Pattern, String> {
     Pattern::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_component_rule(text: &str) -> Result<ComponentRule, String> {
+    ComponentRule::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -379,7 +445,9 @@ fn report_command(command: ReportCommand) -> Result<ExitCode, String> {
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
+/// Command-line values win over the config file's, which win over the
+/// defaults.
+fn run_options(args: RunArgs, config: Config) -> RunOptions {
     let default_metrics_addr = MetricsAddr::Default(
         http::DEFAULT_ADDR
             .parse()
@@ -387,22 +455,51 @@ fn run(args: RunArgs) -> ExitCode {
     );
     let control_socket = (args.control_socket != control::DEFAULT_SOCKET)
         .then(|| PathBuf::from(&args.control_socket));
-    let options = RunOptions {
-        report: args.report,
+    RunOptions {
+        report: args
+            .report
+            .or_else(|| config.outputs.report.clone())
+            .unwrap_or_else(|| DEFAULT_REPORT.into()),
         registries: args.registries,
         duration: args.duration,
         fail_on_violation: args.fail_on_violation,
         allow_incomplete: args.allow_incomplete,
-        phase: args.phase,
+        phase: args
+            .phase
+            .or_else(|| config.phases.initial.clone())
+            .unwrap_or_else(|| {
+                PhaseName::parse(DEFAULT_PHASE).expect("the default phase is valid")
+            }),
         resolve_interval: args.catalog_resolve_interval,
-        metrics_addr: args.metrics_addr.unwrap_or(default_metrics_addr),
+        cri_sockets: args.cri_sockets,
+        component_rules: args.component_rules,
+        metrics_addr: args
+            .metrics_addr
+            .or(config.outputs.metrics_addr.map(MetricsAddr::Explicit))
+            .unwrap_or(default_metrics_addr),
         control_socket,
-        events: args.events,
+        events: args.events.or_else(|| config.outputs.events.clone()),
         events_max_bytes: args.events_max_size,
-        junit: args.junit,
+        junit: args.junit.or_else(|| config.outputs.junit.clone()),
         ring_buffer_bytes: args.ring_buffer_bytes,
         command: args.command,
+        config_path: args.config,
+        config,
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match &args.config {
+        Some(path) => match config::load(path) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("registry-observer: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
     };
+    let options = run_options(args, config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -458,6 +555,82 @@ mod tests {
         assert_eq!(args.registries[0].to_string(), "*.example.test");
         assert!(args.fail_on_violation);
         assert_eq!(args.catalog_resolve_interval, Duration::from_secs(300));
+        assert!(args.cri_sockets.is_empty());
+        let cli = Cli::try_parse_from([
+            "registry-observer",
+            "run",
+            "--cri-socket",
+            "/run/k3s/containerd/containerd.sock",
+            "--component-rule",
+            "namespace=openshift-machine-config-operator:machine-config",
+            "--component-rule",
+            "unit=rpm-ostreed.service:machine-config",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(
+            args.cri_sockets,
+            vec![PathBuf::from("/run/k3s/containerd/containerd.sock")]
+        );
+        assert_eq!(args.component_rules.len(), 2);
+        assert_eq!(args.component_rules[1].component, "machine-config");
+    }
+
+    #[test]
+    fn flags_override_the_config_file_which_overrides_defaults() {
+        let parse = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("parsed as another command")
+            };
+            *args
+        };
+        let config = config::parse(
+            std::path::Path::new("c.yaml"),
+            "phases: {initial: upgrade}\n\
+             outputs: {report: /var/tmp/r.json, junit: /var/tmp/j.xml, \
+             events: /var/tmp/e.jsonl, metrics_addr: '127.0.0.1:9700'}\n",
+        )
+        .unwrap();
+        let options = run_options(parse(&["registry-observer", "run"]), config.clone());
+        assert_eq!(options.phase.as_str(), "upgrade");
+        assert_eq!(options.report, PathBuf::from("/var/tmp/r.json"));
+        assert_eq!(options.junit, Some(PathBuf::from("/var/tmp/j.xml")));
+        assert_eq!(options.events, Some(PathBuf::from("/var/tmp/e.jsonl")));
+        assert_eq!(
+            options.metrics_addr,
+            MetricsAddr::Explicit("127.0.0.1:9700".parse().unwrap())
+        );
+        let options = run_options(
+            parse(&[
+                "registry-observer",
+                "run",
+                "--phase",
+                "boot",
+                "--report",
+                "x.json",
+                "--junit",
+                "k.xml",
+                "--events",
+                "f.jsonl",
+                "--metrics-addr",
+                "off",
+            ]),
+            config,
+        );
+        assert_eq!(options.phase.as_str(), "boot");
+        assert_eq!(options.report, PathBuf::from("x.json"));
+        assert_eq!(options.junit, Some(PathBuf::from("k.xml")));
+        assert_eq!(options.events, Some(PathBuf::from("f.jsonl")));
+        assert_eq!(options.metrics_addr, MetricsAddr::Off);
+        let options = run_options(parse(&["registry-observer", "run"]), Config::default());
+        assert_eq!(options.phase.as_str(), DEFAULT_PHASE);
+        assert_eq!(options.report, PathBuf::from(DEFAULT_REPORT));
+        assert_eq!(options.junit, None);
+        assert_eq!(options.events, None);
+        assert!(matches!(options.metrics_addr, MetricsAddr::Default(_)));
     }
 
     #[test]
@@ -472,6 +645,9 @@ mod tests {
             Cli::try_parse_from(["registry-observer", "run", "--duration", "soon"]).unwrap_err();
         assert!(err.to_string().contains("30s"), "{err}");
         assert!(Cli::try_parse_from(["registry-observer", "run", "--bogus"]).is_err());
+        let err = Cli::try_parse_from(["registry-observer", "run", "--component-rule", "ns=x:y"])
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown condition"), "{err}");
         let zero = Cli::try_parse_from([
             "registry-observer",
             "run",
@@ -498,7 +674,7 @@ mod tests {
         let defaults = parse(&[]).unwrap();
         assert_eq!(defaults.metrics_addr, None);
         assert_eq!(defaults.events_max_size, 64 << 20);
-        assert_eq!(defaults.phase.as_str(), "boot");
+        assert_eq!(defaults.phase, None);
         assert_eq!(defaults.ring_buffer_bytes, load::RING_BUFFER_BYTES);
         let args = parse(&[
             "--metrics-addr",

@@ -87,6 +87,13 @@ pub struct Connections {
     stats: PayloadStats,
     /// Payload segments of connections the table no longer (or never) held.
     pub orphan_segments: u64,
+    /// Connections removed once decided, with their handshake outcome:
+    /// later segments of one (the TLS inside an HTTP CONNECT tunnel, the
+    /// rest of a stream) are not orphans to parse afresh under the packet's
+    /// actor, and the pipeline can still ask for the outcome of the
+    /// connection whose segment just decided it. Bounded like the table.
+    forgotten: HashMap<u64, Option<ConnectOutcome>>,
+    forgotten_order: VecDeque<u64>,
 }
 
 impl Connections {
@@ -98,6 +105,8 @@ impl Connections {
             next_serial: 0,
             stats: PayloadStats::default(),
             orphan_segments: 0,
+            forgotten: HashMap::new(),
+            forgotten_order: VecDeque::new(),
         }
     }
 
@@ -143,12 +152,30 @@ impl Connections {
         connection.outcome = Some(outcome);
         if outcome != ConnectOutcome::Established || connection.decided() {
             self.forget(cookie);
+            // Not evicted: decided or failed, so later segments are no
+            // orphans.
+            self.remember_forgotten(cookie, Some(outcome));
         }
     }
 
     /// How the connection's handshake ended, once known.
     pub fn outcome(&self, cookie: u64) -> Option<ConnectOutcome> {
-        self.by_cookie.get(&cookie).and_then(|c| c.outcome)
+        match self.by_cookie.get(&cookie) {
+            Some(connection) => connection.outcome,
+            None => self.forgotten.get(&cookie).copied().flatten(),
+        }
+    }
+
+    /// Remembers a removed connection's cookie and outcome (bounded).
+    fn remember_forgotten(&mut self, cookie: u64, outcome: Option<ConnectOutcome>) {
+        if self.forgotten.insert(cookie, outcome).is_none() {
+            self.forgotten_order.push_back(cookie);
+        }
+        while self.forgotten_order.len() > self.max_connections {
+            if let Some(oldest) = self.forgotten_order.pop_front() {
+                self.forgotten.remove(&oldest);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -190,6 +217,10 @@ impl Connections {
             return Joined::Nothing;
         };
         let (cookie, egress) = (*cookie, *egress);
+        if self.forgotten.contains_key(&cookie) {
+            // Decided already; its first bytes were read.
+            return Joined::Nothing;
+        }
         if !self.by_cookie.contains_key(&cookie) {
             // The kernel captures only connections it saw connect; the
             // table may have evicted this one. Keep the packet's cgroup.
@@ -228,8 +259,10 @@ impl Connections {
         self.stats.record(&finding);
         let (actor, dest) = (connection.actor.clone(), connection.dest);
         if connection.decided() && connection.outcome.is_some() {
-            // Nothing more to learn from it; the outcome was counted.
+            // Nothing more to learn from it.
+            let outcome = connection.outcome;
             self.by_cookie.remove(&cookie);
+            self.remember_forgotten(cookie, outcome);
         }
         // The packet's time, not the connect()'s.
         let actor = Actor {
@@ -357,8 +390,14 @@ mod tests {
         // The packet's time, the connecting process.
         assert_eq!(actor.boot_ns, 50);
         assert_eq!(table.stats().parser(crate::payload::Parser::Tls).parsed, 1);
-        // Decided and its outcome known: forgotten.
+        // Decided and its outcome known: forgotten, but the pipeline can
+        // still count the outcome on the attempt this segment made, and later
+        // bytes of the stream (TLS inside a CONNECT tunnel) are no orphans.
         assert!(table.is_empty());
+        assert_eq!(table.outcome(1), Some(ConnectOutcome::Established));
+        let again = table.segment(&segment(1, segments[0].0 + 5000, &hello));
+        assert_eq!(again, Joined::Nothing);
+        assert_eq!(table.orphan_segments, 0);
     }
 
     #[test]

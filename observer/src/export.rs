@@ -27,8 +27,11 @@ pub fn format_line(at: SystemTime, matched: &Match, origin: &Origin) -> String {
     if let Some(exe) = &process.exe {
         who.push_str(&format!(" {exe}"));
     }
-    let place = if let Some(uid) = &origin.owner.pod_uid {
-        format!("pod {uid}")
+    let place = if let Some(pod) = &origin.pod {
+        match (&pod.namespace, &pod.name) {
+            (Some(namespace), Some(name)) => format!("pod {namespace}/{name}"),
+            _ => format!("pod {}", pod.uid),
+        }
     } else if let Some(container) = &origin.owner.container {
         format!("container {} {}", container.runtime, &container.id[..12])
     } else if let Some(unit) = &origin.owner.unit {
@@ -39,7 +42,12 @@ pub fn format_line(at: SystemTime, matched: &Match, origin: &Origin) -> String {
             None => format!("cgroup id {}", origin.cgroup.id),
         }
     };
-    format!("{clock}  {}  {what}  {who}  {place}", matched.host)
+    // A connect() matched by a catalog CIDR has no name: show the range.
+    let registry = match &matched.host {
+        Some(host) => host.clone(),
+        None => matched.entry.pattern.to_string(),
+    };
+    format!("{clock}  {registry}  {what}  {who}  {place}")
 }
 
 /// `12:34:56.789  phase upgrade begins (mark)`
@@ -80,14 +88,14 @@ mod tests {
 
     use super::*;
     use crate::{
-        attribute::{CgroupOwner, CgroupRef, ProcessInfo, cgroup_path},
+        attribute::{CgroupOwner, CgroupRef, Pod, ProcessInfo, cgroup_path},
         classify::{Catalog, Evidence},
     };
 
     #[test]
     fn line_names_time_host_evidence_process_and_place() {
         let matched = Match {
-            host: "quay.io".into(),
+            host: Some("quay.io".into()),
             entry: Catalog::builtin().lookup("quay.io").unwrap().clone(),
             evidence: vec![Evidence::DnsAnswer, Evidence::Connect],
             dest: Some(SocketAddr::new(
@@ -111,6 +119,7 @@ mod tests {
                 path: Some("/system.slice/mcd.service".into()),
             },
             owner: cgroup_path::parse("/system.slice/mcd.service"),
+            pod: None,
             component: "mcd".into(),
         };
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_123);
@@ -129,5 +138,18 @@ mod tests {
         origin.owner = CgroupOwner::default();
         origin.cgroup.path = None;
         assert!(format_line(at, &matched, &origin).ends_with("cgroup id 7"));
+        let mut pod = Pod::uid_only("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+        origin.pod = Some(pod.clone());
+        assert!(
+            format_line(at, &matched, &origin)
+                .ends_with("pod 0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+        );
+        pod.namespace = Some("openshift-machine-config-operator".into());
+        pod.name = Some("machine-config-daemon-x7k2p".into());
+        origin.pod = Some(pod);
+        assert!(
+            format_line(at, &matched, &origin)
+                .ends_with("pod openshift-machine-config-operator/machine-config-daemon-x7k2p")
+        );
     }
 }

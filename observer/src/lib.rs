@@ -18,6 +18,7 @@ pub mod attribute;
 pub mod classify;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod connections;
 pub mod control;
 pub mod decode;
@@ -30,11 +31,13 @@ pub mod metrics;
 pub mod payload;
 pub mod phase;
 pub mod pipeline;
+pub mod policy;
 pub mod preflight;
 pub mod read;
 pub mod record;
 pub mod report;
 pub mod scope;
+pub mod textfile;
 
 /// An error that is the user's to fix (privileges, paths, the machine's
 /// setup): printed as one sentence, exit code 2.

@@ -469,6 +469,7 @@ pub fn verdict_label(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Violation => "violation",
         Verdict::Allowed => "allowed",
+        Verdict::NotEnforced => "not_enforced",
     }
 }
 
@@ -506,9 +507,10 @@ mod tests {
 
     use super::*;
     use crate::{
+        attribute::Pod,
         attribute::{CgroupRef, ProcessInfo},
         classify::{Category, Source},
-        record::{Pod, RegistryRef},
+        record::RegistryRef,
     };
 
     fn attempt(component: &str, pod: Option<&str>) -> Attempt {
@@ -518,6 +520,7 @@ mod tests {
                 pattern: "quay.io".into(),
                 category: Category::ImageRegistry,
                 source: Source::Builtin,
+                blocked: false,
             },
             dest: None,
             evidence: BTreeSet::from([Evidence::DnsQuery]),
@@ -533,15 +536,14 @@ mod tests {
             unit: None,
             container: None,
             pod: pod.map(|uid| Pod {
-                uid: uid.into(),
                 namespace: Some("openshift-mco".into()),
-                name: None,
-                container: None,
+                ..Pod::uid_only(uid)
             }),
             component: component.into(),
             phase: "upgrade".into(),
             verdict: Verdict::Violation,
             allowed_by: None,
+            mirror_fallback: false,
             first_seen: SystemTime::UNIX_EPOCH,
             last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
             count: 1,

@@ -11,8 +11,17 @@ use crate::record::{parse_rfc3339, rfc3339};
 
 /// A validated phase name: `[a-z0-9][a-z0-9_-]{0,62}`, so it is safe as a
 /// metric label, a JUnit suite name and a file-name fragment.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PhaseName(String);
+
+/// For config files (`phases.initial`): the same check as `--phase`.
+impl TryFrom<String> for PhaseName {
+    type Error = String;
+    fn try_from(text: String) -> Result<PhaseName, String> {
+        PhaseName::parse(&text)
+    }
+}
 
 impl PhaseName {
     pub fn parse(text: &str) -> Result<PhaseName, String> {

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use hickory_proto::op::ResponseCode;
 
 use crate::{
-    attribute::Attributor,
-    classify::Classifier,
+    attribute::{Attributor, pods::PodDirectory},
+    classify::{Classifier, registries_conf::RegistriesConf},
     clock::Clock,
     connections::{Connections, Joined},
     decode::{self, Observation},
@@ -18,6 +18,7 @@ use crate::{
     export::{self, Console},
     metrics::Metrics,
     phase::PhaseTimeline,
+    policy::Policy,
     read::Input,
     record::Recorder,
     scope::Scope,
@@ -43,6 +44,9 @@ pub struct Pipeline {
     pub console: Console,
     pub clock: Clock,
     pub phases: PhaseTimeline,
+    pub policy: Policy,
+    /// What the catalog imported from registries.conf, for the report.
+    pub registries_conf: Option<RegistriesConf>,
     pub metrics: Arc<Metrics>,
     pub events_log: EventsLog,
     pub stats: PipelineStats,
@@ -73,6 +77,13 @@ impl Pipeline {
                 addresses,
                 boot_ns,
             } => self.classifier.learn_resolved(&name, &addresses, boot_ns),
+            Input::Reload(setup) => {
+                let setup = *setup;
+                self.classifier.set_catalog(setup.catalog);
+                self.policy = setup.policy;
+                self.registries_conf = setup.registries_conf;
+                self.attributor.set_rules(setup.component_rules);
+            }
             Input::Phase(change) => {
                 let marker = self.phases.switch(&change).clone();
                 self.console.line(&export::format_phase_line(&marker));
@@ -130,6 +141,16 @@ impl Pipeline {
         }
     }
 
+    /// At the end of the run: names the pods of attempts recorded before
+    /// the CRI listing had them, from the final listing (tombstones
+    /// included), so a pod that lived two seconds still has its name.
+    pub fn name_pods_late(&mut self, directory: &Arc<PodDirectory>, cri_answered: bool) {
+        let attributor = &mut self.attributor;
+        self.recorder.rename_pods(|owner, recorded, process| {
+            attributor.name_late(directory, cri_answered, owner, recorded, process)
+        });
+    }
+
     fn observe(&mut self, observation: &Observation) {
         if let Observation::DnsResponse {
             actor, name, rcode, ..
@@ -175,6 +196,9 @@ impl Pipeline {
             at,
             handshake_outcome.as_deref(),
         );
+        // Judged before it is counted or logged: metrics and the events
+        // file carry the verdict.
+        self.policy.judge(attempt);
         self.metrics.record_event(attempt, &matched.evidence);
         if self.events_log.enabled() {
             self.events_log.send(Line::Attempt {

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use observer_common::Counter;
 use tokio::sync::{mpsc, watch};
 
+use crate::config::Setup;
 use crate::phase::PhaseChange;
 
 /// What flows into the pipeline.
@@ -31,6 +32,9 @@ pub enum Input {
         addresses: Vec<IpAddr>,
         boot_ns: u64,
     },
+    /// A reloaded configuration (SIGHUP): new catalog and policy; what was
+    /// recorded so far stays.
+    Reload(Box<Setup>),
     /// `mark NAME` or `POST /phase`: later events belong to a new phase.
     Phase(PhaseChange),
 }

@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
-    attribute::{CgroupRef, Container, Origin, ProcessInfo},
+    attribute::{CgroupOwner, CgroupRef, Container, Origin, Pod, ProcessInfo},
     classify::{Category, Evidence, Match, Source},
 };
 
@@ -23,6 +23,11 @@ pub struct RegistryRef {
     pub pattern: String,
     pub category: Category,
     pub source: Source,
+    /// registries.conf blocks this registry: pulls are refused, yet the
+    /// contact (a lookup, a connect()) still happened. Reports before the
+    /// policy stage lack it: false.
+    #[serde(default)]
+    pub blocked: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,21 +36,13 @@ pub struct Dest {
     pub port: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pod {
-    pub uid: String,
-    /// Filled from the CRI API in a later stage of the project; the cgroup
-    /// path carries only the uid.
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub container: Option<String>,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Violation,
     Allowed,
+    /// The attempt's phase is outside the policy's `enforce_phases`.
+    NotEnforced,
 }
 
 /// Why an allowed attempt is allowed: the allowlist entry that matched.
@@ -73,6 +70,13 @@ pub struct Attempt {
     pub phase: String,
     pub verdict: Verdict,
     pub allowed_by: Option<Allowance>,
+    /// The registry has mirrors in registries.conf: this contact to the
+    /// source may be the fallback taken when the mirrors failed (OpenShift's
+    /// default `AllowContactingSource`). The repository path is not visible
+    /// on the wire, so "may": the mirrors may cover other repositories only.
+    /// Reports before the policy stage lack it: false.
+    #[serde(default)]
+    pub mirror_fallback: bool,
     #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
     pub first_seen: SystemTime,
     #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
@@ -90,6 +94,16 @@ pub struct Attempt {
     pub outcomes: BTreeMap<String, u64>,
 }
 
+impl Attempt {
+    /// The host name, or for a connect() into a catalog CIDR (no name seen)
+    /// the range it matched: how summaries, JUnit and diffs name it.
+    pub fn host_or_range(&self) -> String {
+        self.host
+            .clone()
+            .unwrap_or_else(|| self.registry.pattern.clone())
+    }
+}
+
 pub fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_rfc3339_millis(*time))
 }
@@ -103,7 +117,9 @@ pub fn parse_rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Syste
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct AttemptKey {
     phase: String,
-    host: String,
+    host: Option<String>,
+    /// Tells apart unnamed connects into different catalog CIDRs.
+    registry: String,
     cgroup_id: u64,
     comm: String,
     exe: Option<String>,
@@ -127,16 +143,17 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Records one match; returns the attempt it was merged into.
+    /// Records one match; returns the attempt it was merged into, for the
+    /// policy to judge (its verdict starts as a violation).
     pub fn record(
         &mut self,
         matched: &Match,
         origin: &Origin,
         phase: &str,
         at: SystemTime,
-    ) -> &Attempt {
+    ) -> &mut Attempt {
         let index = self.merge(matched, origin, phase, at);
-        &self.attempts[index]
+        &mut self.attempts[index]
     }
 
     /// [`Recorder::record`] for a match whose connection already ended its
@@ -149,12 +166,12 @@ impl Recorder {
         phase: &str,
         at: SystemTime,
         handshake_outcome: Option<&str>,
-    ) -> &Attempt {
+    ) -> &mut Attempt {
         let index = self.merge(matched, origin, phase, at);
         if let (Some(cookie), Some(outcome)) = (matched.cookie, handshake_outcome) {
             self.connection_outcome(cookie, outcome);
         }
-        &self.attempts[index]
+        &mut self.attempts[index]
     }
 
     /// Merges the match into its attempt; returns the attempt's index.
@@ -162,6 +179,7 @@ impl Recorder {
         let key = AttemptKey {
             phase: phase.to_string(),
             host: matched.host.clone(),
+            registry: matched.entry.pattern.to_string(),
             cgroup_id: origin.cgroup.id,
             comm: origin.process.comm.clone(),
             exe: origin.process.exe.clone(),
@@ -185,11 +203,12 @@ impl Recorder {
             }
             None => {
                 self.attempts.push(Attempt {
-                    host: Some(matched.host.clone()),
+                    host: matched.host.clone(),
                     registry: RegistryRef {
                         pattern: matched.entry.pattern.to_string(),
                         category: matched.entry.category,
                         source: matched.entry.source,
+                        blocked: matched.entry.blocked,
                     },
                     dest,
                     evidence: matched.evidence.iter().copied().collect(),
@@ -197,18 +216,13 @@ impl Recorder {
                     cgroup: origin.cgroup.clone(),
                     unit: origin.owner.unit.clone(),
                     container: origin.owner.container.clone(),
-                    pod: origin.owner.pod_uid.clone().map(|uid| Pod {
-                        uid,
-                        namespace: None,
-                        name: None,
-                        container: None,
-                    }),
+                    pod: origin.pod.clone(),
                     component: origin.component.clone(),
                     phase: phase.to_string(),
-                    // Policy (allowlists) arrives with the policy stage; until
-                    // then every registry contact is a violation.
+                    // Until the policy has judged it, a contact is a violation.
                     verdict: Verdict::Violation,
                     allowed_by: None,
+                    mirror_fallback: matched.entry.mirrored,
                     first_seen: at,
                     last_seen: at,
                     count: 1,
@@ -263,6 +277,26 @@ impl Recorder {
         &self.attempts
     }
 
+    /// Gives each attempt's (unit, container, pod uid) and recorded pod to
+    /// `name`; a returned (pod, component) replaces the recorded ones. For
+    /// pods the CRI API named only after their attempts were recorded.
+    pub fn rename_pods(
+        &mut self,
+        mut name: impl FnMut(&CgroupOwner, Option<&Pod>, &ProcessInfo) -> Option<(Pod, String)>,
+    ) {
+        for attempt in &mut self.attempts {
+            let owner = CgroupOwner {
+                unit: attempt.unit.clone(),
+                container: attempt.container.clone(),
+                pod_uid: attempt.pod.as_ref().map(|p| p.uid.clone()),
+            };
+            if let Some((pod, component)) = name(&owner, attempt.pod.as_ref(), &attempt.process) {
+                attempt.pod = Some(pod);
+                attempt.component = component;
+            }
+        }
+    }
+
     pub fn into_attempts(self) -> Vec<Attempt> {
         self.attempts
     }
@@ -277,7 +311,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        attribute::{CgroupOwner, cgroup_path},
+        attribute::cgroup_path,
         classify::{Catalog, Entry},
     };
 
@@ -300,13 +334,14 @@ mod tests {
                 path: Some("/x".into()),
             },
             owner: CgroupOwner::default(),
+            pod: None,
             component: "skopeo".into(),
         }
     }
 
     fn query() -> Match {
         Match {
-            host: "quay.io".into(),
+            host: Some("quay.io".into()),
             entry: entry(),
             evidence: vec![Evidence::DnsQuery],
             dest: None,
@@ -317,7 +352,7 @@ mod tests {
 
     fn connect() -> Match {
         Match {
-            host: "quay.io".into(),
+            host: Some("quay.io".into()),
             entry: entry(),
             evidence: vec![Evidence::DnsAnswer, Evidence::Connect],
             dest: Some(SocketAddr::new(
@@ -397,11 +432,80 @@ mod tests {
         o.owner = cgroup_path::parse(&format!(
             "/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/{id}"
         ));
+        o.pod = Some(Pod::uid_only("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
         let a = recorder.record(&query(), &o, "boot", SystemTime::now());
         assert_eq!(
             a.pod.as_ref().unwrap().uid,
             "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
         );
         assert_eq!(a.container.as_ref().unwrap().runtime, "containerd");
+    }
+
+    /// The policy judges every attempt with the attempt's own phase, the
+    /// report's policy section counts what each entry did, and the new
+    /// fields serialize as the schema says.
+    #[test]
+    fn policy_judges_each_attempt_with_its_own_phase() {
+        use crate::policy::{self, Policy};
+        let policy: Policy = serde_json::from_value(serde_json::json!({
+            "enforce_phases": ["upgrade"],
+            "allow": [
+                {"component": "skopeo", "host": "quay.io", "reason": "mcd", "link": "https://x/1"},
+                {"component": "skopeo", "reason": "old", "expires": "2020-01-01"}
+            ]
+        }))
+        .unwrap();
+        let mut recorder = Recorder::default();
+        let t = SystemTime::now();
+        let mut mirrored = query();
+        mirrored.entry.mirrored = true;
+        mirrored.entry.blocked = true;
+        for phase in ["boot", "upgrade"] {
+            let attempt = recorder.record(&mirrored, &origin(7, 1), phase, t);
+            policy.judge(attempt);
+        }
+        let mut other = origin(8, 2);
+        other.component = "podman".into();
+        let attempt = recorder.record(&query(), &other, "upgrade", t);
+        policy.judge(attempt);
+        let attempts = recorder.attempts();
+        assert_eq!(attempts[0].verdict, Verdict::NotEnforced);
+        assert_eq!(attempts[0].allowed_by, None);
+        assert_eq!(attempts[1].verdict, Verdict::Allowed);
+        assert_eq!(
+            attempts[1].allowed_by,
+            Some(Allowance {
+                reason: "mcd".into(),
+                link: Some("https://x/1".into()),
+                expires: None
+            })
+        );
+        assert_eq!(attempts[2].verdict, Verdict::Violation);
+        let json = serde_json::to_value(&attempts[1]).unwrap();
+        assert_eq!(json["verdict"], "allowed");
+        assert_eq!(json["allowed_by"]["reason"], "mcd");
+        assert_eq!(json["mirror_fallback"], true);
+        assert_eq!(json["registry"]["blocked"], true);
+        assert_eq!(
+            serde_json::to_value(&attempts[0]).unwrap()["verdict"],
+            "not_enforced"
+        );
+
+        let section = policy::report(&policy, attempts, t);
+        assert_eq!(section.allow[0].allowed_attempts, 1);
+        assert!(!section.allow[0].expired);
+        // The expired entry matched the upgrade-phase skopeo attempt.
+        assert!(section.allow[1].expired);
+        assert_eq!(section.allow[1].matched_after_expiry, 1);
+        let summary = crate::report::summarize(attempts);
+        assert_eq!(
+            (
+                summary.violations,
+                summary.allowed,
+                summary.not_enforced,
+                summary.mirror_fallbacks
+            ),
+            (1, 1, 1, 2)
+        );
     }
 }

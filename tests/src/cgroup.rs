@@ -127,7 +127,7 @@ impl TestCgroup {
 
 /// `root` and every directory below it, children before parents (the order
 /// in which cgroup directories can be removed).
-fn dirs_depth_first(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn dirs_depth_first(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(root) {
         for entry in entries.flatten() {

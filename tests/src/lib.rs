@@ -13,6 +13,7 @@
 
 mod agent;
 mod cgroup;
+mod containerd;
 pub mod observe;
 mod process;
 mod testbed;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root};
+pub use containerd::{CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, RunningPod};
 pub use process::{output_within, run_checked};
 pub use testbed::{Daemon, TESTBED_TOOLS, Testbed};
 

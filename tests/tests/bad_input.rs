@@ -120,3 +120,134 @@ fn missing_cgroup2_mount_is_named() {
         outcome.stderr
     );
 }
+
+/// A config file with mistakes: exit 2 before anything is attached, one line
+/// naming the file, line and field, and what to write instead.
+#[test]
+fn bad_config_names_file_line_and_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // `text: None` leaves the file missing.
+    let check = |name: &str, text: Option<&str>, needles: &[&str]| {
+        let path = dir.path().join(name);
+        if let Some(text) = text {
+            std::fs::write(&path, text).unwrap();
+        }
+        let outcome = run(&mut observer(&[
+            "run",
+            "--catalog-resolve-interval",
+            "0",
+            "--report",
+            "/dev/null",
+            "--config",
+            path.to_str().unwrap(),
+        ]));
+        assert_one_clear_line(&outcome, &format!("{}:", path.display()));
+        for needle in needles {
+            assert!(
+                outcome.stderr.contains(needle),
+                "{needle:?} not in {}",
+                outcome.stderr
+            );
+        }
+    };
+    check(
+        "expiry.yaml",
+        Some(
+            "policy:\n  allow:\n    - component: skopeo\n      reason: mcd\n      expires: 31.12.2026\n",
+        ),
+        &[
+            "config error: ",
+            "expiry.yaml:5:",
+            "field `policy.allow[0].expires`",
+            "write YYYY-MM-DD",
+        ],
+    );
+    check(
+        "typo.toml",
+        Some(
+            "[policy]\nenforce_phases = [\"boot\"]\n\n[[policy.allow]]\ncomponent = \"skopeo\"\nreson = \"mcd\"\n",
+        ),
+        &["typo.toml:6:", "unknown field `reson`", "policy.allow[0]"],
+    );
+    check(
+        "reason.yaml",
+        Some("policy:\n  allow:\n    - host: quay.io\n"),
+        &["reason.yaml:3:", "needs a `reason`"],
+    );
+    check(
+        "config.json",
+        Some("{}"),
+        &[
+            "config.json: unknown config format",
+            "*.yaml, *.yml or *.toml",
+        ],
+    );
+    check(
+        "none.yaml",
+        None,
+        &["none.yaml: cannot read it", "check the --config path"],
+    );
+}
+
+/// A malformed registries.conf (named by the config file) stops the agent the
+/// same way: the registries.conf file, its line, and the problem.
+#[test]
+fn malformed_registries_conf_names_file_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        "unqualified-search-registries = [\"registry.access.redhat.com\"]\n\n[[registry]]\nlocation = \"quay.io\"\nblocked = \"yes\"\n",
+    )
+    .unwrap();
+    let drop_ins = dir.path().join("registries.conf.d");
+    std::fs::create_dir(&drop_ins).unwrap();
+    let config = dir.path().join("observer.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registries_conf:\n  file: {}\n  dir: {}\n",
+            conf.display(),
+            drop_ins.display()
+        ),
+    )
+    .unwrap();
+    let outcome = run(&mut observer(&[
+        "run",
+        "--report",
+        "/dev/null",
+        "--config",
+        config.to_str().unwrap(),
+    ]));
+    assert_one_clear_line(
+        &outcome,
+        &format!("registries.conf error: {}:5:", conf.display()),
+    );
+    assert!(
+        outcome.stderr.contains("field `registry[0].blocked`"),
+        "{}",
+        outcome.stderr
+    );
+
+    // A v1 table in a drop-in is refused, naming the drop-in.
+    std::fs::write(&conf, "").unwrap();
+    let drop_in = drop_ins.join("50-old.conf");
+    std::fs::write(
+        &drop_in,
+        "[registries.block]\nregistries = [\"docker.io\"]\n",
+    )
+    .unwrap();
+    let outcome = run(&mut observer(&[
+        "run",
+        "--report",
+        "/dev/null",
+        "--config",
+        config.to_str().unwrap(),
+    ]));
+    assert_one_clear_line(&outcome, &format!("{}:1:", drop_in.display()));
+    assert!(
+        outcome.stderr.contains("not allowed in a drop-in"),
+        "{}",
+        outcome.stderr
+    );
+}

@@ -298,6 +298,15 @@ fn phases_metrics_junit_and_events_of_one_run() {
             .any(|l| l.starts_with("registry_observer_build_info|version=")),
         "{samples}"
     );
+    // The marked phase outside the policy's enforce_phases: its verdict.
+    assert!(
+        samples
+            .lines()
+            .any(|l| l.starts_with("registry_observer_attempts_total|")
+                && l.contains("phase=post-upgrade,")
+                && l.contains("verdict=not_enforced|")),
+        "{samples}"
+    );
 
     let output = agent.stop();
     assert_eq!(
@@ -346,11 +355,24 @@ fn phases_metrics_junit_and_events_of_one_run() {
     ] {
         let attempts = attempts_in(&report, cgroup);
         assert!(!attempts.is_empty(), "no attempt in {phase}: {report:#}");
+        // The default policy enforces boot and upgrade; post-upgrade,
+        // switched to at run time, is judged by its own phase.
+        let verdict = if phase == "post-upgrade" {
+            "not_enforced"
+        } else {
+            "violation"
+        };
         for attempt in attempts {
             assert_eq!(attempt["phase"], phase, "{attempt:#}");
             assert_eq!(attempt["host"], host, "{attempt:#}");
+            assert_eq!(attempt["verdict"], verdict, "{attempt:#}");
         }
     }
+    assert!(
+        report["summary"]["not_enforced"].as_u64() >= Some(1),
+        "{:#}",
+        report["summary"]
+    );
     // The capture's facts survive next to the phases: the lookups failed
     // with NXDOMAIN, skopeo's TLS connection was established and named
     // quay.io in its ClientHello.
@@ -405,6 +427,23 @@ fn phases_metrics_junit_and_events_of_one_run() {
             .iter()
             .all(|s| suites.contains(s)),
         "{cases}"
+    );
+    // Not enforced is not a failure: the post-upgrade cases pass, and the
+    // JUnit file says why the contact did not count.
+    let post_cases: Vec<&str> = cases
+        .lines()
+        .filter(|l| l.starts_with("phase post-upgrade|"))
+        .collect();
+    assert!(
+        !post_cases.is_empty() && post_cases.iter().all(|l| l.contains("|passed|")),
+        "{cases}"
+    );
+    let junit_text = std::fs::read_to_string(&out.junit).unwrap();
+    assert!(
+        junit_text.contains(
+            "not enforced: registry.access.redhat.com: phase post-upgrade is outside the policy"
+        ),
+        "{junit_text}"
     );
 
     // The JSONL trail: every line JSON; the phase changes and skopeo's

@@ -27,6 +27,8 @@ const BUILD_PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    // k8s-cri generates its CRI bindings from .proto files at build time.
+    "protobuf-compiler",
 ];
 
 /// Real components the privileged tests drive (shared/TESTBED.md).
@@ -42,6 +44,8 @@ const TEST_PACKAGES: &[&str] = &[
     "containerd",
     "containernetworking-plugins",
     "bind9-dnsutils",
+    // systemd-nspawn: a real systemd (PID 1 here is not) for unit attribution.
+    "systemd-container",
     // A real HTTP proxy for the CONNECT-attribution test.
     "tinyproxy",
     "curl",

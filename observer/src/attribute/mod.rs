@@ -1,24 +1,33 @@
 //! Stage 5, attribute: who made an attempt. Process facts from /proc while
 //! the process lives (what was available is recorded, the rest stays null),
-//! then cgroup id -> path -> systemd unit / container / pod, then a
-//! component name a human recognizes.
+//! then cgroup id -> path -> systemd unit / container / pod uid, then the
+//! pod's name, namespace and labels from the CRI API (`cri`, `pods`), then
+//! a component name a human recognizes (`component`, `component_rules`).
 
 pub mod cgroup_path;
 pub mod cgroups;
+pub mod component;
+pub mod component_rules;
+pub mod cri;
 pub mod lineage;
+pub mod pods;
 pub mod procfs;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
 pub use self::cgroup_path::{CgroupOwner, Container};
+pub use self::pods::Pod;
 use self::{
     cgroups::CgroupIndex,
+    component_rules::ComponentRule,
+    cri::PodSource,
     lineage::ProcessTable,
+    pods::PodDirectory,
     procfs::{ProcessFacts, StatFields},
 };
 use crate::decode::{Actor, Comm, Observation};
@@ -29,6 +38,8 @@ const MAX_ANCESTORS: usize = 16;
 const MAX_CACHED_PROCESSES: usize = 8192;
 /// Processes the lineage table follows: a busy node runs a few thousand.
 const MAX_LINEAGE_PROCESSES: usize = 32768;
+/// Bounds the set of pods and containers an early listing was asked for.
+const MAX_ASKED: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
@@ -62,6 +73,8 @@ pub struct Origin {
     pub process: ProcessInfo,
     pub cgroup: CgroupRef,
     pub owner: CgroupOwner,
+    /// From the cgroup path's uid, named through the CRI API when it knew.
+    pub pod: Option<Pod>,
     pub component: String,
 }
 
@@ -78,6 +91,10 @@ pub struct AttributionStats {
     pub from_lineage: u64,
     /// The cgroup id matched no directory (removed, or outside our view).
     pub cgroup_unknown: u64,
+    /// Attempts from a pod left without a name in the report, by reason:
+    /// `cri_unavailable` (no CRI socket answered during the run),
+    /// `unknown_to_cri` (the runtime answered but never listed it).
+    pub pods_unnamed: BTreeMap<String, u64>,
 }
 
 struct CachedProcess {
@@ -91,6 +108,11 @@ pub struct Attributor {
     cgroups: CgroupIndex,
     processes: HashMap<u32, CachedProcess>,
     lineage: ProcessTable,
+    pods: PodSource,
+    /// Pod uids and container ids an early listing was already asked for:
+    /// one the runtime does not know must not make it list on every event.
+    asked: HashSet<String>,
+    rules: Vec<ComponentRule>,
     stats: AttributionStats,
 }
 
@@ -101,6 +123,9 @@ impl Attributor {
             cgroups: CgroupIndex::new(cgroup_root),
             processes: HashMap::new(),
             lineage: ProcessTable::new(MAX_LINEAGE_PROCESSES),
+            pods: PodSource::fixed(PodDirectory::default()),
+            asked: HashSet::new(),
+            rules: Vec::new(),
             stats: AttributionStats::default(),
         }
     }
@@ -108,6 +133,24 @@ impl Attributor {
     /// Feeds exec, fork and exit events to the process table.
     pub fn follow(&mut self, observation: &Observation) {
         self.lineage.apply(observation);
+    }
+
+    /// Names pods through `pods` (the CRI watcher's snapshots).
+    pub fn with_pods(mut self, pods: PodSource) -> Attributor {
+        self.pods = pods;
+        self
+    }
+
+    /// User rules naming components, first match wins.
+    pub fn with_rules(mut self, rules: Vec<ComponentRule>) -> Attributor {
+        self.rules = rules;
+        self
+    }
+
+    /// Replaces the rules (a reload); attempts already recorded keep the
+    /// component they were given.
+    pub fn set_rules(&mut self, rules: Vec<ComponentRule>) {
+        self.rules = rules;
     }
 
     pub fn stats(&self) -> &AttributionStats {
@@ -141,7 +184,8 @@ impl Attributor {
             cmdline: facts.as_ref().and_then(|f| f.cmdline.clone()),
             ancestors,
         };
-        let component = component(&owner, &process);
+        let pod = self.pod_of(&owner);
+        let component = component::component(&self.rules, &owner, pod.as_ref(), &process);
         Origin {
             process,
             cgroup: CgroupRef {
@@ -149,7 +193,84 @@ impl Attributor {
                 path,
             },
             owner,
+            pod,
             component,
+        }
+    }
+
+    /// The pod of a cgroup, named if the last CRI listing knew it; a miss
+    /// asks the watcher for an early listing and never waits for it.
+    fn pod_of(&mut self, owner: &CgroupOwner) -> Option<Pod> {
+        let container_id = owner
+            .container
+            .as_ref()
+            .filter(|c| is_cri_runtime(&c.runtime))
+            .map(|c| c.id.as_str());
+        if owner.pod_uid.is_none() && container_id.is_none() {
+            return None;
+        }
+        let named = self
+            .pods
+            .current()
+            .resolve(owner.pod_uid.as_deref(), container_id);
+        if named.is_none() {
+            let key = container_id
+                .or(owner.pod_uid.as_deref())
+                .unwrap_or_default();
+            if self.asked.len() >= MAX_ASKED {
+                self.asked.clear();
+            }
+            if self.asked.insert(key.to_string()) {
+                self.pods.request_refresh();
+            }
+        }
+        named.or_else(|| owner.pod_uid.as_deref().map(Pod::uid_only))
+    }
+
+    /// At report time: names the pod of an attempt recorded before the CRI
+    /// listing had it, from `directory` (the final listing, tombstones
+    /// included), and recomputes its component. Counts what stays unnamed.
+    /// Returns the new (pod, component) when the pod got a name.
+    pub fn name_late(
+        &mut self,
+        directory: &PodDirectory,
+        cri_answered: bool,
+        owner: &CgroupOwner,
+        recorded: Option<&Pod>,
+        process: &ProcessInfo,
+    ) -> Option<(Pod, String)> {
+        if recorded.is_some_and(Pod::is_named) {
+            return None;
+        }
+        let container_id = owner
+            .container
+            .as_ref()
+            .filter(|c| is_cri_runtime(&c.runtime))
+            .map(|c| c.id.as_str());
+        let uid = recorded
+            .map(|p| p.uid.as_str())
+            .or(owner.pod_uid.as_deref());
+        if uid.is_none() && container_id.is_none() {
+            return None;
+        }
+        match directory.resolve(uid, container_id) {
+            Some(pod) => {
+                let component = component::component(&self.rules, owner, Some(&pod), process);
+                Some((pod, component))
+            }
+            None => {
+                let reason = if cri_answered {
+                    "unknown_to_cri"
+                } else {
+                    "cri_unavailable"
+                };
+                *self
+                    .stats
+                    .pods_unnamed
+                    .entry(reason.to_string())
+                    .or_default() += 1;
+                None
+            }
         }
     }
 
@@ -216,6 +337,12 @@ impl Attributor {
     }
 }
 
+/// Runtimes whose containers the CRI API names (podman and docker have no
+/// pods).
+fn is_cri_runtime(runtime: &str) -> bool {
+    matches!(runtime, "cri-o" | "containerd")
+}
+
 /// /proc's start time (clock ticks of CLOCK_BOOTTIME) is at or before the
 /// event, allowing one tick of rounding.
 fn started_before(start_ticks: u64, event_boot_ns: u64) -> bool {
@@ -270,61 +397,77 @@ fn read_ancestors(
     ancestors
 }
 
-/// A stable, human name for who is responsible: the pod, else the
-/// container, else the systemd unit, else the executable, else the comm.
-pub fn component(owner: &CgroupOwner, process: &ProcessInfo) -> String {
-    if let Some(uid) = &owner.pod_uid {
-        return format!("pod/{uid}");
-    }
-    if let Some(container) = &owner.container {
-        return format!("{}/{}", container.runtime, &container.id[..12]);
-    }
-    if let Some(unit) = &owner.unit {
-        return unit.strip_suffix(".service").unwrap_or(unit).to_string();
-    }
-    if let Some(exe) = &process.exe {
-        let name = exe.rsplit('/').next().unwrap_or(exe);
-        // A replaced binary shows as "name (deleted)".
-        return name.trim_end_matches(" (deleted)").to_string();
-    }
-    process.comm.clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn process(exe: Option<&str>) -> ProcessInfo {
-        ProcessInfo {
+    #[test]
+    fn pods_missing_from_the_listing_are_named_late_or_counted() {
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let id = "ab".repeat(32);
+        let owner = cgroup_path::parse(&format!("/kubepods/besteffort/pod{uid}/{id}"));
+        let process = ProcessInfo {
             pid: 1,
             comm: "skopeo".into(),
             uid: Some(0),
-            exe: exe.map(String::from),
+            exe: Some("/usr/bin/skopeo".into()),
             cmdline: None,
             ancestors: vec![],
-        }
-    }
-
-    #[test]
-    fn component_prefers_pod_then_container_then_unit_then_exe() {
-        let id = "ab".repeat(32);
-        let pod = cgroup_path::parse(&format!(
-            "/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/{id}"
-        ));
-        assert_eq!(
-            component(&pod, &process(None)),
-            "pod/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+        };
+        let mut directory = PodDirectory::default();
+        directory.apply(
+            pods::Listing {
+                pods: vec![pods::PodEntry {
+                    sandbox_id: "sb".into(),
+                    uid: uid.into(),
+                    namespace: "openshift-machine-config-operator".into(),
+                    name: "machine-config-daemon-x7k2p".into(),
+                    labels: BTreeMap::new(),
+                }],
+                containers: vec![pods::ContainerEntry {
+                    id: id.clone(),
+                    sandbox_id: "sb".into(),
+                    name: "machine-config-daemon".into(),
+                }],
+            },
+            std::time::Instant::now(),
         );
-        let podman = cgroup_path::parse(&format!("/machine.slice/libpod-{id}.scope"));
-        assert_eq!(component(&podman, &process(None)), "podman/abababababab");
-        let unit = cgroup_path::parse("/system.slice/rpm-ostreed.service");
-        assert_eq!(component(&unit, &process(None)), "rpm-ostreed");
-        let none = CgroupOwner::default();
+        let rules = vec![
+            ComponentRule::parse("namespace=openshift-machine-config-operator:machine-config")
+                .unwrap(),
+        ];
+        let mut attributor =
+            Attributor::new("/proc".into(), PathBuf::from("/nonexistent")).with_rules(rules);
+        let recorded = Pod::uid_only(uid);
+        let (pod, component) = attributor
+            .name_late(&directory, true, &owner, Some(&recorded), &process)
+            .expect("named from the final listing");
+        assert_eq!(pod.name.as_deref(), Some("machine-config-daemon-x7k2p"));
+        assert_eq!(pod.container.as_deref(), Some("machine-config-daemon"));
+        assert_eq!(component, "machine-config");
+        // Already named: left alone, not counted.
         assert_eq!(
-            component(&none, &process(Some("/usr/bin/skopeo (deleted)"))),
-            "skopeo"
+            attributor.name_late(&directory, true, &owner, Some(&pod), &process),
+            None
         );
-        assert_eq!(component(&none, &process(None)), "skopeo");
+        // Not in the listing: counted by why.
+        let empty = PodDirectory::default();
+        attributor.name_late(&empty, true, &owner, Some(&recorded), &process);
+        attributor.name_late(&empty, false, &owner, Some(&recorded), &process);
+        attributor.name_late(&empty, false, &owner, Some(&recorded), &process);
+        // Not a pod at all: nothing to name, nothing counted.
+        let unit = cgroup_path::parse("/system.slice/crio.service");
+        assert_eq!(
+            attributor.name_late(&empty, false, &unit, None, &process),
+            None
+        );
+        assert_eq!(
+            attributor.stats().pods_unnamed,
+            BTreeMap::from([
+                ("cri_unavailable".to_string(), 2),
+                ("unknown_to_cri".to_string(), 1)
+            ])
+        );
     }
 
     #[test]

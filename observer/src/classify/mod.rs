@@ -2,11 +2,12 @@
 //!
 //! DNS queries match by name. connect() calls match when their destination
 //! address was recently given for a registry name (captured DNS answers, or
-//! the agent's own resolution of catalog names). DNS responses only teach
-//! addresses; they are not attempts by themselves.
+//! the agent's own resolution of catalog names), or lies in a catalog CIDR.
+//! DNS responses only teach addresses; they are not attempts by themselves.
 
 pub mod address_book;
 pub mod catalog;
+pub mod registries_conf;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -58,7 +59,9 @@ impl Evidence {
 /// An observation that concerns a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Match {
-    pub host: String,
+    /// The registry name; None for a connect() matched only by a catalog
+    /// CIDR (no DNS answer named the address).
+    pub host: Option<String>,
     pub entry: Entry,
     pub evidence: Vec<Evidence>,
     pub dest: Option<SocketAddr>,
@@ -90,6 +93,16 @@ impl Classifier {
         }
     }
 
+    /// Swaps in a new catalog (a configuration reload); learned addresses
+    /// and recent queries stay.
+    pub fn set_catalog(&mut self, catalog: Catalog) {
+        self.catalog = catalog;
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     pub fn is_registry(&self, name: &str) -> bool {
         self.catalog.lookup(name).is_some()
     }
@@ -113,7 +126,7 @@ impl Classifier {
                 let entry = self.catalog.lookup(name)?.clone();
                 self.remember_query(actor.tgid, name);
                 Some(Match {
-                    host: name.clone(),
+                    host: Some(name.clone()),
                     entry,
                     evidence: vec![Evidence::DnsQuery],
                     dest: None,
@@ -237,7 +250,7 @@ impl Classifier {
     ) -> Option<Match> {
         let entry = self.catalog.lookup(host)?.clone();
         Some(Match {
-            host: host.to_string(),
+            host: Some(host.to_string()),
             entry,
             evidence: vec![evidence],
             dest: Some(dest),
@@ -247,16 +260,23 @@ impl Classifier {
     }
 
     /// The registry name an address was learned for, preferring names the
-    /// process itself looked up and answers seen in its own cgroup.
-    fn by_address(&self, actor: &Actor, dest: &IpAddr) -> Option<(String, Entry, Learned)> {
+    /// process itself looked up and answers seen in its own cgroup; else the
+    /// catalog CIDR holding the address (no name then, and no DNS evidence).
+    fn by_address(&self, actor: &Actor, dest: &IpAddr) -> Option<(Option<String>, Entry, Learned)> {
         let asked = self.recent_queries.get(&actor.tgid);
         let found = self
             .book
             .lookup_from(dest, actor.boot_ns, actor.cgroup_id, |name| {
                 asked.is_some_and(|names| names.iter().any(|n| n == name))
-            })?;
-        let entry = self.catalog.lookup(found.name)?.clone();
-        Some((found.name.to_string(), entry, found.learned))
+            });
+        // A name is more telling than a range: prefer it when DNS gave one.
+        if let Some(found) = found
+            && let Some(entry) = self.catalog.lookup(found.name)
+        {
+            return Some((Some(found.name.to_string()), entry.clone(), found.learned));
+        }
+        let entry = self.catalog.lookup_address(dest)?.clone();
+        Some((None, entry, Learned::Resolved))
     }
 
     fn remember_query(&mut self, tgid: u32, name: &str) {
@@ -363,7 +383,7 @@ mod tests {
         };
         assert_eq!(c.classify(&answer), None);
         let m = c.classify(&connect(10, ip, 443)).unwrap();
-        assert_eq!(m.host, "quay.io");
+        assert_eq!(m.host.as_deref(), Some("quay.io"));
         assert_eq!(m.cookie, Some(99));
     }
 
@@ -378,15 +398,17 @@ mod tests {
         assert_eq!(
             c.classify(&in_cgroup(connect(10, ip, 443), 1))
                 .unwrap()
-                .host,
-            "quay.io"
+                .host
+                .as_deref(),
+            Some("quay.io")
         );
         assert_eq!(c.classify(&in_cgroup(connect(11, ip, 443), 2)), None);
         assert_eq!(
             c.classify(&in_cgroup(connect(12, ip, 443), 3))
                 .unwrap()
-                .host,
-            "quay.io"
+                .host
+                .as_deref(),
+            Some("quay.io")
         );
         // A non-registry answer for an address the book never held is not
         // stored at all.
@@ -407,8 +429,8 @@ mod tests {
         };
         let m = c.classify(&sni).unwrap();
         assert_eq!(
-            (m.host.as_str(), m.cookie),
-            ("registry.example.test", Some(5))
+            (m.host.as_deref(), m.cookie),
+            (Some("registry.example.test"), Some(5))
         );
         assert_eq!(m.evidence, vec![Evidence::TlsSni]);
         let proxy = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3)), 3128);
@@ -460,7 +482,7 @@ mod tests {
         assert_eq!(q.dest, None);
         assert_eq!(c.classify(&answer("quay.io", ip)), None);
         let m = c.classify(&connect(10, ip, 443)).unwrap();
-        assert_eq!(m.host, "quay.io");
+        assert_eq!(m.host.as_deref(), Some("quay.io"));
         assert_eq!(m.evidence, vec![Evidence::DnsAnswer, Evidence::Connect]);
         assert_eq!(m.dest, Some(SocketAddr::new(ip, 443)));
         // The resolver's own UDP connect() to a server at that address.
@@ -482,7 +504,7 @@ mod tests {
         let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
         c.classify(&answer("registry.example.test", ip));
         let m = c.classify(&connect(11, ip, 5000)).unwrap();
-        assert_eq!(m.host, "registry.example.test");
+        assert_eq!(m.host.as_deref(), Some("registry.example.test"));
         assert_eq!(m.entry.source, Source::CommandLine);
     }
 
@@ -493,10 +515,13 @@ mod tests {
         c.classify(&query(20, "quay.io"));
         c.classify(&answer("quay.io", ip));
         c.classify(&answer("registry.example.test", ip));
-        assert_eq!(c.classify(&connect(20, ip, 443)).unwrap().host, "quay.io");
         assert_eq!(
-            c.classify(&connect(21, ip, 443)).unwrap().host,
-            "registry.example.test"
+            c.classify(&connect(20, ip, 443)).unwrap().host.as_deref(),
+            Some("quay.io")
+        );
+        assert_eq!(
+            c.classify(&connect(21, ip, 443)).unwrap().host.as_deref(),
+            Some("registry.example.test")
         );
     }
 
@@ -506,7 +531,33 @@ mod tests {
         let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
         c.learn_resolved("registry.redhat.io", &[ip], 0);
         let m = c.classify(&connect(30, ip, 443)).unwrap();
-        assert_eq!(m.host, "registry.redhat.io");
+        assert_eq!(m.host.as_deref(), Some("registry.redhat.io"));
         assert_eq!(m.evidence, vec![Evidence::Connect]);
+    }
+
+    #[test]
+    fn connect_into_a_catalog_cidr_matches_without_a_name() {
+        let mut catalog = Catalog::builtin();
+        catalog.add(
+            Pattern::parse_network("198.18.7.0/24").unwrap(),
+            Category::ImageRegistry,
+            Source::Config,
+        );
+        let mut c = Classifier::new(catalog, AddressBook::new(16, 60_000_000_000));
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 7, 5));
+        let m = c.classify(&connect(40, ip, 5000)).unwrap();
+        assert_eq!(m.host, None);
+        assert_eq!(m.entry.pattern.to_string(), "198.18.7.0/24");
+        assert_eq!(m.evidence, vec![Evidence::Connect]);
+        // DNS for the resolver inside the range is still not an attempt.
+        assert_eq!(c.classify(&connect(40, ip, 53)), None);
+        // Once DNS names the address, the name is preferred.
+        c.classify(&answer("quay.io", ip));
+        let named = c.classify(&connect(40, ip, 443)).unwrap();
+        assert_eq!(named.host.as_deref(), Some("quay.io"));
+        assert_eq!(named.entry.pattern.to_string(), "quay.io");
+        // Outside the range and unnamed: nothing.
+        let outside = IpAddr::V4(Ipv4Addr::new(198, 18, 8, 5));
+        assert_eq!(c.classify(&connect(40, outside, 443)), None);
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use super::{Report, is_violation};
+use crate::record::Attempt;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct ViolationKey {
@@ -38,7 +39,7 @@ pub fn diff(base: &Report, new: &Report) -> Diff {
         r.attempts.iter().map(|a| a.component.clone()).collect()
     };
     let hosts = |r: &Report| -> BTreeSet<String> {
-        r.attempts.iter().filter_map(|a| a.host.clone()).collect()
+        r.attempts.iter().map(Attempt::host_or_range).collect()
     };
     let violations = |r: &Report| -> BTreeSet<ViolationKey> {
         r.attempts
@@ -47,7 +48,7 @@ pub fn diff(base: &Report, new: &Report) -> Diff {
             .map(|a| ViolationKey {
                 phase: a.phase.clone(),
                 component: a.component.clone(),
-                host: a.host.clone().unwrap_or_default(),
+                host: a.host_or_range(),
             })
             .collect()
     };
@@ -160,5 +161,20 @@ mod tests {
         assert_eq!(d, Diff::default());
         assert!(!d.regressed());
         assert!(render(&d, "x", "y").starts_with("no new violation in y compared with x\n"));
+    }
+
+    #[test]
+    fn not_enforced_contacts_and_cidr_hosts_are_no_regression_but_are_listed() {
+        let base = node_report("a", &["boot"], vec![]);
+        let mut late = attempt("install", "kubelet", "quay.io", 1);
+        late.verdict = crate::record::Verdict::NotEnforced;
+        let mut cidr = attempt("install", "python3", "198.18.0.0/15", 1);
+        cidr.host = None;
+        cidr.verdict = crate::record::Verdict::NotEnforced;
+        let new = node_report("b", &["install"], vec![late, cidr]);
+        let d = diff(&base, &new);
+        assert!(d.new_violations.is_empty());
+        assert!(!d.regressed());
+        assert_eq!(d.new_hosts, ["198.18.0.0/15", "quay.io"]);
     }
 }

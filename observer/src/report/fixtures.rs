@@ -7,7 +7,7 @@ use std::{
 
 use super::{Losses, ObserverSection, Report, SCHEMA_VERSION, summarize};
 use crate::{
-    attribute::{AttributionStats, CgroupRef, ProcessInfo},
+    attribute::{AttributionStats, CgroupRef, ProcessInfo, cri::CriStatus},
     classify::{Category, Evidence, Source},
     payload::PayloadStats,
     phase::{PhaseMarker, PhaseSource},
@@ -26,6 +26,7 @@ pub fn attempt(phase: &str, component: &str, host: &str, seen: u64) -> Attempt {
             pattern: host.into(),
             category: Category::ImageRegistry,
             source: Source::Builtin,
+            blocked: false,
         },
         dest: None,
         evidence: BTreeSet::from([Evidence::DnsQuery]),
@@ -48,6 +49,7 @@ pub fn attempt(phase: &str, component: &str, host: &str, seen: u64) -> Attempt {
         phase: phase.into(),
         verdict: Verdict::Violation,
         allowed_by: None,
+        mirror_fallback: false,
         first_seen: at(seen),
         last_seen: at(seen + 1),
         count: 2,
@@ -89,6 +91,7 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             truncated: BTreeMap::new(),
             payload_parsers: PayloadStats::default(),
             attribution: AttributionStats::default(),
+            cri: CriStatus::default(),
             complete: true,
         }),
         nodes: vec![],
@@ -106,6 +109,8 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             })
             .collect(),
         summary: summarize(&attempts),
+        policy: None,
+        registries_conf: None,
         attempts,
     }
 }

@@ -6,10 +6,10 @@ use std::{
     time::SystemTime,
 };
 
-use super::{Report, add_outcomes, is_violation};
+use super::{Report, add_outcomes};
 use crate::{
     classify::Evidence,
-    record::{Allowance, Attempt},
+    record::{Allowance, Attempt, Verdict},
 };
 
 pub struct PhaseGroup {
@@ -35,6 +35,8 @@ pub struct ComponentGroup {
     pub last_seen: SystemTime,
     /// Allowed hosts and why.
     pub allowances: BTreeMap<String, Allowance>,
+    /// Hosts contacted in a phase outside the policy's `enforce_phases`.
+    pub not_enforced_hosts: BTreeSet<String>,
     /// Processes (comm, exe) seen, for the JUnit failure text.
     pub processes: BTreeSet<String>,
 }
@@ -103,17 +105,27 @@ fn empty(attempt: &Attempt) -> ComponentGroup {
         first_seen: attempt.first_seen,
         last_seen: attempt.last_seen,
         allowances: BTreeMap::new(),
+        not_enforced_hosts: BTreeSet::new(),
         processes: BTreeSet::new(),
     }
 }
 
 fn add(group: &mut ComponentGroup, attempt: &Attempt) {
-    let host = attempt.host.clone().unwrap_or_default();
-    if is_violation(attempt.verdict) {
-        group.violation = true;
-        group.violation_hosts.insert(host.clone());
-    } else if let Some(allowance) = &attempt.allowed_by {
-        group.allowances.insert(host.clone(), allowance.clone());
+    // A connect() into a catalog CIDR has no name: show the range.
+    let host = attempt.host_or_range();
+    match attempt.verdict {
+        Verdict::Violation => {
+            group.violation = true;
+            group.violation_hosts.insert(host.clone());
+        }
+        Verdict::Allowed => {
+            if let Some(allowance) = &attempt.allowed_by {
+                group.allowances.insert(host.clone(), allowance.clone());
+            }
+        }
+        Verdict::NotEnforced => {
+            group.not_enforced_hosts.insert(host.clone());
+        }
     }
     group.hosts.insert(host);
     group.evidence.extend(attempt.evidence.iter().copied());

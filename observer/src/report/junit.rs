@@ -1,7 +1,10 @@
 //! JUnit XML for CI systems: one testsuite per phase, one testcase per
 //! component. A component that contacted a registry fails with the hosts,
 //! the evidence and the first/last time; allowed contacts pass with the
-//! reason in system-out; a phase without attempts passes with one case.
+//! reason in system-out; contacts in a phase the policy does not enforce
+//! pass too (they are not violations), with `not enforced` lines in
+//! system-out, rather than "skipped", which CI dashboards read as "did not
+//! run"; a phase without attempts passes with one case.
 
 use std::{collections::BTreeSet, time::SystemTime};
 
@@ -61,6 +64,16 @@ pub fn to_junit(report: &Report) -> Result<String, quick_junit::SerializeError> 
             };
             let mut case = TestCase::new(component.component.clone(), status);
             case.set_classname(format!("registry-observer.{}", group.phase));
+            let mut notes: Vec<String> = component
+                .not_enforced_hosts
+                .iter()
+                .map(|host| {
+                    format!(
+                        "not enforced: {host}: phase {} is outside the policy's enforce_phases",
+                        group.phase
+                    )
+                })
+                .collect();
             if !component.allowances.is_empty() {
                 let reasons: Vec<String> = component
                     .allowances
@@ -76,7 +89,10 @@ pub fn to_junit(report: &Report) -> Result<String, quick_junit::SerializeError> 
                         line
                     })
                     .collect();
-                case.set_system_out(reasons.join("\n"));
+                notes.splice(0..0, reasons);
+            }
+            if !notes.is_empty() {
+                case.set_system_out(notes.join("\n"));
             }
             suite.add_test_case(case);
         }
@@ -161,5 +177,19 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains(NO_ATTEMPT_CASE), "{xml}");
+    }
+
+    #[test]
+    fn not_enforced_contacts_pass_with_a_note() {
+        let mut late = attempt("install", "kubelet", "quay.io", 3);
+        late.verdict = crate::record::Verdict::NotEnforced;
+        let report = node_report("node-a", &["install"], vec![late]);
+        let xml = to_junit(&report).unwrap();
+        assert!(xml.contains("failures=\"0\""), "{xml}");
+        assert!(
+            xml.contains("<system-out>not enforced: quay.io: phase install is outside the policy&apos;s enforce_phases</system-out>")
+                || xml.contains("<system-out>not enforced: quay.io: phase install is outside the policy's enforce_phases</system-out>"),
+            "{xml}"
+        );
     }
 }

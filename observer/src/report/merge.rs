@@ -30,13 +30,10 @@ pub fn merge(inputs: Vec<(String, Report)>) -> Report {
                         a
                     })
                     .collect();
-                nodes.push(node_entry(
-                    name,
-                    source,
-                    observer,
-                    report.phases,
-                    &node_attempts,
-                ));
+                let mut node = node_entry(name, source, observer, report.phases, &node_attempts);
+                node.policy = report.policy;
+                node.registries_conf = report.registries_conf;
+                nodes.push(node);
                 attempts.extend(node_attempts);
             }
             None => {
@@ -63,6 +60,8 @@ pub fn merge(inputs: Vec<(String, Report)>) -> Report {
         nodes,
         phases,
         summary: summarize(&attempts),
+        policy: None,
+        registries_conf: None,
         attempts,
     }
 }
@@ -79,6 +78,8 @@ fn node_entry(
         source,
         observer,
         phases,
+        policy: None,
+        registries_conf: None,
         attempts: attempts.len(),
         violations: attempts.iter().filter(|a| is_violation(a.verdict)).count(),
         events: attempts.iter().map(|a| a.count).sum(),

@@ -26,10 +26,11 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attribute::AttributionStats,
-    classify::Category,
+    attribute::{AttributionStats, cri::CriStatus},
+    classify::{Category, registries_conf::RegistriesConfReport},
     payload::PayloadStats,
     phase::PhaseMarker,
+    policy::PolicyReport,
     record::{Attempt, Verdict, parse_rfc3339, rfc3339},
 };
 
@@ -37,7 +38,12 @@ use crate::{
 /// cluster reports (`nodes`, `attempts[].node`) from `report merge`; the
 /// capture's `observer.hooks_missing`, `observer.truncated` (replacing
 /// `dns_truncated`), `observer.payload_parsers`, `attempts[].outcomes`,
-/// the sendmsg/TLS/HTTP evidence kinds and `attribution.from_lineage`.
+/// the sendmsg/TLS/HTTP evidence kinds and `attribution.from_lineage`;
+/// the policy's `policy` and `registries_conf` sections, the
+/// `not_enforced` verdict, `summary.not_enforced`/`mirror_fallbacks`,
+/// `attempts[].mirror_fallback`, `registry.blocked`, host-less (CIDR)
+/// attempts, `observer.cri`, pod labels and `attribution.pods_unnamed`.
+/// Every field version 2 added reads as empty/zero/false from version 1.
 pub const SCHEMA_VERSION: u32 = 2;
 /// Versions `report summarize|merge|diff` read. Version 1 reports lack the
 /// fields version 2 added; they read as one phase-less node.
@@ -57,6 +63,13 @@ pub struct Report {
     #[serde(default)]
     pub phases: Vec<PhaseMarker>,
     pub summary: Summary,
+    /// The policy in force and what each allowlist entry did (a node's
+    /// report); null in a cluster report, whose nodes carry their own.
+    #[serde(default)]
+    pub policy: Option<PolicyReport>,
+    /// What was imported from registries.conf; null when not read.
+    #[serde(default)]
+    pub registries_conf: Option<RegistriesConfReport>,
     pub attempts: Vec<Attempt>,
 }
 
@@ -69,6 +82,11 @@ pub struct NodeEntry {
     pub source: String,
     pub observer: ObserverSection,
     pub phases: Vec<PhaseMarker>,
+    /// The node report's `policy` and `registries_conf` sections.
+    #[serde(default)]
+    pub policy: Option<PolicyReport>,
+    #[serde(default)]
+    pub registries_conf: Option<RegistriesConfReport>,
     /// Attempts, violations and events seen on this node.
     pub attempts: usize,
     pub violations: usize,
@@ -116,6 +134,9 @@ pub struct ObserverSection {
     pub payload_parsers: PayloadStats,
     #[serde(default)]
     pub attribution: AttributionStats,
+    /// Whether pods could be named through the CRI API, and if not why.
+    #[serde(default)]
+    pub cri: CriStatus,
     /// True when every hook was attached for the whole run and no event was
     /// lost: only then does "no attempts" mean none happened.
     pub complete: bool,
@@ -192,6 +213,13 @@ pub struct Summary {
     pub attempts: usize,
     pub violations: usize,
     pub allowed: usize,
+    /// Attempts in phases the policy does not cover: neither violations nor
+    /// allowed.
+    #[serde(default)]
+    pub not_enforced: usize,
+    /// Attempts to sources that have mirrors (possible mirror fallbacks).
+    #[serde(default)]
+    pub mirror_fallbacks: usize,
     pub hosts: Vec<HostSummary>,
     pub components: Vec<String>,
     /// Per phase that had attempts, in order of its first attempt.
@@ -250,7 +278,8 @@ fn epoch() -> SystemTime {
 pub fn summarize(attempts: &[Attempt]) -> Summary {
     let mut hosts: BTreeMap<String, HostSummary> = BTreeMap::new();
     for attempt in attempts {
-        let host = attempt.host.clone().unwrap_or_default();
+        // Unnamed attempts (a connect() into a catalog CIDR) group by range.
+        let host = attempt.host_or_range();
         let summary = hosts.entry(host.clone()).or_insert_with(|| HostSummary {
             host,
             category: attempt.registry.category,
@@ -273,11 +302,13 @@ pub fn summarize(attempts: &[Attempt]) -> Summary {
         }
     }
     let components: BTreeSet<String> = attempts.iter().map(|a| a.component.clone()).collect();
-    let violations = attempts.iter().filter(|a| is_violation(a.verdict)).count();
+    let count = |verdict: Verdict| attempts.iter().filter(|a| a.verdict == verdict).count();
     Summary {
         attempts: attempts.len(),
-        violations,
-        allowed: attempts.len() - violations,
+        violations: count(Verdict::Violation),
+        allowed: count(Verdict::Allowed),
+        not_enforced: count(Verdict::NotEnforced),
+        mirror_fallbacks: attempts.iter().filter(|a| a.mirror_fallback).count(),
         hosts: hosts.into_values().collect(),
         components: components.into_iter().collect(),
         phases: summarize_phases(attempts),
@@ -310,11 +341,12 @@ fn summarize_phases(attempts: &[Attempt]) -> Vec<PhaseSummary> {
     ordered.into_iter().map(|(_, summary)| summary).collect()
 }
 
-/// Whether a verdict fails a CI gate.
+/// Whether a verdict fails a CI gate. `not_enforced` (a phase outside the
+/// policy's `enforce_phases`) does not: it is reported, not judged.
 pub fn is_violation(verdict: Verdict) -> bool {
     match verdict {
         Verdict::Violation => true,
-        Verdict::Allowed => false,
+        Verdict::Allowed | Verdict::NotEnforced => false,
     }
 }
 
@@ -446,7 +478,7 @@ mod tests {
     use super::*;
     use crate::{
         classify::Evidence,
-        report::fixtures::{attempt, node_report},
+        report::fixtures::{self, attempt, node_report},
     };
 
     #[test]
@@ -569,7 +601,34 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("outcomes");
+        // Nor policy, registries.conf or CRI fields.
+        object.remove("policy");
+        object.remove("registries_conf");
+        for field in ["not_enforced", "mirror_fallbacks"] {
+            object["summary"].as_object_mut().unwrap().remove(field);
+        }
+        let attempt = object["attempts"][0].as_object_mut().unwrap();
+        attempt.remove("mirror_fallback");
+        attempt["registry"]
+            .as_object_mut()
+            .unwrap()
+            .remove("blocked");
+        attempt["pod"] = serde_json::json!({
+            "uid": "0f1e2d3c", "namespace": null, "name": null, "container": null
+        });
+        let observer = object["observer"].as_object_mut().unwrap();
+        observer.remove("cri");
+        observer["attribution"]
+            .as_object_mut()
+            .unwrap()
+            .remove("pods_unnamed");
         let report = parse("old.json", &value.to_string()).unwrap();
+        assert_eq!(report.policy, None);
+        assert_eq!(report.registries_conf, None);
+        assert_eq!(report.summary.not_enforced, 0);
+        assert!(!report.attempts[0].mirror_fallback);
+        assert!(!report.attempts[0].registry.blocked);
+        assert!(report.attempts[0].pod.as_ref().unwrap().labels.is_empty());
         assert_eq!(report.schema_version, 1);
         assert!(report.phases.is_empty());
         assert_eq!(report.attempts[0].allowed_by, None);
@@ -581,6 +640,53 @@ mod tests {
         );
         assert!(observer.hooks_missing.is_empty());
         assert_eq!(observer.payload_parsers, PayloadStats::default());
+        assert_eq!(observer.cri, CriStatus::default());
+    }
+
+    #[test]
+    fn not_enforced_is_neither_violation_nor_allowed_and_cidr_hosts_group_by_range() {
+        let mut late = attempt("install", "kubelet", "quay.io", 5);
+        late.verdict = Verdict::NotEnforced;
+        let mut cidr = attempt("boot", "python3", "198.18.0.0/15", 7);
+        cidr.host = None;
+        cidr.mirror_fallback = true;
+        let report = node_report(
+            "n",
+            &["boot", "install"],
+            vec![
+                late,
+                cidr,
+                fixtures::allowed(attempt("boot", "crio", "quay.io", 9), "known"),
+            ],
+        );
+        let summary = &report.summary;
+        assert_eq!(
+            (
+                summary.attempts,
+                summary.violations,
+                summary.allowed,
+                summary.not_enforced,
+                summary.mirror_fallbacks
+            ),
+            (3, 1, 1, 1, 1)
+        );
+        let hosts: Vec<&str> = summary.hosts.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(hosts, ["198.18.0.0/15", "quay.io"]);
+        let install = summary
+            .phases
+            .iter()
+            .find(|p| p.phase == "install")
+            .unwrap();
+        assert_eq!(install.violations, 0);
+        // Round trip keeps the verdict, the null host and the policy section.
+        let mut report = report;
+        report.policy = Some(PolicyReport {
+            enforce_phases: vec!["boot".into()],
+            allow: vec![],
+        });
+        let again = parse("r.json", &serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(again.attempts, report.attempts);
+        assert_eq!(again.policy, report.policy);
     }
 
     #[test]

@@ -95,8 +95,13 @@ fn headline(report: &Report) -> String {
     } else {
         format!("INCOMPLETE: {}", incomplete.join("; "))
     };
+    let not_enforced = if summary.not_enforced > 0 {
+        format!(", {} not enforced", summary.not_enforced)
+    } else {
+        String::new()
+    };
     format!(
-        "{scope}: {} attempt(s), {} violation(s), {} allowed; observation {completeness}",
+        "{scope}: {} attempt(s), {} violation(s), {} allowed{not_enforced}; observation {completeness}",
         summary.attempts, summary.violations, summary.allowed
     )
 }
@@ -108,6 +113,8 @@ fn row(phase: &str, group: &ComponentGroup, cluster: bool, format: Format) -> Ve
         code(&group.component, format),
         if group.violation {
             "violation".into()
+        } else if group.allowances.is_empty() && !group.not_enforced_hosts.is_empty() {
+            "not enforced".into()
         } else {
             "allowed".into()
         },
