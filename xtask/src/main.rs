@@ -87,7 +87,8 @@ enum Task {
     /// Setup, then formatting, clippy, unit tests and the privileged
     /// integration tests.
     Test,
-    /// Setup, build (release) and measure the observer's overhead.
+    /// Build (release) and measure: the overhead workloads (arguments go to
+    /// tests/src/bin/overhead.rs), then the pipeline benchmark (criterion).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -159,7 +160,15 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
                     root.join("target/release/registry-observer"),
                 )
                 .status()
-                .context("running the benchmark")?;
+                .context("running the overhead benchmark")?;
+            if !status.success() {
+                return Ok(exit_code(status.code()));
+            }
+            // The user-space pipeline on recorded events (criterion).
+            let status = Command::new("cargo")
+                .args(["bench", "-p", "registry-observer", "--bench", "pipeline"])
+                .status()
+                .context("running the pipeline benchmark")?;
             Ok(exit_code(status.code()))
         }
     }
