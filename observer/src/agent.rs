@@ -378,6 +378,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     let kernel_lost: u64 = losses.kernel.values().sum();
     let events_lost = kernel_lost + losses.user_queue;
+    let mut recorder = recorder;
+    recorder.close_unanswered_dns(SystemTime::now());
     let mut attempts = recorder.into_attempts();
     // Judged again by the policy in force at the end (a reload may have
     // changed it, a late pod name may match another entry), so verdicts,

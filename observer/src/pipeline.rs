@@ -155,11 +155,13 @@ impl Pipeline {
         if let Observation::DnsResponse {
             actor, name, rcode, ..
         } = observation
-            && *rcode != ResponseCode::NoError
             && self.classifier.is_registry(name)
         {
-            self.recorder
-                .dns_outcome(actor.cgroup_id, name, &decode::dns_outcome_name(*rcode));
+            self.recorder.dns_answered(actor.cgroup_id, name);
+            if *rcode != ResponseCode::NoError {
+                self.recorder
+                    .dns_outcome(actor.cgroup_id, name, &decode::dns_outcome_name(*rcode));
+            }
         }
         let Some(matched) = self.classifier.classify(observation) else {
             return;

@@ -89,7 +89,8 @@ pub struct Attempt {
     pub node: Option<String>,
     /// How the contacts ended, counted: TCP handshakes (`established`,
     /// `refused`, `timed_out`, `unreachable`, `aborted`, `error_N`) and
-    /// failed DNS answers (`dns_nxdomain`, `dns_servfail`, ...).
+    /// failed DNS answers (`dns_nxdomain`, `dns_servfail`, ...) and queries
+    /// left unanswered (`dns_no_answer`).
     #[serde(default)]
     pub outcomes: BTreeMap<String, u64>,
 }
@@ -140,7 +141,20 @@ pub struct Recorder {
     attempts: Vec<Attempt>,
     index: HashMap<AttemptKey, usize>,
     connections: HashMap<u64, Joined>,
+    /// Registry queries not answered yet, by (cgroup id, host): the attempt
+    /// and the time of the latest query. Only registry names, so small.
+    unanswered_dns: HashMap<(u64, String), UnansweredDns>,
 }
+
+struct UnansweredDns {
+    attempt: usize,
+    queries: u64,
+    last_query: SystemTime,
+}
+
+/// A query with no answer after this long is counted `dns_no_answer`
+/// (resolvers retry after 5 s by default: resolv.conf(5) `timeout`).
+pub const DNS_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Recorder {
     /// Records one match; returns the attempt it was merged into, for the
@@ -152,8 +166,7 @@ impl Recorder {
         phase: &str,
         at: SystemTime,
     ) -> &mut Attempt {
-        let index = self.merge(matched, origin, phase, at);
-        &mut self.attempts[index]
+        self.record_with_outcome(matched, origin, phase, at, None)
     }
 
     /// [`Recorder::record`] for a match whose connection already ended its
@@ -171,7 +184,51 @@ impl Recorder {
         if let (Some(cookie), Some(outcome)) = (matched.cookie, handshake_outcome) {
             self.connection_outcome(cookie, outcome);
         }
+        if matched.evidence.contains(&Evidence::DnsQuery)
+            && let Some(host) = &matched.host
+        {
+            let pending = self
+                .unanswered_dns
+                .entry((origin.cgroup.id, host.clone()))
+                .or_insert(UnansweredDns {
+                    attempt: index,
+                    queries: 0,
+                    last_query: at,
+                });
+            pending.attempt = index;
+            pending.queries += 1;
+            pending.last_query = pending.last_query.max(at);
+        }
         &mut self.attempts[index]
+    }
+
+    /// A DNS response for `host` reached a socket in `cgroup_id`: one query
+    /// of it was answered (whatever the answer said).
+    pub fn dns_answered(&mut self, cgroup_id: u64, host: &str) {
+        let key = (cgroup_id, host.to_string());
+        if let Some(pending) = self.unanswered_dns.get_mut(&key) {
+            pending.queries -= 1;
+            if pending.queries == 0 {
+                self.unanswered_dns.remove(&key);
+            }
+        }
+    }
+
+    /// At the end of the run: queries still unanswered [`DNS_ANSWER_TIMEOUT`]
+    /// after the latest one are counted as `dns_no_answer` on their attempt
+    /// (on a disconnected node, the DNS server may drop them). Queries sent
+    /// within the timeout before `now` are left uncounted: their answer may
+    /// simply not have come yet.
+    pub fn close_unanswered_dns(&mut self, now: SystemTime) {
+        for pending in std::mem::take(&mut self.unanswered_dns).into_values() {
+            let waited = now.duration_since(pending.last_query).unwrap_or_default();
+            if waited >= DNS_ANSWER_TIMEOUT {
+                *self.attempts[pending.attempt]
+                    .outcomes
+                    .entry("dns_no_answer".to_string())
+                    .or_default() += pending.queries;
+            }
+        }
     }
 
     /// Merges the match into its attempt; returns the attempt's index.
@@ -406,6 +463,24 @@ mod tests {
         );
         assert_eq!(json["verdict"], "violation");
         assert_eq!(json["registry"]["category"], "image-registry");
+    }
+
+    #[test]
+    fn unanswered_registry_queries_become_dns_no_answer_after_the_timeout() {
+        let mut recorder = Recorder::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // Two queries (A, AAAA) from cgroup 1, one answered.
+        recorder.record(&query(), &origin(7, 1), "boot", t0);
+        recorder.record(&query(), &origin(7, 1), "boot", t0);
+        recorder.dns_answered(1, "quay.io");
+        // An answer for another cgroup's query does not count here.
+        recorder.dns_answered(2, "quay.io");
+        // A query from cgroup 2 sent just before the end: undecided.
+        recorder.record(&query(), &origin(8, 2), "boot", t0 + Duration::from_secs(9));
+        recorder.close_unanswered_dns(t0 + Duration::from_secs(10));
+        let attempts = recorder.attempts();
+        assert_eq!(attempts[0].outcomes.get("dns_no_answer"), Some(&1));
+        assert_eq!(attempts[1].outcomes.get("dns_no_answer"), None);
     }
 
     #[test]

@@ -249,3 +249,37 @@ fn a_process_that_connects_and_exits_at_once_is_fully_attributed() {
         "{ancestors:#?}"
     );
 }
+
+/// A registry query nobody answers (no DNS server at the address: the
+/// disconnected case) is counted `dns_no_answer` once the answer is overdue.
+#[test]
+fn a_registry_query_without_an_answer_is_counted_as_such() {
+    let testbed = setup();
+    require_root_and_tools(&["dig"]);
+    let report_path = testbed.temp_dir().join("no-answer.json");
+    let cgroup = TestCgroup::create("noanswer");
+    let agent = start_agent(&report_path);
+    // Nothing listens on the namespace's loopback port 53.
+    let output = output_within(
+        &mut in_netns(
+            &testbed,
+            &cgroup,
+            &["dig", "@127.0.0.1", "+tries=1", "+time=1", "quay.io"],
+        ),
+        CLIENT_TIMEOUT,
+    )
+    .expect("running dig");
+    assert!(!output.status.success(), "dig got an answer: {output:?}");
+    // The answer is overdue after DNS_ANSWER_TIMEOUT (5 s).
+    std::thread::sleep(std::time::Duration::from_millis(5_500));
+    assert!(agent.stop().status.success());
+    assert_valid_report(&report_path);
+    let report = read_report(&report_path);
+    let attempt = only_attempt(&report, &cgroup);
+    assert_eq!(evidence(&attempt), ["dns_query"]);
+    assert_eq!(
+        attempt["outcomes"],
+        json!({"dns_no_answer": attempt["count"]}),
+        "{attempt:#}"
+    );
+}
