@@ -776,3 +776,118 @@ fn missing_hooks_exit_3_unless_allowed() {
         assert!(hooks.contains(&"connect4".into()), "{observer:#}");
     }
 }
+
+/// The release engineer's case: during boot an allowlisted component (getent,
+/// with a reason, a link and an expiry date) contacts a registry; after
+/// `mark upgrade` a component that is not allowlisted (skopeo) does. Verdicts,
+/// the exit code with --fail-on-violation, JUnit (read by junitparser) and
+/// /metrics all say the same.
+#[test]
+fn an_allowlisted_and_a_violating_component_across_two_phases() {
+    let testbed = setup();
+    let out = Outputs::new(&testbed, "allowlist");
+    let config = testbed.temp_dir().join("allowlist.yaml");
+    std::fs::write(
+        &config,
+        "policy:\n  allow:\n    - component: getent\n      host: registry.redhat.io\n      \
+         reason: probe tolerated until OCPBUGS-00002 ships\n      \
+         link: https://issues.example/OCPBUGS-00002\n      expires: 2099-12-31\n",
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let agent = Agent::start(&strs(&out.args(&[
+        "--fail-on-violation",
+        "--config",
+        &config_arg,
+    ])));
+    let boot = TestCgroup::create("allowed");
+    failed_lookup(&testbed, &boot, "registry.redhat.io");
+    run_checked(
+        Command::new(agent_binary())
+            .args(["mark", "upgrade", "--socket"])
+            .arg(&out.socket),
+        CLIENT_TIMEOUT,
+    )
+    .expect("registry-observer mark upgrade");
+    let upgrade = TestCgroup::create("violating");
+    skopeo_inspect(&testbed, &upgrade);
+    let wait = std::time::Instant::now();
+    let metrics = loop {
+        let (status, body) = curl(&[&out.url("/metrics")]);
+        assert_eq!(status, 200);
+        if body.contains("component=\"skopeo\"") || wait.elapsed() > Duration::from_secs(10) {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = agent.stop();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+
+    let report = read_report(&out.report);
+    assert_valid_report(&out.report);
+    let allowed = attempts_in(&report, &boot);
+    assert!(!allowed.is_empty());
+    for attempt in &allowed {
+        assert_eq!(attempt["phase"], "boot");
+        assert_eq!(attempt["verdict"], "allowed", "{attempt:#}");
+        assert_eq!(
+            attempt["allowed_by"]["reason"],
+            "probe tolerated until OCPBUGS-00002 ships"
+        );
+        assert_eq!(attempt["allowed_by"]["expires"], "2099-12-31");
+    }
+    let violating = attempts_in(&report, &upgrade);
+    assert!(!violating.is_empty());
+    for attempt in &violating {
+        assert_eq!(attempt["phase"], "upgrade");
+        assert_eq!(attempt["verdict"], "violation", "{attempt:#}");
+    }
+
+    let line_with = |parts: &[&str]| {
+        metrics.lines().any(|l| {
+            l.starts_with("registry_observer_attempts_total{")
+                && parts.iter().all(|p| l.contains(p))
+        })
+    };
+    assert!(
+        line_with(&[
+            "component=\"getent\"",
+            "phase=\"boot\"",
+            "verdict=\"allowed\""
+        ]),
+        "{metrics}"
+    );
+    assert!(
+        line_with(&[
+            "component=\"skopeo\"",
+            "phase=\"upgrade\"",
+            "verdict=\"violation\""
+        ]),
+        "{metrics}"
+    );
+
+    let cases = python(
+        "import sys\n\
+         from junitparser import JUnitXml, Failure\n\
+         for suite in JUnitXml.fromfile(sys.argv[1]):\n\
+         \x20   for case in suite:\n\
+         \x20       failed = any(isinstance(r, Failure) for r in case.result)\n\
+         \x20       out = (case.system_out or '').replace('\\n', ' ')\n\
+         \x20       print(f\"{suite.name}|{case.name}|{'failed' if failed else 'passed'}|{out}\")",
+        &[&out.junit],
+    );
+    let getent = cases
+        .lines()
+        .find(|l| l.starts_with("phase boot|getent|"))
+        .unwrap_or_else(|| panic!("no getent case in the boot suite:\n{cases}"));
+    assert!(getent.contains("|passed|"), "{getent}");
+    assert!(
+        getent.contains("probe tolerated until OCPBUGS-00002 ships"),
+        "{getent}"
+    );
+    let skopeo = cases
+        .lines()
+        .find(|l| l.starts_with("phase upgrade|skopeo|"))
+        .unwrap_or_else(|| panic!("no skopeo case in the upgrade suite:\n{cases}"));
+    assert!(skopeo.contains("|failed|"), "{skopeo}");
+}
