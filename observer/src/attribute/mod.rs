@@ -12,6 +12,7 @@ pub mod cri;
 pub mod lineage;
 pub mod pods;
 pub mod procfs;
+pub mod pull_intent;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
