@@ -58,7 +58,8 @@ exits 2 on bad input (a malformed report names FILE:LINE:COLUMN)."
         unit or container, and written to a JSON report.",
     after_help = concat!(
         exit_codes!(),
-        "\n\n`lint` has its own exit codes: registry-observer lint --help"
+        "\n\n`lint` and `webhook` have their own exit codes: registry-observer lint --help, \
+         registry-observer webhook --help"
     )
 )]
 pub struct Cli {
@@ -141,6 +142,19 @@ pub enum Command {
         )
     )]
     Lint(crate::lint::LintArgs),
+
+    /// Admission webhook: warn about or deny workloads that would contact a registry.
+    #[command(
+        long_about = "A Kubernetes validating admission webhook (AdmissionReview v1 over HTTPS) \
+            that applies lint's checks to every Pod, Deployment, DaemonSet, StatefulSet, \
+            ReplicaSet, Job and CronJob created or updated: in warn mode it admits them and \
+            returns each finding as an admission warning (kubectl prints them); in deny mode \
+            it rejects those with findings at or above --fail-level, naming each container, \
+            field and fix. An UPDATE is denied only for findings it introduces. Manifests: \
+            deploy/webhook/.",
+        after_help = crate::webhook_help!()
+    )]
+    Webhook(crate::webhook::WebhookArgs),
 
     /// Tell a running agent that a new phase begins (e.g. upgrade).
     #[command(
@@ -372,6 +386,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Lint(args) => crate::lint::run(args),
+        Command::Webhook(args) => crate::webhook::run(args),
         Command::Run(args) => run(*args),
         Command::Mark(args) => mark(&args),
         Command::Report(command) => match report_command(command) {

@@ -11,7 +11,8 @@
 //! (JSON, and from it JUnit, summaries, merge and diff), `events_log`
 //! (JSONL), `metrics` served by `http`; `phase` changes arrive through
 //! `control` (the socket) or `http`. `lint` checks Kubernetes manifests for
-//! image pull policies that contact a registry (its own stages inside).
+//! image pull policies that contact a registry (its own stages inside);
+//! `webhook` applies the same checks to AdmissionReviews over HTTPS.
 
 pub mod agent;
 pub mod attribute;
@@ -38,6 +39,7 @@ pub mod record;
 pub mod report;
 pub mod scope;
 pub mod textfile;
+pub mod webhook;
 
 /// An error that is the user's to fix (privileges, paths, the machine's
 /// setup): printed as one sentence, exit code 2.

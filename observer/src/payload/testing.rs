@@ -8,12 +8,17 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, pki_types::ServerNam
 use super::{Finding, Mode, Progress, Segment, StreamAssembler};
 
 /// The bytes rustls writes to start a handshake with `server` (a name, or an
-/// IP address, which rustls sends no SNI for). rustls 0.23's default provider
-/// offers an X25519MLKEM768 key share, as Go >= 1.24 does.
+/// IP address, which rustls sends no SNI for). rustls 0.23's aws-lc-rs
+/// provider offers an X25519MLKEM768 key share, as Go >= 1.24 does.
 pub fn rustls_client_hello(server: &str) -> Vec<u8> {
+    // Named, not the process default: the webhook enables the `ring`
+    // provider too, and with two compiled in rustls picks neither.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     // The handshake never gets far enough to verify a certificate, so no
     // roots are needed.
-    let config = ClientConfig::builder()
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
         .with_root_certificates(RootCertStore::empty())
         .with_no_client_auth();
     let server = ServerName::try_from(server.to_owned()).expect("valid server name");
