@@ -16,6 +16,7 @@ mod cgroup;
 mod containerd;
 pub mod observe;
 mod process;
+mod service;
 mod testbed;
 
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +26,7 @@ pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root};
 pub use containerd::{CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, RunningPod};
 pub use process::{output_within, run_checked};
+pub use service::{Service, ServiceOutput};
 pub use testbed::{Daemon, TESTBED_TOOLS, Testbed};
 
 /// Panics with one sentence naming what is missing: root, or the executables

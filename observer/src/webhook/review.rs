@@ -294,9 +294,7 @@ impl FindingKey {
 /// `Always` may have been written by Kubernetes itself: say so.
 fn short_problem(finding: &Finding) -> &'static str {
     match finding.rule {
-        Rule::ExplicitAlways
-            if default_pull_policy(&finding.container.image) == PullPolicy::Always =>
-        {
+        Rule::ExplicitAlways if may_be_defaulted(finding) => {
             "imagePullPolicy Always (written, or defaulted for a latest/untagged image) pulls on every start"
         }
         Rule::ExplicitAlways => "imagePullPolicy Always pulls on every start",
@@ -306,6 +304,13 @@ fn short_problem(finding: &Finding) -> &'static str {
         Rule::TagNotDigest => "image pinned by tag, not digest",
         Rule::ShortName => "image names no registry",
     }
+}
+
+/// An explicit `Always` that the API server's defaulting may have written:
+/// the user may never have typed it.
+fn may_be_defaulted(finding: &Finding) -> bool {
+    finding.rule == Rule::ExplicitAlways
+        && default_pull_policy(&finding.container.image) == PullPolicy::Always
 }
 
 /// Where a finding is: `Deployment shop/web container "nginx"` (init and
@@ -377,10 +382,15 @@ pub fn denial_message(findings: &[&Finding]) -> String {
     );
     for finding in findings.iter().take(MAX_DENIED_LISTED) {
         message.push_str(&format!(
-            "\n- {} ({}): {} [{}]; fix: {}",
+            "\n- {} ({}): {}{} [{}]; fix: {}",
             container_ref(finding),
             finding.path,
             sanitize(&finding.message),
+            if may_be_defaulted(finding) {
+                " (Kubernetes writes Always itself for an image with a latest or no tag)"
+            } else {
+                ""
+            },
             finding.rule,
             sanitize(&finding.fix)
         ));
