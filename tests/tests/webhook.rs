@@ -880,3 +880,55 @@ fn deploy_manifests_match_the_server_and_each_other() {
         String::from_utf8_lossy(&lint.stdout)
     );
 }
+
+/// deploy/webhook/ against the Kubernetes API schemas, offline and strict
+/// (unknown fields are errors): PyPI's kubernetes-validate, installed by
+/// `cargo xtask setup` into target/test-venv.
+#[test]
+fn deploy_manifests_validate_against_the_kubernetes_schemas() {
+    let validator = workspace_root().join("target/test-venv/bin/kubernetes-validate");
+    assert!(
+        validator.is_file(),
+        "{} is missing: `cargo xtask setup` installs it",
+        validator.display()
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("deploy/webhook"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "{files:?}");
+    let output = output_within(
+        Command::new(&validator)
+            .args(["--strict", "--no-warn"])
+            .args(&files),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    // Every resource was checked: five of them (the PodDisruptionBudget
+    // shares deployment.yaml).
+    assert_eq!(text.matches(" passed for resource ").count(), 5, "{text}");
+
+    // And the validator is not a rubber stamp: a misspelt field fails.
+    let scratch = tempfile::tempdir().unwrap();
+    let typo = scratch.path().join("typo.yaml");
+    let original = std::fs::read_to_string(
+        workspace_root().join("deploy/webhook/validatingwebhookconfiguration.yaml"),
+    )
+    .unwrap();
+    std::fs::write(&typo, original.replace("failurePolicy:", "failurPolicy:")).unwrap();
+    let output = output_within(
+        Command::new(&validator).arg("--strict").arg(&typo),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("failurPolicy"));
+}

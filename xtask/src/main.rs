@@ -54,6 +54,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     // An independent validator for the report against docs/report.schema.json.
     "python3-jsonschema",
+    // A virtual environment for the PyPI test tools (setup_python_tools).
+    "python3-venv",
     // Independent consumers of the outputs: `promtool check metrics` for
     // /metrics, an OpenMetrics parser, a JUnit parser; curl scrapes and
     // POSTs. Debian's packages for /usr/bin/python3, like jsonschema (pip
@@ -269,6 +271,54 @@ fn setup() -> anyhow::Result<()> {
     setup_apt_packages()?;
     setup_bpf_linker()?;
     setup_bpffs()?;
+    setup_python_tools()?;
+    Ok(())
+}
+
+/// PyPI tools the tests run that Debian does not package, in a virtual
+/// environment under target/ (Debian's python refuses pip, PEP 668).
+const PYTHON_TOOLS: &[(&str, &str)] = &[
+    // Validates deploy/ manifests offline against the Kubernetes schemas
+    // it bundles (tests/tests/webhook.rs).
+    ("kubernetes-validate", "1.37.0"),
+];
+
+/// Where [`PYTHON_TOOLS`] are installed; the tests look there too.
+fn test_venv() -> PathBuf {
+    workspace_root().join("target/test-venv")
+}
+
+fn setup_python_tools() -> anyhow::Result<()> {
+    let venv = test_venv();
+    let pip = venv.join("bin/pip");
+    let missing: Vec<String> = PYTHON_TOOLS
+        .iter()
+        .filter(|(tool, version)| {
+            !Command::new(venv.join("bin").join(tool))
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+        })
+        .map(|(tool, version)| format!("{tool}=={version}"))
+        .collect();
+    if missing.is_empty() {
+        say("python test tools: already installed");
+        return Ok(());
+    }
+    if !pip.exists() {
+        run_checked(
+            Command::new("/usr/bin/python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv),
+        )?;
+    }
+    run_checked(Command::new(&pip).args(["install", "-q"]).args(&missing))?;
+    say(&format!(
+        "python test tools: installed {} in {}",
+        missing.join(" "),
+        venv.display()
+    ));
     Ok(())
 }
 

@@ -220,3 +220,73 @@ async fn watch_pair(mut watcher: Watcher, store: Arc<CertStore>, service: Arc<Se
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(extra: &[&str]) -> Result<WebhookArgs, String> {
+        let mut argv = vec![
+            "registry-observer",
+            "webhook",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+        ];
+        argv.extend(extra);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Webhook(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_warn_error_all_namespaces_on_8443() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.mode, Mode::Warn);
+        assert_eq!(args.fail_level, FailLevel::Error);
+        assert_eq!(args.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert!(args.include_namespaces.is_empty() && args.exclude_namespaces.is_empty());
+        assert!(!args.verbose);
+    }
+
+    #[test]
+    fn flags_parse_and_bad_ones_say_why() {
+        let args = parse(&[
+            "--mode",
+            "deny",
+            "--fail-level",
+            "warning",
+            "--include-namespace",
+            "team-*",
+            "--exclude-namespace",
+            "team-infra",
+            "--exclude-namespace",
+            "kube-system",
+            "--listen",
+            "127.0.0.1:9443",
+        ])
+        .unwrap();
+        assert_eq!(args.mode, Mode::Deny);
+        assert_eq!(args.fail_level, FailLevel::Warning);
+        assert_eq!(args.include_namespaces[0].to_string(), "team-*");
+        assert_eq!(args.exclude_namespaces.len(), 2);
+        for (flag, value, reason) in [
+            ("--fail-level", "none", "--mode warn"),
+            ("--mode", "block", "warn, deny"),
+            ("--include-namespace", "a*b", "only at the end"),
+            ("--listen", "localhost", "socket address"),
+        ] {
+            let error = parse(&[flag, value]).unwrap_err();
+            assert!(error.contains(reason), "{flag} {value}: {error}");
+        }
+        assert!(Cli::try_parse_from(["registry-observer", "webhook", "--cert", "c"]).is_err());
+    }
+}
