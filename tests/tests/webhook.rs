@@ -932,3 +932,40 @@ fn deploy_manifests_validate_against_the_kubernetes_schemas() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("failurPolicy"));
 }
+
+/// A client that sends headers and then stalls gets 408 when the 10 s read
+/// timeout passes, instead of holding the connection; other clients are
+/// served meanwhile.
+#[test]
+fn a_stalled_body_times_out_and_others_are_served_meanwhile() {
+    let pki = Pki::new();
+    let pair = pki.issue("server", 6);
+    let webhook = Webhook::start(&pki, &pair, &[]);
+    // Promises 100 bytes, sends none, keeps the connection open for 13 s.
+    let script = format!(
+        "(printf 'POST /validate HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/json\\r\\n\
+         Content-Length: 100\\r\\n\\r\\n'; sleep 13) \
+         | openssl s_client -quiet -connect 127.0.0.1:{} -CAfile {} 2>/dev/null",
+        webhook.port,
+        webhook.ca.display()
+    );
+    let started = Instant::now();
+    let stalled = std::thread::spawn(move || {
+        output_within(Command::new("sh").args(["-c", &script]), TIMEOUT).expect("s_client")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let served = webhook.review(&review("uid-meanwhile", "shop", deployment_clean()));
+    assert_eq!(served["allowed"], true);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served while the other stalls"
+    );
+    let output = stalled.join().unwrap();
+    let reply = String::from_utf8_lossy(&output.stdout);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("did not arrive within 10s"), "{reply}");
+    assert_eq!(
+        webhook.metric("registry_observer_webhook_reviews_total{mode=\"warn\",outcome=\"error\"}"),
+        1
+    );
+}
