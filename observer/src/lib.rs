@@ -25,6 +25,7 @@ pub mod decode;
 pub mod events_log;
 pub mod export;
 pub mod http;
+pub mod kubernetes;
 pub mod lint;
 pub mod load;
 pub mod metrics;
