@@ -374,7 +374,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         eprintln!(
             "registry-observer: warning: the Kubernetes API was unavailable ({}); pulls are not \
              joined to kubelet events or pod specs",
-            kubernetes_status.reason.as_deref().unwrap_or("no reason recorded")
+            kubernetes_status
+                .reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
         );
     }
     // Before the policy judges again below: a pod named late can change the

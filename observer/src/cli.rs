@@ -16,8 +16,8 @@ use crate::{
     classify::Pattern,
     config::{self, Config},
     control, http, load,
-    preflight,
     phase::PhaseName,
+    preflight,
     report::{self, diff, merge, text},
 };
 

@@ -313,14 +313,25 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.0.line, Some(3), "{err}");
-        assert!(err.to_string().contains("unknown field `kubeconfg`"), "{err}");
-        let err = parse(Path::new("c.toml"), "[kubernetes]
+        assert!(
+            err.to_string().contains("unknown field `kubeconfg`"),
+            "{err}"
+        );
+        let err = parse(
+            Path::new("c.toml"),
+            "[kubernetes]
 enabled = \"yes\"
-").unwrap_err();
+",
+        )
+        .unwrap_err();
         assert_eq!(err.0.line, Some(2), "{err}");
         assert_eq!(err.0.field.as_deref(), Some("kubernetes.enabled"), "{err}");
-        let off = parse(Path::new("c.yaml"), "kubernetes: {enabled: false}
-").unwrap();
+        let off = parse(
+            Path::new("c.yaml"),
+            "kubernetes: {enabled: false}
+",
+        )
+        .unwrap();
         assert!(!off.kubernetes.enabled);
         assert!(Config::default().kubernetes.enabled);
     }

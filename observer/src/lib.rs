@@ -12,6 +12,8 @@
 //! (JSONL), `metrics` served by `http`; `phase` changes arrive through
 //! `control` (the socket) or `http`. `lint` checks Kubernetes manifests for
 //! image pull policies that contact a registry (its own stages inside).
+//! `kubernetes` reads the kubelet's `Pulling` events from the API and joins
+//! them to pod specs, as pull intents (`attribute::pull_intent`).
 
 pub mod agent;
 pub mod attribute;

@@ -133,13 +133,20 @@ fn pulling_events_become_intents_joined_to_the_pod_spec() {
 
     assert_eq!(status.state, KubernetesState::Connected, "{status:#?}");
     assert_eq!(status.reason, None);
-    assert_eq!(status.api_server.as_deref(), Some(&*format!("{}/", server.url())));
+    assert_eq!(
+        status.api_server.as_deref(),
+        Some(&*format!("{}/", server.url()))
+    );
     assert_eq!(status.node_name.as_deref(), Some("worker-0"));
     assert_eq!(status.events_seen, 8, "{status:#?}");
     assert_eq!(status.events_used, INTENTS as u64);
     assert_eq!(
         status.events_ignored,
-        [("not_pulling".to_string(), 1), ("other_node".to_string(), 1)].into()
+        [
+            ("not_pulling".to_string(), 1),
+            ("other_node".to_string(), 1)
+        ]
+        .into()
     );
     assert_eq!(status.pods_gone, 1);
     // ovnkube's second pull came within the cache's lifetime.

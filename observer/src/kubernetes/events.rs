@@ -150,7 +150,10 @@ pub fn read_pulling(
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         },
-        container: object.field_path.as_deref().and_then(container_of_field_path),
+        container: object
+            .field_path
+            .as_deref()
+            .and_then(container_of_field_path),
         image,
         at,
         occurrence: Occurrence {
@@ -176,7 +179,9 @@ pub fn container_of_field_path(path: &str) -> Option<(ContainerList, String)> {
 /// and `\`; references cannot hold other characters it would escape, so any
 /// other escape makes the message unreadable rather than guessed at.
 pub fn image_of_message(message: &str) -> Option<String> {
-    let quoted = message.strip_prefix("Pulling image \"")?.strip_suffix('"')?;
+    let quoted = message
+        .strip_prefix("Pulling image \"")?
+        .strip_suffix('"')?;
     let mut image = String::with_capacity(quoted.len());
     let mut chars = quoted.chars();
     while let Some(c) = chars.next() {
@@ -314,7 +319,10 @@ mod tests {
         };
         assert_eq!(with("reason", json!("Pulled")), Ignored::NotPulling);
         assert_eq!(
-            with("source", json!({"component": "kubelet", "host": "worker-1"})),
+            with(
+                "source",
+                json!({"component": "kubelet", "host": "worker-1"})
+            ),
             Ignored::OtherNode
         );
         assert_eq!(

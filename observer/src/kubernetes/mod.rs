@@ -97,7 +97,10 @@ pub fn choose_access(
 /// What [`KubernetesSource::spawn`] starts from.
 pub enum Prepared {
     Ready(Box<kube::Config>),
-    Unavailable { api_server: Option<String>, reason: String },
+    Unavailable {
+        api_server: Option<String>,
+        reason: String,
+    },
     Off(String),
 }
 
@@ -245,7 +248,9 @@ impl KubernetesSource {
     pub async fn finish(mut self) -> KubernetesStatus {
         let _ = self.stop.send(true);
         if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(FINISH_TIMEOUT, &mut task).await.is_err()
+            && tokio::time::timeout(FINISH_TIMEOUT, &mut task)
+                .await
+                .is_err()
         {
             task.abort();
         }
@@ -301,7 +306,9 @@ impl Worker {
                 }
                 Some(Ok(watcher::Event::InitDone)) => self.connected(),
                 Some(Ok(watcher::Event::Init | watcher::Event::Delete(_))) => {}
-                Some(Err(error)) => self.failed(watch_failure_kind(&error), &error),
+                Some(Err(error)) => {
+                    self.failed(watch_failure_kind(&error), describe_watch_error(&error))
+                }
             }
         }
     }
@@ -312,10 +319,10 @@ impl Worker {
         status.reason = None;
     }
 
-    fn failed(&self, kind: &str, error: &dyn StdError) {
+    fn failed(&self, kind: &str, error: String) {
         let mut status = lock(&self.status);
         *status.failures.entry(kind.to_owned()).or_default() += 1;
-        status.last_error = Some(chain(error));
+        status.last_error = Some(error);
     }
 
     fn ignored(&self, reason: Ignored) {
@@ -381,12 +388,15 @@ impl Worker {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let fetched = match tokio::time::timeout(GET_TIMEOUT, api.get(&pod.name)).await {
             Err(elapsed) => {
-                self.failed("timeout", &elapsed);
+                self.failed(
+                    "timeout",
+                    format!("no answer within {GET_TIMEOUT:?}: {elapsed}"),
+                );
                 return None;
             }
             Ok(Err(kube::Error::Api(status))) if status.code == 404 => Fetched::Gone,
             Ok(Err(error)) => {
-                self.failed(failure_kind(&error), &error);
+                self.failed(failure_kind(&error), describe(&error));
                 return None;
             }
             Ok(Ok(found)) => match serde_json::to_value(&found) {
@@ -400,7 +410,7 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    self.failed("decode", &error);
+                    self.failed("decode", chain(&error));
                     return None;
                 }
             },
@@ -430,12 +440,15 @@ impl Worker {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
         let named = match tokio::time::timeout(GET_TIMEOUT, api.get(&owner.name)).await {
             Err(elapsed) => {
-                self.failed("timeout", &elapsed);
+                self.failed(
+                    "timeout",
+                    format!("no answer within {GET_TIMEOUT:?}: {elapsed}"),
+                );
                 return Some(owner.display());
             }
             Ok(Err(kube::Error::Api(status))) if status.code == 404 => owner.display(),
             Ok(Err(error)) => {
-                self.failed(failure_kind(&error), &error);
+                self.failed(failure_kind(&error), describe(&error));
                 return Some(owner.display());
             }
             Ok(Ok(replica_set)) => serde_json::to_value(&replica_set)
@@ -482,6 +495,38 @@ pub fn status_kind(code: u16) -> &'static str {
     }
 }
 
+/// One line for a failed call: an API `Status` as the server worded it
+/// (kube-rs' own rendering adds the whole struct), anything else with its
+/// causes.
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!(
+            "{} {}: {}",
+            status.code,
+            if status.reason.is_empty() {
+                "Failure"
+            } else {
+                &status.reason
+            },
+            status.message
+        ),
+        other => chain(other),
+    }
+}
+
+fn describe_watch_error(error: &watcher::Error) -> String {
+    match error {
+        watcher::Error::InitialListFailed(e) => format!("listing events: {}", describe(e)),
+        watcher::Error::WatchStartFailed(e) => format!("starting the watch: {}", describe(e)),
+        watcher::Error::WatchFailed(e) => format!("watching events: {}", describe(e)),
+        watcher::Error::WatchError(status) => format!(
+            "watching events: {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        watcher::Error::NoResourceVersion => chain(error),
+    }
+}
+
 /// An error and its causes in one line: kube-rs wraps the socket error
 /// that says what actually went wrong several levels down.
 fn chain(error: &dyn StdError) -> String {
@@ -515,12 +560,18 @@ mod tests {
             choose_access(Some(path), false, Some("10.0.0.1")),
             Access::Kubeconfig(path.into())
         );
-        assert_eq!(choose_access(None, true, Some("10.0.0.1")), Access::InCluster);
+        assert_eq!(
+            choose_access(None, true, Some("10.0.0.1")),
+            Access::InCluster
+        );
         let Access::Off(reason) = choose_access(None, true, None) else {
             panic!("a laptop's current cluster must not be contacted")
         };
         assert!(reason.contains("--kubeconfig"), "{reason}");
-        assert!(matches!(choose_access(None, true, Some("")), Access::Off(_)));
+        assert!(matches!(
+            choose_access(None, true, Some("")),
+            Access::Off(_)
+        ));
         let Access::Off(reason) = choose_access(None, false, Some("10.0.0.1")) else {
             panic!("turned off")
         };
@@ -549,6 +600,18 @@ mod tests {
                     .boxed()
             )),
             "expired"
+        );
+    }
+
+    #[test]
+    fn api_errors_read_as_the_server_worded_them() {
+        let status =
+            kube::core::Status::failure("pods \"p\" is forbidden", "Forbidden").with_code(403);
+        let error = kube::Error::Api(status.boxed());
+        assert_eq!(describe(&error), "403 Forbidden: pods \"p\" is forbidden");
+        assert_eq!(
+            describe_watch_error(&watcher::Error::InitialListFailed(error)),
+            "listing events: 403 Forbidden: pods \"p\" is forbidden"
         );
     }
 

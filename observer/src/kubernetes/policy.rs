@@ -276,7 +276,11 @@ mod tests {
         assert_eq!(tagged.why, PolicyWhy::DefaultIfNotPresent);
         assert_eq!(tagged.field.as_deref(), Some("spec.containers[0].image"));
         assert!(
-            tagged.fix.as_deref().unwrap().starts_with("pin the digest: "),
+            tagged
+                .fix
+                .as_deref()
+                .unwrap()
+                .starts_with("pin the digest: "),
             "{tagged:?}"
         );
         let pinned = joined(
@@ -305,7 +309,13 @@ mod tests {
                 {"name": "b", "image": "quay.io/t/b:v1", "imagePullPolicy": ""}
             ]}
         });
-        let a = join(&pod, Some((ContainerList::Containers, "a")), "nginx:latest", None).unwrap();
+        let a = join(
+            &pod,
+            Some((ContainerList::Containers, "a")),
+            "nginx:latest",
+            None,
+        )
+        .unwrap();
         assert_eq!((a.effective.as_str(), a.why), ("Always", PolicyWhy::NoTag));
         assert_eq!(a.owner, None);
         let b = join(&pod, None, "quay.io/t/b:v1", None).unwrap();

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attribute::{AttributionStats, cri::CriStatus},
-    kubernetes::KubernetesStatus,
     classify::{Category, registries_conf::RegistriesConfReport},
+    kubernetes::KubernetesStatus,
     payload::PayloadStats,
     phase::PhaseMarker,
     policy::PolicyReport,
