@@ -210,9 +210,6 @@ impl KubernetesSource {
                 status.state = KubernetesState::Unavailable;
                 status.api_server = Some(config.cluster_url.to_string());
                 status.field_selector = Some(events::FIELD_SELECTOR.to_owned());
-                // rustls needs one process-wide crypto provider; a binary
-                // that links two (tests add aws-lc-rs) must name it.
-                let _ = rustls::crypto::ring::default_provider().install_default();
                 match Client::try_from(*config) {
                     Ok(client) => {
                         let status = Arc::new(Mutex::new(status));
