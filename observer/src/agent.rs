@@ -25,6 +25,7 @@ use crate::{
         Attributor,
         component_rules::ComponentRule,
         cri::{self, CriWatcher},
+        pull_intent::{INTENT_QUEUE, intent_channel},
     },
     classify::{AddressBook, Classifier, Pattern},
     clock::{self, Clock},
@@ -33,7 +34,9 @@ use crate::{
     control::{self, ControlSocket, PhaseSwitch},
     events_log::EventsLog,
     export::Console,
-    http, load,
+    http,
+    kubernetes::{self, KubernetesSource, KubernetesState},
+    load,
     metrics::{HealthSnapshot, Metrics},
     phase::{PhaseName, PhaseTimeline},
     pipeline::{Pipeline, PipelineStats},
@@ -55,6 +58,7 @@ pub struct RunOptions {
     /// Empty: the default CRI sockets that exist.
     pub cri_sockets: Vec<PathBuf>,
     pub component_rules: Vec<ComponentRule>,
+    pub kubernetes: KubernetesOptions,
     pub metrics_addr: MetricsAddr,
     /// None: the default path, where another agent's socket is a warning.
     pub control_socket: Option<PathBuf>,
@@ -67,6 +71,17 @@ pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     /// Its contents (the defaults without one).
     pub config: Config,
+}
+
+/// The Kubernetes API source (`kubernetes/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesOptions {
+    /// `--kubeconfig`, else the config's.
+    pub kubeconfig: Option<PathBuf>,
+    /// The config's `kubernetes.enabled`: false keeps in-cluster use off.
+    pub enabled: bool,
+    /// Whose kubelet events count.
+    pub node_name: String,
 }
 
 /// Where the HTTP endpoint listens.
@@ -113,6 +128,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         Some(path) => EventsLog::open(path, options.events_max_bytes).map_err(UsageError)?,
         None => EventsLog::disabled(),
     };
+    // A kubeconfig the user named must be usable (exit 2 otherwise); an
+    // API server that does not answer is only reported.
+    let kubernetes_access = kubernetes::choose_access(
+        options.kubernetes.kubeconfig.as_deref(),
+        options.kubernetes.enabled,
+        std::env::var(kubernetes::IN_CLUSTER_ENV).ok().as_deref(),
+    );
+    let kubernetes_prepared = kubernetes::prepare(&kubernetes_access)
+        .await
+        .map_err(UsageError)?;
 
     let config::Setup {
         catalog,
@@ -186,6 +211,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     );
 
     let started_at = SystemTime::now();
+    // Pull intents: the Kubernetes source feeds them; the on_behalf_of
+    // correlator (branch obo) drains `intent_feed`. Until it is merged the
+    // feed is only held, so sends are queued (bounded), never blocking.
+    let (intent_sink, intent_feed) = intent_channel(INTENT_QUEUE);
+    // Started before the (slow) load, like the CRI watcher, so the initial
+    // list is in when events flow.
+    let kubernetes_source = KubernetesSource::spawn(
+        kubernetes_prepared,
+        options.kubernetes.node_name.clone(),
+        intent_sink,
+        started_at.checked_sub(kubernetes::LOOKBACK),
+    );
     let clock = Clock::now();
     let phases = PhaseTimeline::starting(&options.phase, started_at);
     let root = cgroup_root.clone();
@@ -331,6 +368,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     }
     let mut pipeline = processor.await.context("the pipeline failed")?;
     let (pod_directory, cri_status) = cri_watcher.finish().await;
+    let kubernetes_status = kubernetes_source.finish().await;
+    drop(intent_feed);
+    if kubernetes_status.state == KubernetesState::Unavailable {
+        eprintln!(
+            "registry-observer: warning: the Kubernetes API was unavailable ({}); pulls are not \
+             joined to kubelet events or pod specs",
+            kubernetes_status
+                .reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
+        );
+    }
     // Before the policy judges again below: a pod named late can change the
     // component and namespace an allow entry matches.
     pipeline.name_pods_late(&pod_directory, cri_status.state == cri::CriState::Connected);
@@ -418,6 +467,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             payload_parsers: connections.stats().clone(),
             attribution: attributor.stats().clone(),
             cri: cri_status,
+            kubernetes: kubernetes_status,
         }),
         nodes: vec![],
         phases: phases.markers(),

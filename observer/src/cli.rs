@@ -11,12 +11,13 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     UsageError,
-    agent::{self, MetricsAddr, RunOptions},
+    agent::{self, KubernetesOptions, MetricsAddr, RunOptions},
     attribute::component_rules::ComponentRule,
     classify::Pattern,
     config::{self, Config},
     control, http, load,
     phase::PhaseName,
+    preflight,
     report::{self, diff, merge, text},
 };
 
@@ -93,7 +94,9 @@ pub enum Command {
             "  sudo registry-observer run --config /etc/registry-observer.yaml --phase upgrade\n",
             "  sudo registry-observer run --cri-socket /run/containerd/containerd.sock \\\n",
             "      --component-rule 'namespace=openshift-machine-config-operator:machine-config' \\\n",
-            "      --component-rule 'unit=rpm-ostreed.service:machine-config'\n\n",
+            "      --component-rule 'unit=rpm-ostreed.service:machine-config'\n",
+            "  # name the pod behind each runtime pull, from the kubelet's Pulling events\n",
+            "  sudo registry-observer run --kubeconfig /var/lib/kubelet/kubeconfig --node-name worker-0\n\n",
             "A config file (YAML or TOML) adds catalog entries, imports registries.conf\n",
             "(read by default from /etc/containers), and holds the policy: which phases\n",
             "are enforced and which contacts are allowed, with a reason and an expiry;\n",
@@ -329,6 +332,23 @@ pub struct RunArgs {
     #[arg(long = "component-rule", value_name = "RULE", value_parser = parse_component_rule)]
     pub component_rules: Vec<ComponentRule>,
 
+    /// Read the kubelet's `Pulling` events for this node from the
+    /// Kubernetes API with this kubeconfig, and join each to its pod's spec
+    /// (effective pull policy, why, the field to change, the owner). Without
+    /// it the API is used only when running in a pod (in-cluster config);
+    /// $KUBECONFIG and ~/.kube/config are never read. An unreachable API is
+    /// reported in observer.kubernetes and changes no exit code
+    /// [default: the config's kubernetes.kubeconfig].
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// This node's name as its kubelet reports it (the events'
+    /// source.host) [default: the config's kubernetes.node_name, else
+    /// $NODE_NAME (set it from spec.nodeName in a DaemonSet), else the
+    /// hostname].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
     /// The command to run and observe, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -488,6 +508,18 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
         resolve_interval: args.catalog_resolve_interval,
         cri_sockets: args.cri_sockets,
         component_rules: args.component_rules,
+        kubernetes: KubernetesOptions {
+            kubeconfig: args
+                .kubeconfig
+                .or_else(|| config.kubernetes.kubeconfig.clone()),
+            enabled: config.kubernetes.enabled,
+            node_name: node_name(
+                args.node_name,
+                config.kubernetes.node_name.clone(),
+                std::env::var("NODE_NAME").ok(),
+                preflight::hostname,
+            ),
+        },
         metrics_addr: args
             .metrics_addr
             .or(config.outputs.metrics_addr.map(MetricsAddr::Explicit))
@@ -501,6 +533,22 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
         config_path: args.config,
         config,
     }
+}
+
+/// The flag, the config's, `$NODE_NAME` (the Downward API's usual name),
+/// else the hostname; empty values do not count.
+fn node_name(
+    flag: Option<String>,
+    config: Option<String>,
+    env: Option<String>,
+    hostname: impl FnOnce() -> Option<String>,
+) -> String {
+    [flag, config, env]
+        .into_iter()
+        .flatten()
+        .find(|name| !name.is_empty())
+        .or_else(hostname)
+        .unwrap_or_default()
 }
 
 fn run(args: RunArgs) -> ExitCode {
@@ -646,6 +694,48 @@ mod tests {
         assert_eq!(options.junit, None);
         assert_eq!(options.events, None);
         assert!(matches!(options.metrics_addr, MetricsAddr::Default(_)));
+    }
+
+    #[test]
+    fn kubernetes_flags_override_the_config_and_the_environment() {
+        let cli = Cli::try_parse_from([
+            "registry-observer",
+            "run",
+            "--kubeconfig",
+            "/k/flag",
+            "--node-name",
+            "worker-7",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        let config = config::parse(
+            Path::new("c.yaml"),
+            "kubernetes: {enabled: false, kubeconfig: /k/config, node_name: from-config}\n",
+        )
+        .unwrap();
+        let options = run_options(*args, config.clone());
+        assert_eq!(
+            options.kubernetes.kubeconfig,
+            Some(PathBuf::from("/k/flag"))
+        );
+        assert_eq!(options.kubernetes.node_name, "worker-7");
+        assert!(!options.kubernetes.enabled);
+        let cli = Cli::try_parse_from(["registry-observer", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        let options = run_options(*args, config);
+        assert_eq!(
+            options.kubernetes.kubeconfig,
+            Some(PathBuf::from("/k/config"))
+        );
+        assert_eq!(options.kubernetes.node_name, "from-config");
+        let host = || Some("host-1".to_string());
+        assert_eq!(node_name(None, None, Some("env-1".into()), host), "env-1");
+        assert_eq!(node_name(None, None, Some(String::new()), host), "host-1");
+        assert_eq!(node_name(None, None, None, || None), "");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub struct Config {
     pub component_rules: Vec<ComponentRule>,
     pub phases: PhasesConfig,
     pub outputs: OutputsConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -120,6 +121,31 @@ pub struct PhasesConfig {
     /// The phase attempts are recorded in until it is changed (default
     /// `boot`); `--phase` overrides it.
     pub initial: Option<PhaseName>,
+}
+
+/// The Kubernetes API source (kubelet `Pulling` events joined to pod
+/// specs). Read at start only: a reload does not reconnect.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Use the in-cluster configuration when running in a pod (default
+    /// true); `false` turns the source off unless `--kubeconfig` is given.
+    pub enabled: bool,
+    /// A kubeconfig to use (`--kubeconfig` overrides it).
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name as the kubelet reports it (`--node-name`
+    /// overrides it; default `$NODE_NAME`, else the hostname).
+    pub node_name: Option<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> KubernetesConfig {
+        KubernetesConfig {
+            enabled: true,
+            kubeconfig: None,
+            node_name: None,
+        }
+    }
 }
 
 /// Where results go. Command-line flags override these.
@@ -272,6 +298,42 @@ mod tests {
         );
         assert_eq!(config.component_rules.len(), 1);
         assert!(config.outputs.metrics_addr.is_some());
+        assert_eq!(config.kubernetes.node_name.as_deref(), Some("worker-0"));
+        assert!(config.kubernetes.kubeconfig.is_some());
+    }
+
+    #[test]
+    fn kubernetes_section_mistakes_name_file_line_and_field() {
+        let err = parse(
+            Path::new("c.yaml"),
+            "kubernetes:
+  enabled: true
+  kubeconfg: /etc/k
+",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.line, Some(3), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `kubeconfg`"),
+            "{err}"
+        );
+        let err = parse(
+            Path::new("c.toml"),
+            "[kubernetes]
+enabled = \"yes\"
+",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.line, Some(2), "{err}");
+        assert_eq!(err.0.field.as_deref(), Some("kubernetes.enabled"), "{err}");
+        let off = parse(
+            Path::new("c.yaml"),
+            "kubernetes: {enabled: false}
+",
+        )
+        .unwrap();
+        assert!(!off.kubernetes.enabled);
+        assert!(Config::default().kubernetes.enabled);
     }
 
     #[test]

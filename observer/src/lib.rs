@@ -13,6 +13,8 @@
 //! `control` (the socket) or `http`. `lint` checks Kubernetes manifests for
 //! image pull policies that contact a registry (its own stages inside);
 //! `webhook` applies the same checks to AdmissionReviews over HTTPS.
+//! `kubernetes` reads the kubelet's `Pulling` events from the API and joins
+//! them to pod specs, as pull intents (`attribute::pull_intent`).
 
 pub mod agent;
 pub mod attribute;
@@ -26,6 +28,7 @@ pub mod decode;
 pub mod events_log;
 pub mod export;
 pub mod http;
+pub mod kubernetes;
 pub mod lint;
 pub mod load;
 pub mod metrics;

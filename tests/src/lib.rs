@@ -14,6 +14,7 @@
 mod agent;
 mod cgroup;
 mod containerd;
+pub mod fake_apiserver;
 pub mod observe;
 mod process;
 mod service;

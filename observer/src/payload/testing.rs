@@ -11,8 +11,8 @@ use super::{Finding, Mode, Progress, Segment, StreamAssembler};
 /// IP address, which rustls sends no SNI for). rustls 0.23's aws-lc-rs
 /// provider offers an X25519MLKEM768 key share, as Go >= 1.24 does.
 pub fn rustls_client_hello(server: &str) -> Vec<u8> {
-    // Named, not the process default: the webhook enables the `ring`
-    // provider too, and with two compiled in rustls picks neither.
+    // Named rather than the process default, so a second provider compiled
+    // in later cannot make rustls refuse to pick one.
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     // The handshake never gets far enough to verify a certificate, so no
     // roots are needed.

@@ -92,6 +92,7 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             payload_parsers: PayloadStats::default(),
             attribution: AttributionStats::default(),
             cri: CriStatus::default(),
+            kubernetes: crate::kubernetes::KubernetesStatus::default(),
             complete: true,
         }),
         nodes: vec![],

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     attribute::{AttributionStats, cri::CriStatus},
     classify::{Category, registries_conf::RegistriesConfReport},
+    kubernetes::KubernetesStatus,
     payload::PayloadStats,
     phase::PhaseMarker,
     policy::PolicyReport,
@@ -42,7 +43,8 @@ use crate::{
 /// the policy's `policy` and `registries_conf` sections, the
 /// `not_enforced` verdict, `summary.not_enforced`/`mirror_fallbacks`,
 /// `attempts[].mirror_fallback`, `registry.blocked`, host-less (CIDR)
-/// attempts, `observer.cri`, pod labels and `attribution.pods_unnamed`.
+/// attempts, `observer.cri`, pod labels and `attribution.pods_unnamed`;
+/// `observer.kubernetes`.
 /// Every field version 2 added reads as empty/zero/false from version 1.
 pub const SCHEMA_VERSION: u32 = 2;
 /// Versions `report summarize|merge|diff` read. Version 1 reports lack the
@@ -137,6 +139,10 @@ pub struct ObserverSection {
     /// Whether pods could be named through the CRI API, and if not why.
     #[serde(default)]
     pub cri: CriStatus,
+    /// Whether the Kubernetes API (kubelet `Pulling` events, pod specs) was
+    /// used, and what came of it.
+    #[serde(default)]
+    pub kubernetes: KubernetesStatus,
     /// True when every hook was attached for the whole run and no event was
     /// lost: only then does "no attempts" mean none happened.
     pub complete: bool,
@@ -618,6 +624,7 @@ mod tests {
         });
         let observer = object["observer"].as_object_mut().unwrap();
         observer.remove("cri");
+        observer.remove("kubernetes");
         observer["attribution"]
             .as_object_mut()
             .unwrap()
@@ -641,6 +648,7 @@ mod tests {
         assert!(observer.hooks_missing.is_empty());
         assert_eq!(observer.payload_parsers, PayloadStats::default());
         assert_eq!(observer.cri, CriStatus::default());
+        assert_eq!(observer.kubernetes, KubernetesStatus::default());
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct PairError(pub String);
 
 /// The crypto provider everything here uses (see observer/Cargo.toml).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Reads and checks a pair: at least one certificate, one private key the
