@@ -24,7 +24,8 @@ use crate::{
     attribute::{
         Attributor,
         component_rules::ComponentRule,
-        cri::{self, CriWatcher},
+        cri::{self, CriFinal, CriWatcher},
+        pull_intent::{self, INTENT_QUEUE, IntentLog, intent_channel},
     },
     classify::{AddressBook, Classifier, Pattern},
     clock::{self, Clock},
@@ -170,6 +171,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let control_server =
         control.map(|socket| tokio::spawn(socket.serve(phase_switch.clone(), stop_rx.clone())));
 
+    // Pull intents (a pod needs an image now) from every source go through
+    // one bounded queue into a log read at report time, off the event path.
+    // The collector ends when every source has dropped its sink.
+    let (intent_sink, intent_feed) = intent_channel(INTENT_QUEUE);
+    let intent_collector = tokio::spawn(pull_intent::collect(intent_feed, IntentLog::default()));
+
     // Started before the (slow) load so the first pod listing is in before
     // events flow.
     let (cri_watcher, pod_source) = CriWatcher::spawn(
@@ -183,7 +190,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             let metrics = Arc::clone(&metrics);
             Box::new(move |uid: &str| metrics.forget_pod(uid))
         },
+        intent_sink.clone(),
     );
+    drop(intent_sink);
 
     let started_at = SystemTime::now();
     let clock = Clock::now();
@@ -330,10 +339,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         let _ = server.await;
     }
     let mut pipeline = processor.await.context("the pipeline failed")?;
-    let (pod_directory, cri_status) = cri_watcher.finish().await;
+    let CriFinal {
+        directory: pod_directory,
+        images,
+        status: cri_status,
+    } = cri_watcher.finish().await;
+    // Every source has stopped: the log is complete.
+    let (intent_log, intents_dropped) = intent_collector
+        .await
+        .context("the pull-intent collector failed")?;
     // Before the policy judges again below: a pod named late can change the
     // component and namespace an allow entry matches.
     pipeline.name_pods_late(&pod_directory, cri_status.state == cri::CriState::Connected);
+    // After the final listing, so containers created after a pull count.
+    let on_behalf_of =
+        pipeline.decide_on_behalf_of(&intent_log, intents_dropped, &images, &pod_directory);
     let kernel = read::kernel_counters(kernel_counters);
     let command_cgroup_path = command_cgroup
         .as_ref()
@@ -418,6 +438,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             payload_parsers: connections.stats().clone(),
             attribution: attributor.stats().clone(),
             cri: cri_status,
+            on_behalf_of,
         }),
         nodes: vec![],
         phases: phases.markers(),
