@@ -205,6 +205,18 @@ fn program_name(exe: Option<&str>, comm: &str) -> String {
     }
 }
 
+/// The name a human knows a process by: its comm (`sh`, even when sh is
+/// dash), unless the kernel cut it at 15 bytes (`machine-config-`), then
+/// the executable's file name it was cut from.
+fn display_name(exe: Option<&str>, comm: &str) -> String {
+    let program = program_name(exe, comm);
+    if comm.len() == 15 && program.starts_with(comm) {
+        program
+    } else {
+        comm.to_string()
+    }
+}
+
 fn classify_actor(process: &ProcessInfo) -> ActorClass {
     let names = [
         program_name(process.exe.as_deref(), &process.comm),
@@ -574,10 +586,10 @@ fn fix_for(policy: &PolicyJoin, presence: Presence) -> String {
 /// was started directly by its unit or pod.
 fn for_tool(attempt: &Attempt) -> Option<OnBehalfOf> {
     let process = &attempt.process;
-    let mut chain = vec![process.comm.clone()];
+    let mut chain = vec![display_name(process.exe.as_deref(), &process.comm)];
     for ancestor in &process.ancestors {
         let name = program_name(ancestor.exe.as_deref(), &ancestor.comm);
-        chain.push(ancestor.comm.clone());
+        chain.push(display_name(ancestor.exe.as_deref(), &ancestor.comm));
         let passes_on = PASS_THROUGH.contains(&name.as_str())
             || PASS_THROUGH.contains(&ancestor.comm.as_str())
             || TOOLS.contains(&name.as_str())
@@ -632,7 +644,8 @@ fn for_tool(attempt: &Attempt) -> Option<OnBehalfOf> {
                 }),
                 format!(
                     "{tool} was run by {} (pid {}){within}: {ancestry}.",
-                    ancestor.comm, ancestor.pid
+                    display_name(ancestor.exe.as_deref(), &ancestor.comm),
+                    ancestor.pid
                 ),
             )
         };
@@ -1096,7 +1109,7 @@ mod tests {
         );
         assert_eq!(
             found.ancestry.as_deref(),
-            Some("skopeo <- sh <- machine-config-")
+            Some("skopeo <- sh <- machine-config-daemon")
         );
         assert_eq!(found.evidence, [Clue::Ancestry]);
         assert_eq!(found.confidence, Confidence::High);
