@@ -173,9 +173,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
 
     // Pull intents (a pod needs an image now) from every source go through
     // one bounded queue into a log read at report time, off the event path.
-    // The collector ends when every source has dropped its sink.
+    // Each source gets a clone of the sink (the Kubernetes API source too).
     let (intent_sink, intent_feed) = intent_channel(INTENT_QUEUE);
-    let intent_collector = tokio::spawn(pull_intent::collect(intent_feed, IntentLog::default()));
+    let (stop_intents, intents_stopped) = tokio::sync::oneshot::channel();
+    let intent_collector = tokio::spawn(pull_intent::collect(
+        intent_feed,
+        IntentLog::default(),
+        intents_stopped,
+    ));
 
     // Started before the (slow) load so the first pod listing is in before
     // events flow.
@@ -344,7 +349,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         images,
         status: cri_status,
     } = cri_watcher.finish().await;
-    // Every source has stopped: the log is complete.
+    // The final listing's intents are queued: take them, and stop.
+    let _ = stop_intents.send(());
     let (intent_log, intents_dropped) = intent_collector
         .await
         .context("the pull-intent collector failed")?;

@@ -23,7 +23,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The pod an intent is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -208,12 +208,29 @@ impl IntentLog {
     }
 }
 
-/// Drains `feed` into a log until every sink is gone; returns the log and
-/// the queue's drop count. Runs on its own task: sources never wait on the
+/// Drains `feed` into a log until every sink is gone or `stop` fires
+/// (then what is already queued is still taken); returns the log and the
+/// queue's drop count. Runs on its own task: sources never wait on the
 /// correlation, and the event path never sees intents at all.
-pub async fn collect(mut feed: IntentFeed, mut log: IntentLog) -> (IntentLog, u64) {
-    while let Some(intent) = feed.recv().await {
-        log.push(intent);
+pub async fn collect(
+    mut feed: IntentFeed,
+    mut log: IntentLog,
+    stop: oneshot::Receiver<()>,
+) -> (IntentLog, u64) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            received = feed.recv() => match received {
+                Some(intent) => log.push(intent),
+                None => break,
+            },
+            _ = &mut stop => {
+                for intent in feed.drain() {
+                    log.push(intent);
+                }
+                break;
+            }
+        }
     }
     (log, feed.dropped())
 }
@@ -254,7 +271,8 @@ mod tests {
     #[tokio::test]
     async fn the_log_keeps_the_newest_counts_every_signal_and_ends_with_its_sources() {
         let (sink, feed) = intent_channel(8);
-        let collector = tokio::spawn(collect(feed, IntentLog::with_max(2)));
+        let (_stop, stopped) = oneshot::channel();
+        let collector = tokio::spawn(collect(feed, IntentLog::with_max(2), stopped));
         for name in ["a", "b", "c"] {
             sink.send(intent(name));
         }
@@ -275,6 +293,25 @@ mod tests {
                 (IntentSignal::KubeletPulling, 3)
             ])
         );
+    }
+
+    /// A source still alive (a sink kept) cannot hold the report back:
+    /// stopping takes what is queued and returns.
+    #[tokio::test]
+    async fn stopping_takes_what_is_queued_even_with_a_live_source() {
+        let (sink, feed) = intent_channel(8);
+        let (stop, stopped) = oneshot::channel();
+        sink.send(intent("a"));
+        sink.send(intent("b"));
+        stop.send(()).unwrap();
+        let (log, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            collect(feed, IntentLog::default(), stopped),
+        )
+        .await
+        .expect("collect returns once stopped");
+        assert_eq!(log.intents().count(), 2);
+        drop(sink);
     }
 
     #[test]
