@@ -193,7 +193,10 @@ fn containerd_pulls_are_attributed_to_the_pod_that_needed_the_image() {
     );
 
     // Run 2: the image is present; web-2's pull is a re-check that only
-    // the Always policy (defaulted from :latest) causes.
+    // the Always policy (defaulted from :latest) causes. Run 1's containers
+    // must be older than anything run 2 can match (a container created up
+    // to 2 s before a contact may still be its pull's, for clock slack).
+    std::thread::sleep(Duration::from_secs(3));
     let second_report = testbed.temp_dir().join("second.json");
     let agent = start_agent(&second_report, &containerd);
     let again = pod("web-2", &pod_uid(3));
