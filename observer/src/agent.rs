@@ -24,8 +24,8 @@ use crate::{
     attribute::{
         Attributor,
         component_rules::ComponentRule,
-        cri::{self, CriWatcher},
-        pull_intent::{INTENT_QUEUE, intent_channel},
+        cri::{self, CriFinal, CriWatcher},
+        pull_intent::{self, INTENT_QUEUE, IntentLog, intent_channel},
     },
     classify::{AddressBook, Classifier, Pattern},
     clock::{self, Clock},
@@ -195,6 +195,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let control_server =
         control.map(|socket| tokio::spawn(socket.serve(phase_switch.clone(), stop_rx.clone())));
 
+    // Pull intents (a pod needs an image now) from every source go through
+    // one bounded queue into a log read at report time, off the event path.
+    // Each source gets a clone of the sink (the Kubernetes API source too).
+    let (intent_sink, intent_feed) = intent_channel(INTENT_QUEUE);
+    let (stop_intents, intents_stopped) = tokio::sync::oneshot::channel();
+    let intent_collector = tokio::spawn(pull_intent::collect(
+        intent_feed,
+        IntentLog::default(),
+        intents_stopped,
+    ));
+
     // Started before the (slow) load so the first pod listing is in before
     // events flow.
     let (cri_watcher, pod_source) = CriWatcher::spawn(
@@ -208,13 +219,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             let metrics = Arc::clone(&metrics);
             Box::new(move |uid: &str| metrics.forget_pod(uid))
         },
+        intent_sink.clone(),
     );
 
     let started_at = SystemTime::now();
-    // Pull intents: the Kubernetes source feeds them; the on_behalf_of
-    // correlator (branch obo) drains `intent_feed`. Until it is merged the
-    // feed is only held, so sends are queued (bounded), never blocking.
-    let (intent_sink, intent_feed) = intent_channel(INTENT_QUEUE);
     // Started before the (slow) load, like the CRI watcher, so the initial
     // list is in when events flow.
     let kubernetes_source = KubernetesSource::spawn(
@@ -367,9 +375,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         let _ = server.await;
     }
     let mut pipeline = processor.await.context("the pipeline failed")?;
-    let (pod_directory, cri_status) = cri_watcher.finish().await;
+    let CriFinal {
+        directory: pod_directory,
+        images,
+        status: cri_status,
+    } = cri_watcher.finish().await;
     let kubernetes_status = kubernetes_source.finish().await;
-    drop(intent_feed);
     if kubernetes_status.state == KubernetesState::Unavailable {
         eprintln!(
             "registry-observer: warning: the Kubernetes API was unavailable ({}); pulls are not \
@@ -380,9 +391,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 .unwrap_or("no reason recorded")
         );
     }
+    // Both sources' final intents are queued: take them, and stop.
+    let _ = stop_intents.send(());
+    let (intent_log, intents_dropped) = intent_collector
+        .await
+        .context("the pull-intent collector failed")?;
     // Before the policy judges again below: a pod named late can change the
     // component and namespace an allow entry matches.
     pipeline.name_pods_late(&pod_directory, cri_status.state == cri::CriState::Connected);
+    // After the final listing, so containers created after a pull count.
+    let on_behalf_of =
+        pipeline.decide_on_behalf_of(&intent_log, intents_dropped, &images, &pod_directory);
     let kernel = read::kernel_counters(kernel_counters);
     let command_cgroup_path = command_cgroup
         .as_ref()
@@ -468,6 +487,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             attribution: attributor.stats().clone(),
             cri: cri_status,
             kubernetes: kubernetes_status,
+            on_behalf_of,
         }),
         nodes: vec![],
         phases: phases.markers(),

@@ -317,10 +317,11 @@ pub struct RunArgs {
     pub catalog_resolve_interval: Duration,
 
     /// The CRI socket to ask which pod a container belongs to (name,
-    /// namespace, labels); repeat for several. Default: every one of
-    /// /run/crio/crio.sock and /run/containerd/containerd.sock that exists.
-    /// If none answers, pods are reported by uid only and the report's
-    /// observer.cri says why.
+    /// namespace, labels), and which pod a runtime's pull was for (new
+    /// containers and their images: the report's on_behalf_of); repeat for
+    /// several. Default: every one of /run/crio/crio.sock and
+    /// /run/containerd/containerd.sock that exists. If none answers, pods
+    /// are reported by uid only and the report's observer.cri says why.
     #[arg(long = "cri-socket", value_name = "PATH")]
     pub cri_sockets: Vec<PathBuf>,
 

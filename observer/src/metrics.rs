@@ -549,6 +549,7 @@ mod tests {
             count: 1,
             node: None,
             outcomes: Default::default(),
+            on_behalf_of: None,
         }
     }
 

@@ -9,7 +9,13 @@ use tokio::sync::mpsc;
 use hickory_proto::op::ResponseCode;
 
 use crate::{
-    attribute::{Attributor, pods::PodDirectory},
+    attribute::{
+        Attributor,
+        images::ImageLedger,
+        on_behalf_of::{self, Decision, OnBehalfOfStats},
+        pods::PodDirectory,
+        pull_intent::{IntentLog, PullIntent},
+    },
     classify::{Classifier, registries_conf::RegistriesConf},
     clock::Clock,
     connections::{Connections, Joined},
@@ -149,6 +155,47 @@ impl Pipeline {
         self.recorder.rename_pods(|owner, recorded, process| {
             attributor.name_late(directory, cri_answered, owner, recorded, process)
         });
+    }
+
+    /// At the end of the run, after the pods are named: on whose behalf
+    /// each runtime or tool attempt was made, from the run's pull intents,
+    /// the CRI's image presence and the final pod listing. Returns the
+    /// counters for the report (intents received and dropped included).
+    pub fn decide_on_behalf_of(
+        &mut self,
+        intents: &IntentLog,
+        intents_dropped: u64,
+        images: &ImageLedger,
+        directory: &PodDirectory,
+    ) -> OnBehalfOfStats {
+        let intents_held: Vec<PullIntent> = intents.intents().cloned().collect();
+        let context = on_behalf_of::Context {
+            intents: &intents_held,
+            images,
+            pods: directory,
+            catalog: self.classifier.catalog(),
+            registries_conf: self.registries_conf.as_ref(),
+        };
+        let mut stats = OnBehalfOfStats {
+            intents: intents.seen().clone(),
+            intents_dropped: intents_dropped + intents.evicted(),
+            images_dropped: images.dropped(),
+            image_listings: images.listings(),
+            ..OnBehalfOfStats::default()
+        };
+        let attributor = &mut self.attributor;
+        self.recorder.decide_on_behalf_of(|attempt| {
+            let decision = on_behalf_of::decide(attempt, &context);
+            stats.count(&decision);
+            if decision == Decision::RuntimeUnattributed {
+                attributor.count_runtime_pull_unattributed();
+            }
+            attempt.on_behalf_of = match decision {
+                Decision::Attributed(found) => Some(*found),
+                _ => None,
+            };
+        });
+        stats
     }
 
     fn observe(&mut self, observation: &Observation) {

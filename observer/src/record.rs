@@ -13,7 +13,9 @@ use std::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
-    attribute::{CgroupOwner, CgroupRef, Container, Origin, Pod, ProcessInfo},
+    attribute::{
+        CgroupOwner, CgroupRef, Container, Origin, Pod, ProcessInfo, on_behalf_of::OnBehalfOf,
+    },
     classify::{Category, Evidence, Match, Source},
 };
 
@@ -93,6 +95,12 @@ pub struct Attempt {
     /// left unanswered (`dns_no_answer`).
     #[serde(default)]
     pub outcomes: BTreeMap<String, u64>,
+    /// For a container runtime or an image tool: the pod, unit or process
+    /// it worked for, with evidence and confidence; null otherwise, or when
+    /// nothing explains it. Decided at report time. Reports before it lack
+    /// it: null.
+    #[serde(default)]
+    pub on_behalf_of: Option<OnBehalfOf>,
 }
 
 impl Attempt {
@@ -285,6 +293,7 @@ impl Recorder {
                     count: 1,
                     node: None,
                     outcomes: BTreeMap::new(),
+                    on_behalf_of: None,
                 });
                 self.index.insert(key, self.attempts.len() - 1);
                 self.attempts.len() - 1
@@ -351,6 +360,13 @@ impl Recorder {
                 attempt.pod = Some(pod);
                 attempt.component = component;
             }
+        }
+    }
+
+    /// Gives every attempt to `decide`, which sets its `on_behalf_of`.
+    pub fn decide_on_behalf_of(&mut self, mut decide: impl FnMut(&mut Attempt)) {
+        for attempt in &mut self.attempts {
+            decide(attempt);
         }
     }
 

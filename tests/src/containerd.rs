@@ -8,7 +8,10 @@
 //! over /etc/resolv.conf in a private mount namespace. Pods use the node's
 //! (here: the testbed's) network, so no CNI is involved and every packet
 //! stays inside the testbed. Images are imported from an OCI archive: no
-//! registry pull is needed to start a pod.
+//! registry pull is needed to start a pod. A test can also pull, the way
+//! the kubelet does ([`Containerd::pull_image`]): containerd resolves
+//! `quay.io` through the testbed's dnsmasq and trusts the testbed's CA for
+//! it (a `hosts.toml` under the config's `registry.config_path`).
 //!
 //! Pod cgroups are `/kubepods/besteffort/pod<uid>/<id>` (cgroupfs driver).
 
@@ -21,10 +24,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, DnsConfig, ImageSpec,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest, runtime_service_client::RuntimeServiceClient,
+    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, DnsConfig,
+    ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
+    ListImagesRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest, image_service_client::ImageServiceClient,
+    runtime_service_client::RuntimeServiceClient,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -77,6 +82,7 @@ pub struct Containerd {
     child: Option<Child>,
     runtime: tokio::runtime::Runtime,
     client: Option<RuntimeServiceClient<Channel>>,
+    images: Option<ImageServiceClient<Channel>>,
     dns_server: String,
     /// Sandboxes not yet removed, with their pod uid (for cgroup cleanup).
     pods: Vec<(String, String)>,
@@ -93,6 +99,17 @@ impl Containerd {
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         fs::write(&config, config_toml(&dir, &socket))?;
+        // containerd pulls from the testbed's TLS registry under its real
+        // name; the registry's certificate is signed by the test CA.
+        let quay = dir.join("certs.d").join("quay.io");
+        fs::create_dir_all(&quay)?;
+        fs::write(
+            quay.join("hosts.toml"),
+            format!(
+                "server = \"https://quay.io\"\n[host.\"https://quay.io\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{}\"\n",
+                testbed.ca_cert().display()
+            ),
+        )?;
 
         let resolv = Path::new("/etc/netns")
             .join(testbed.netns())
@@ -121,6 +138,7 @@ impl Containerd {
             socket: socket.clone(),
             child: Some(child),
             client: None,
+            images: None,
             runtime,
             dns_server: testbed.host_ip().to_string(),
             pods: Vec::new(),
@@ -132,12 +150,12 @@ impl Containerd {
                 containerd.log()
             );
         }
-        containerd.client = Some(
-            containerd
-                .runtime
-                .block_on(connect(&socket))
-                .with_context(|| format!("connecting to {}", socket.display()))?,
-        );
+        let channel = containerd
+            .runtime
+            .block_on(connect(&socket))
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        containerd.images = Some(ImageServiceClient::new(channel.clone()));
+        containerd.client = Some(RuntimeServiceClient::new(channel));
         let mut import = Command::new("ctr");
         import
             .arg("--address")
@@ -170,11 +188,126 @@ impl Containerd {
     }
 
     /// RunPodSandbox, CreateContainer, StartContainer: a pod with one
-    /// container, on the node's network, resolving through the testbed.
+    /// container running [`POD_IMAGE`] (imported, never pulled), on the
+    /// node's network, resolving through the testbed.
     pub fn run_pod(&mut self, spec: &PodSpec) -> anyhow::Result<RunningPod> {
+        let sandbox_id = self.run_sandbox(spec)?;
+        self.start_container(spec, &sandbox_id, POD_IMAGE)
+    }
+
+    /// RunPodSandbox alone: the pod exists, no container yet (the kubelet
+    /// pulls the images between this and CreateContainer).
+    pub fn run_sandbox(&mut self, spec: &PodSpec) -> anyhow::Result<String> {
         let logs = self.dir.join("logs").join(&spec.uid);
         fs::create_dir_all(&logs)?;
-        let sandbox_config = PodSandboxConfig {
+        let config = self.sandbox_config(spec);
+        let mut client = self.client.clone().context("not connected")?;
+        let sandbox_id = self.runtime.block_on(async move {
+            let answer = bounded(client.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            }))
+            .await
+            .context("RunPodSandbox")?;
+            anyhow::Ok(answer.pod_sandbox_id)
+        })?;
+        self.pods.push((sandbox_id.clone(), spec.uid.clone()));
+        Ok(sandbox_id)
+    }
+
+    /// PullImage the way the kubelet asks for it: the image spec plus the
+    /// pod's sandbox config. Returns the image reference containerd answers
+    /// (its image id).
+    pub fn pull_image(&mut self, spec: &PodSpec, image: &str) -> anyhow::Result<String> {
+        let config = self.sandbox_config(spec);
+        let mut images = self.images.clone().context("not connected")?;
+        let image = image.to_string();
+        self.runtime.block_on(async move {
+            let answer = bounded(images.pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image,
+                    ..ImageSpec::default()
+                }),
+                auth: None,
+                sandbox_config: Some(config),
+            }))
+            .await
+            .context("PullImage")?;
+            anyhow::Ok(answer.image_ref)
+        })
+    }
+
+    /// CreateContainer + StartContainer of `image` (already present: pulled
+    /// or imported) in the sandbox `sandbox_id` of `spec`'s pod.
+    pub fn start_container(
+        &mut self,
+        spec: &PodSpec,
+        sandbox_id: &str,
+        image: &str,
+    ) -> anyhow::Result<RunningPod> {
+        let sandbox_config = self.sandbox_config(spec);
+        let container_config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: spec.container.clone(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..ImageSpec::default()
+            }),
+            command: spec.command.clone(),
+            log_path: format!("{}.log", spec.container),
+            ..ContainerConfig::default()
+        };
+        let mut client = self.client.clone().context("not connected")?;
+        let sandbox = sandbox_id.to_string();
+        let container_id = self.runtime.block_on(async move {
+            let container_id = bounded(client.create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox,
+                config: Some(container_config),
+                sandbox_config: Some(sandbox_config),
+            }))
+            .await
+            .context("CreateContainer")?
+            .container_id;
+            bounded(client.start_container(StartContainerRequest {
+                container_id: container_id.clone(),
+            }))
+            .await
+            .context("StartContainer")?;
+            anyhow::Ok(container_id)
+        })?;
+        Ok(RunningPod {
+            sandbox_id: sandbox_id.to_string(),
+            container_id,
+            uid: spec.uid.clone(),
+        })
+    }
+
+    /// What the CRI says of the runtime's images and containers, as debug
+    /// text: ListImages, ListContainers and ContainerStatus of `container`.
+    pub fn describe_images(&mut self, container: &str) -> anyhow::Result<String> {
+        let mut client = self.client.clone().context("not connected")?;
+        let mut images = self.images.clone().context("not connected")?;
+        let container = container.to_string();
+        self.runtime.block_on(async move {
+            let listed = bounded(images.list_images(ListImagesRequest { filter: None })).await?;
+            let containers =
+                bounded(client.list_containers(ListContainersRequest { filter: None })).await?;
+            let status = bounded(client.container_status(ContainerStatusRequest {
+                container_id: container,
+                verbose: false,
+            }))
+            .await?;
+            anyhow::Ok(format!(
+                "ListImages: {:#?}\nListContainers: {:#?}\nContainerStatus: {:#?}",
+                listed.images, containers.containers, status.status
+            ))
+        })
+    }
+
+    fn sandbox_config(&self, spec: &PodSpec) -> PodSandboxConfig {
+        PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: spec.name.clone(),
                 uid: spec.uid.clone(),
@@ -183,7 +316,7 @@ impl Containerd {
             }),
             // Node-network pods share the node's UTS namespace: no hostname of their own.
             hostname: String::new(),
-            log_directory: logs.display().to_string(),
+            log_directory: self.dir.join("logs").join(&spec.uid).display().to_string(),
             dns_config: Some(DnsConfig {
                 servers: vec![self.dns_server.clone()],
                 searches: vec![],
@@ -202,51 +335,7 @@ impl Containerd {
                 ..LinuxPodSandboxConfig::default()
             }),
             ..PodSandboxConfig::default()
-        };
-        let container_config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: spec.container.clone(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: POD_IMAGE.into(),
-                ..ImageSpec::default()
-            }),
-            command: spec.command.clone(),
-            log_path: format!("{}.log", spec.container),
-            ..ContainerConfig::default()
-        };
-        let mut client = self.client.clone().context("not connected")?;
-        let uid = spec.uid.clone();
-        let (sandbox_id, container_id) = self.runtime.block_on(async move {
-            let sandbox_id = bounded(client.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(sandbox_config.clone()),
-                runtime_handler: String::new(),
-            }))
-            .await
-            .context("RunPodSandbox")?
-            .pod_sandbox_id;
-            let container_id = bounded(client.create_container(CreateContainerRequest {
-                pod_sandbox_id: sandbox_id.clone(),
-                config: Some(container_config),
-                sandbox_config: Some(sandbox_config),
-            }))
-            .await
-            .context("CreateContainer")?
-            .container_id;
-            bounded(client.start_container(StartContainerRequest {
-                container_id: container_id.clone(),
-            }))
-            .await
-            .context("StartContainer")?;
-            anyhow::Ok((sandbox_id, container_id))
-        })?;
-        self.pods.push((sandbox_id.clone(), uid.clone()));
-        Ok(RunningPod {
-            sandbox_id,
-            container_id,
-            uid,
-        })
+        }
     }
 
     /// StopPodSandbox + RemovePodSandbox: the pod is gone from the CRI's
@@ -305,7 +394,7 @@ impl Drop for Containerd {
     }
 }
 
-async fn connect(socket: &Path) -> anyhow::Result<RuntimeServiceClient<Channel>> {
+async fn connect(socket: &Path) -> anyhow::Result<Channel> {
     let socket = socket.to_path_buf();
     let channel = Endpoint::from_static("http://cri.invalid")
         .connect_timeout(Duration::from_secs(5))
@@ -314,7 +403,7 @@ async fn connect(socket: &Path) -> anyhow::Result<RuntimeServiceClient<Channel>>
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
         .await?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(channel)
 }
 
 async fn bounded<T>(
@@ -343,11 +432,13 @@ fn config_toml(dir: &Path, socket: &Path) -> String {
          [{cri}.containerd]\n  default_runtime_name = \"runc\"\n\
          [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
          [{cri}.containerd.runtimes.runc.options]\n  SystemdCgroup = false\n\
-         [{cri}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{cni}\"\n",
+         [{cri}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{cni}\"\n\
+         [{cri}.registry]\n  config_path = \"{certs}\"\n",
         root = dir.join("root").display(),
         state = dir.join("state").display(),
         socket = socket.display(),
         cni = dir.join("cni").display(),
+        certs = dir.join("certs.d").display(),
     )
 }
 
@@ -373,6 +464,18 @@ fn make_pod_image(testbed: &Testbed, archive: &Path) -> anyhow::Result<()> {
         .arg(format!("oci:{}:sleeper", layout.display()))
         .arg(format!("oci-archive:{}:{POD_IMAGE}", archive.display()));
     run_checked(&mut copy, CMD_TIMEOUT)?;
+    Ok(())
+}
+
+/// Pushes the pod image (busybox running `sleep`) to the testbed's
+/// registry as `quay.io/<path_and_tag>`, for tests that pull it.
+pub fn push_pod_image(testbed: &Testbed, path_and_tag: &str) -> anyhow::Result<()> {
+    let mut push = testbed.netns_command("skopeo");
+    push.args(["--insecure-policy", "copy", "--dest-cert-dir"])
+        .arg(testbed.cert_dir())
+        .arg(format!("oci:{}:sleeper", testbed.oci_layout().display()))
+        .arg(format!("docker://{}:443/{path_and_tag}", testbed.host_ip()));
+    run_checked(&mut push, CMD_TIMEOUT)?;
     Ok(())
 }
 

@@ -65,45 +65,10 @@ pub fn component(
 /// The owner's name when the controller's labels tell how the pod name was
 /// made, else a name label, else the pod name without generated suffixes.
 pub fn pod_component(name: &str, labels: &BTreeMap<String, String>) -> String {
+    if let Some((_, owner)) = pod_owner(name, labels) {
+        return owner;
+    }
     let label = |key: &str| labels.get(key).map(String::as_str);
-    // Deployment -> ReplicaSet `<deployment>-<hash>` -> pod `<rs>-<xxxxx>`.
-    if let Some(hash) = label("pod-template-hash")
-        && let Some(rest) = strip_generated_suffix(name)
-        && let Some(deployment) = rest.strip_suffix(hash).and_then(|r| r.strip_suffix('-'))
-        && !deployment.is_empty()
-    {
-        return deployment.to_string();
-    }
-    // StatefulSet pods are `<set>-<ordinal>`.
-    if label("statefulset.kubernetes.io/pod-name") == Some(name)
-        && let Some((set, ordinal)) = name.rsplit_once('-')
-        && !set.is_empty()
-        && !ordinal.is_empty()
-        && ordinal.bytes().all(|b| b.is_ascii_digit())
-    {
-        return set.to_string();
-    }
-    // DaemonSet pods carry `controller-revision-hash` and
-    // `pod-template-generation`, and are `<daemonset>-<xxxxx>`.
-    if label("pod-template-generation").is_some()
-        && label("controller-revision-hash").is_some()
-        && let Some(daemonset) = strip_generated_suffix(name)
-    {
-        return daemonset.to_string();
-    }
-    // Job pods name their job; a CronJob's jobs are `<cronjob>-<minutes>`.
-    if let Some(job) = label("batch.kubernetes.io/job-name").or(label("job-name")) {
-        return match job.rsplit_once('-') {
-            Some((cronjob, stamp))
-                if !cronjob.is_empty()
-                    && stamp.len() >= 8
-                    && stamp.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                cronjob.to_string()
-            }
-            _ => job.to_string(),
-        };
-    }
     if let Some(app) = NAME_LABELS.iter().find_map(|key| label(key))
         && !app.is_empty()
     {
@@ -121,6 +86,52 @@ pub fn pod_component(name: &str, labels: &BTreeMap<String, String>) -> String {
         },
         None => name.to_string(),
     }
+}
+
+/// The controller whose template holds the pod's spec, as (kind, name),
+/// when its labels tell how the pod name was made. A CronJob's Job is
+/// named as the CronJob, whose template is the one to change.
+pub fn pod_owner(name: &str, labels: &BTreeMap<String, String>) -> Option<(&'static str, String)> {
+    let label = |key: &str| labels.get(key).map(String::as_str);
+    // Deployment -> ReplicaSet `<deployment>-<hash>` -> pod `<rs>-<xxxxx>`.
+    if let Some(hash) = label("pod-template-hash")
+        && let Some(rest) = strip_generated_suffix(name)
+        && let Some(deployment) = rest.strip_suffix(hash).and_then(|r| r.strip_suffix('-'))
+        && !deployment.is_empty()
+    {
+        return Some(("Deployment", deployment.to_string()));
+    }
+    // StatefulSet pods are `<set>-<ordinal>`.
+    if label("statefulset.kubernetes.io/pod-name") == Some(name)
+        && let Some((set, ordinal)) = name.rsplit_once('-')
+        && !set.is_empty()
+        && !ordinal.is_empty()
+        && ordinal.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Some(("StatefulSet", set.to_string()));
+    }
+    // DaemonSet pods carry `controller-revision-hash` and
+    // `pod-template-generation`, and are `<daemonset>-<xxxxx>`.
+    if label("pod-template-generation").is_some()
+        && label("controller-revision-hash").is_some()
+        && let Some(daemonset) = strip_generated_suffix(name)
+    {
+        return Some(("DaemonSet", daemonset.to_string()));
+    }
+    // Job pods name their job; a CronJob's jobs are `<cronjob>-<minutes>`.
+    if let Some(job) = label("batch.kubernetes.io/job-name").or(label("job-name")) {
+        return Some(match job.rsplit_once('-') {
+            Some((cronjob, stamp))
+                if !cronjob.is_empty()
+                    && stamp.len() >= 8
+                    && stamp.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                ("CronJob", cronjob.to_string())
+            }
+            _ => ("Job", job.to_string()),
+        });
+    }
+    None
 }
 
 /// `name-x7k2p` -> `name` when the suffix is five generated characters.

@@ -4,19 +4,23 @@
 //! own tokio task; attribution only reads the last published
 //! [`PodDirectory`], so a slow or dead runtime can never stall the pipeline.
 //! Every connect and call is bounded by [`CALL_TIMEOUT`].
+//!
+//! For on-behalf-of attribution it also lists images (ListImages) into an
+//! [`ImageLedger`] and reports each container the first time it appears as
+//! a pull intent (`images::container_intents`).
 
 use std::{
     collections::BTreeMap,
     io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
-    ListContainersRequest, ListPodSandboxRequest, VersionRequest,
-    runtime_service_client::RuntimeServiceClient,
+    ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, VersionRequest,
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -26,7 +30,12 @@ use tokio::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::pods::{ContainerEntry, Listing, PodDirectory, PodEntry};
+use super::{
+    images::{self, ImageLedger},
+    on_behalf_of::CONTAINER_CREATED_BEFORE,
+    pods::{ContainerEntry, ImageEntry, Listing, PodDirectory, PodEntry},
+    pull_intent::IntentSink,
+};
 
 /// Where CRI-O and containerd listen by default (`/var/run` is a symlink to
 /// `/run` on current distributions, but not on every older one).
@@ -95,7 +104,9 @@ pub struct SocketStatus {
     pub runtime: Option<String>,
     /// Successful listings from this socket.
     pub listings: u64,
-    /// Failed connects and calls, by reason: `connect`, `timeout`, `call`.
+    /// Failed connects and calls, by reason: `connect`, `timeout`, `call`,
+    /// and `list_images` (pods are still named; image presence is not
+    /// updated from this socket).
     pub failures: BTreeMap<String, u64>,
     pub last_error: Option<String>,
 }
@@ -134,18 +145,29 @@ pub type PodRemoved = Box<dyn Fn(&str) + Send + Sync>;
 /// The running watcher task.
 pub struct CriWatcher {
     stop: watch::Sender<bool>,
-    task: JoinHandle<Arc<PodDirectory>>,
+    task: JoinHandle<(Arc<PodDirectory>, ImageLedger)>,
     status: Arc<Mutex<CriStatus>>,
+}
+
+/// What the watcher knew when it stopped.
+pub struct CriFinal {
+    /// The final listing, tombstones included.
+    pub directory: Arc<PodDirectory>,
+    /// Image names present on the node since when.
+    pub images: ImageLedger,
+    pub status: CriStatus,
 }
 
 impl CriWatcher {
     /// Starts watching `sockets` (none: the source stays empty and the
     /// status says why, with `no_socket_reason`). `on_pod_removed` gets the
-    /// uid of each pod a listing no longer holds (metrics drop its series).
+    /// uid of each pod a listing no longer holds (metrics drop its series);
+    /// `intents` gets each container the first time it is listed.
     pub fn spawn(
         sockets: Vec<PathBuf>,
         no_socket_reason: String,
         on_pod_removed: PodRemoved,
+        intents: IntentSink,
     ) -> (CriWatcher, PodSource) {
         let (publish, directory) = watch::channel(Arc::new(PodDirectory::default()));
         let wake = Arc::new(Notify::new());
@@ -169,6 +191,7 @@ impl CriWatcher {
             stop_rx,
             Arc::clone(&status),
             on_pod_removed,
+            intents,
         ));
         (
             CriWatcher { stop, task, status },
@@ -177,22 +200,28 @@ impl CriWatcher {
     }
 
     /// Lists once more (bounded by the call timeouts), stops, and returns
-    /// the final directory, tombstones included, with the run's status.
-    pub async fn finish(self) -> (Arc<PodDirectory>, CriStatus) {
+    /// the final directory, tombstones included, the image ledger and the
+    /// run's status.
+    pub async fn finish(self) -> CriFinal {
         let _ = self.stop.send(true);
-        let directory = self.task.await.unwrap_or_default();
+        let (directory, images) = self.task.await.unwrap_or_default();
         let status = self
             .status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        (directory, status)
+        CriFinal {
+            directory,
+            images,
+            status,
+        }
     }
 }
 
 struct Runtime {
     path: PathBuf,
     client: Option<RuntimeServiceClient<Channel>>,
+    images: Option<ImageServiceClient<Channel>>,
     /// The last good listing: a socket that fails one refresh must not make
     /// its pods look removed.
     last: Listing,
@@ -206,28 +235,37 @@ async fn watch_runtimes(
     mut stop: watch::Receiver<bool>,
     status: Arc<Mutex<CriStatus>>,
     on_pod_removed: PodRemoved,
-) -> Arc<PodDirectory> {
+    intents: IntentSink,
+) -> (Arc<PodDirectory>, ImageLedger) {
     let mut runtimes: Vec<Runtime> = sockets
         .into_iter()
         .map(|path| Runtime {
             path,
             client: None,
+            images: None,
             last: Listing::default(),
             warned: false,
         })
         .collect();
-    let mut directory = PodDirectory::default();
+    let mut watched = Watched {
+        directory: PodDirectory::default(),
+        images: ImageLedger::default(),
+        // A container created before this could only match a contact the
+        // agent cannot have seen.
+        intents_since: SystemTime::now() - CONTAINER_CREATED_BEFORE,
+        intents,
+    };
     if runtimes.is_empty() {
-        return Arc::new(directory);
+        return (Arc::new(watched.directory), watched.images);
     }
     loop {
         let started = Instant::now();
-        for uid in refresh(&mut runtimes, &mut directory, &status).await {
+        for uid in refresh(&mut runtimes, &mut watched, &status).await {
             on_pod_removed(&uid);
         }
-        let _ = publish.send(Arc::new(directory.clone()));
+        let _ = publish.send(Arc::new(watched.directory.clone()));
         if *stop.borrow() {
-            return Arc::new(directory);
+            return (Arc::new(watched.directory), watched.images);
         }
         tokio::select! {
             _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
@@ -240,24 +278,44 @@ async fn watch_runtimes(
     }
 }
 
+/// What the watcher keeps between listings.
+struct Watched {
+    directory: PodDirectory,
+    images: ImageLedger,
+    intents_since: SystemTime,
+    intents: IntentSink,
+}
+
 async fn refresh(
     runtimes: &mut [Runtime],
-    directory: &mut PodDirectory,
+    watched: &mut Watched,
     status: &Mutex<CriStatus>,
 ) -> Vec<String> {
     let mut merged = Listing::default();
+    let mut images_listed = false;
     for (index, runtime) in runtimes.iter_mut().enumerate() {
         let outcome = list_one(runtime).await;
         let mut status = status.lock().unwrap_or_else(PoisonError::into_inner);
         let socket = &mut status.sockets[index];
         match outcome {
-            Ok((listing, version)) => {
+            Ok((listing, version, images_failure)) => {
                 socket.listings += 1;
                 socket.last_error = None;
                 if version.is_some() {
                     socket.runtime = version;
                 }
-                runtime.last = listing;
+                let images = match images_failure {
+                    None => {
+                        images_listed = true;
+                        listing.images
+                    }
+                    Some((reason, error)) => {
+                        *socket.failures.entry(reason.to_string()).or_default() += 1;
+                        socket.last_error = Some(error);
+                        std::mem::take(&mut runtime.last.images)
+                    }
+                };
+                runtime.last = Listing { images, ..listing };
                 status.state = CriState::Connected;
                 status.reason = None;
             }
@@ -284,22 +342,37 @@ async fn refresh(
         merged
             .containers
             .extend(runtime.last.containers.iter().cloned());
+        merged.images.extend(runtime.last.images.iter().cloned());
     }
-    let departed = directory.apply(merged, Instant::now());
+    for intent in images::container_intents(&watched.directory, &merged, watched.intents_since) {
+        watched.intents.send(intent);
+    }
+    // Only a listing that answered says what is present; before the first
+    // one, presence stays unknown.
+    if images_listed {
+        watched.images.apply(&merged.images, SystemTime::now());
+    }
+    let departed = watched.directory.apply(merged, Instant::now());
     let mut status = status.lock().unwrap_or_else(PoisonError::into_inner);
     status.refreshes += 1;
-    status.pods_live = directory.live_pods();
-    status.tombstones = directory.tombstones();
+    status.pods_live = watched.directory.live_pods();
+    status.tombstones = watched.directory.tombstones();
     departed
 }
 
 type Failure = (&'static str, String);
 
-/// One socket's pods and containers; the runtime's version on (re)connect.
-async fn list_one(runtime: &mut Runtime) -> Result<(Listing, Option<String>), Failure> {
+/// One socket's pods, containers and images; the runtime's version on
+/// (re)connect; and why images could not be listed, if they could not
+/// (pods are still named then).
+async fn list_one(
+    runtime: &mut Runtime,
+) -> Result<(Listing, Option<String>, Option<Failure>), Failure> {
     let mut version = None;
     if runtime.client.is_none() {
         let channel = connect(&runtime.path).await?;
+        runtime.images =
+            Some(ImageServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE));
         let mut client = RuntimeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
         let answer = bounded(client.version(VersionRequest {
             version: "v1".into(),
@@ -316,6 +389,12 @@ async fn list_one(runtime: &mut Runtime) -> Result<(Listing, Option<String>), Fa
         bounded(client.list_pod_sandbox(ListPodSandboxRequest { filter: None })).await?;
     let containers =
         bounded(client.list_containers(ListContainersRequest { filter: None })).await?;
+    let image_client = runtime.images.as_mut().expect("connected above");
+    let (images, images_failure) =
+        match bounded(image_client.list_images(ListImagesRequest { filter: None })).await {
+            Ok(answer) => (answer.images, None),
+            Err((_, error)) => (Vec::new(), Some(("list_images", error))),
+        };
     let listing = Listing {
         pods: sandboxes
             .items
@@ -334,14 +413,37 @@ async fn list_one(runtime: &mut Runtime) -> Result<(Listing, Option<String>), Fa
         containers: containers
             .containers
             .into_iter()
-            .map(|container| ContainerEntry {
-                name: container.metadata.map(|m| m.name).unwrap_or_default(),
-                id: container.id,
-                sandbox_id: container.pod_sandbox_id,
+            .map(|container| {
+                let image = container.image.unwrap_or_default();
+                ContainerEntry {
+                    name: container.metadata.map(|m| m.name).unwrap_or_default(),
+                    id: container.id,
+                    sandbox_id: container.pod_sandbox_id,
+                    // Newer runtimes keep the name the kubelet asked for
+                    // here when `image` holds an id.
+                    image: if image.user_specified_image.is_empty() {
+                        image.image
+                    } else {
+                        image.user_specified_image
+                    },
+                    image_id: container.image_ref,
+                    created_at: u64::try_from(container.created_at)
+                        .ok()
+                        .filter(|ns| *ns > 0)
+                        .map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)),
+                }
+            })
+            .collect(),
+        images: images
+            .into_iter()
+            .map(|image| ImageEntry {
+                id: image.id,
+                repo_tags: image.repo_tags,
+                repo_digests: image.repo_digests,
             })
             .collect(),
     };
-    Ok((listing, version))
+    Ok((listing, version, images_failure))
 }
 
 async fn connect(path: &Path) -> Result<Channel, Failure> {
@@ -389,6 +491,11 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attribute::pull_intent::intent_channel;
+
+    fn no_intents() -> IntentSink {
+        intent_channel(1).0
+    }
 
     #[test]
     fn given_sockets_win_else_existing_defaults_without_duplicates() {
@@ -414,11 +521,21 @@ mod tests {
     async fn a_missing_socket_is_counted_never_waited_for() {
         let missing = std::env::temp_dir().join(format!("ro-no-cri-{}.sock", std::process::id()));
         let started = Instant::now();
-        let (watcher, source) =
-            CriWatcher::spawn(vec![missing.clone()], String::new(), Box::new(|_| {}));
+        let (watcher, source) = CriWatcher::spawn(
+            vec![missing.clone()],
+            String::new(),
+            Box::new(|_| {}),
+            no_intents(),
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(source.current().live_pods(), 0);
-        let (directory, status) = watcher.finish().await;
+        let CriFinal {
+            directory,
+            images,
+            status,
+        } = watcher.finish().await;
+        // Nothing answered: image presence stays unknown.
+        assert_eq!(images.listings(), 0);
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
@@ -444,9 +561,13 @@ mod tests {
         // Bound but never accepted: connects queue in the backlog, unanswered.
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let started = Instant::now();
-        let (watcher, _source) =
-            CriWatcher::spawn(vec![path.clone()], String::new(), Box::new(|_| {}));
-        let (_, status) = watcher.finish().await;
+        let (watcher, _source) = CriWatcher::spawn(
+            vec![path.clone()],
+            String::new(),
+            Box::new(|_| {}),
+            no_intents(),
+        );
+        let CriFinal { status, .. } = watcher.finish().await;
         let elapsed = started.elapsed();
         std::fs::remove_file(&path).unwrap();
         assert!(elapsed < CALL_TIMEOUT * 4, "{elapsed:?}");
@@ -457,9 +578,14 @@ mod tests {
 
     #[tokio::test]
     async fn no_socket_says_why() {
-        let (watcher, _) =
-            CriWatcher::spawn(vec![], "no CRI socket found".into(), Box::new(|_| {}));
-        let (_, status) = watcher.finish().await;
+        let (watcher, _) = CriWatcher::spawn(
+            vec![],
+            "no CRI socket found".into(),
+            Box::new(|_| {}),
+            no_intents(),
+        );
+        let CriFinal { status, images, .. } = watcher.finish().await;
+        assert_eq!(images.listings(), 0);
         assert_eq!(status.state, CriState::Unavailable);
         assert_eq!(status.reason.as_deref(), Some("no CRI socket found"));
         assert_eq!(status.refreshes, 0);

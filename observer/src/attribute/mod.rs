@@ -9,7 +9,9 @@ pub mod cgroups;
 pub mod component;
 pub mod component_rules;
 pub mod cri;
+pub mod images;
 pub mod lineage;
+pub mod on_behalf_of;
 pub mod pods;
 pub mod procfs;
 pub mod pull_intent;
@@ -96,6 +98,10 @@ pub struct AttributionStats {
     /// `cri_unavailable` (no CRI socket answered during the run),
     /// `unknown_to_cri` (the runtime answered but never listed it).
     pub pods_unnamed: BTreeMap<String, u64>,
+    /// Container runtime contacts (containerd, crio, ...) that no pod's
+    /// pull intent explains: they stay attributed to the runtime only
+    /// (`observer.on_behalf_of` says how many intents there were).
+    pub runtime_pulls_unattributed: u64,
 }
 
 struct CachedProcess {
@@ -156,6 +162,11 @@ impl Attributor {
 
     pub fn stats(&self) -> &AttributionStats {
         &self.stats
+    }
+
+    /// Counted at report time by the on-behalf-of correlation.
+    pub fn count_runtime_pull_unattributed(&mut self) {
+        self.stats.runtime_pulls_unattributed += 1;
     }
 
     /// Resolves a cgroup id to its path (also used to scope `run -- CMD`).
@@ -429,7 +440,9 @@ mod tests {
                     id: id.clone(),
                     sandbox_id: "sb".into(),
                     name: "machine-config-daemon".into(),
+                    ..pods::ContainerEntry::default()
                 }],
+                images: vec![],
             },
             std::time::Instant::now(),
         );

@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
@@ -31,12 +31,31 @@ pub struct PodEntry {
 }
 
 /// A container as the CRI reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerEntry {
     pub id: String,
     pub sandbox_id: String,
     /// The container's name in the pod spec.
     pub name: String,
+    /// The image as the kubelet asked for it: ListContainers' `image`
+    /// (containerd 1.6 answers the name as requested, e.g.
+    /// `quay.io/t/app:latest`; a runtime may answer an image id instead,
+    /// which `images::requested_image` maps back to a name).
+    pub image: String,
+    /// The image id (`image_ref`; containerd: `sha256:<config digest>`).
+    pub image_id: String,
+    /// When the runtime created it; None when it did not say.
+    pub created_at: Option<SystemTime>,
+}
+
+/// An image as ListImages reports it: its id and every name it has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageEntry {
+    pub id: String,
+    /// `quay.io/t/app:latest`: fully qualified as the runtime stores them.
+    pub repo_tags: Vec<String>,
+    /// `quay.io/t/app@sha256:...`.
+    pub repo_digests: Vec<String>,
 }
 
 /// One complete listing from one runtime.
@@ -44,6 +63,7 @@ pub struct ContainerEntry {
 pub struct Listing {
     pub pods: Vec<PodEntry>,
     pub containers: Vec<ContainerEntry>,
+    pub images: Vec<ImageEntry>,
 }
 
 /// What attribution learns about the pod of a process.
@@ -179,6 +199,12 @@ impl PodDirectory {
         self.pods.get(sandbox).map(|pod| named(&pod.entry, None))
     }
 
+    /// Whether a container was in any listing so far (live or tombstoned):
+    /// the CRI watcher reports each container once, when it first appears.
+    pub fn knows_container(&self, id: &str) -> bool {
+        self.containers.contains_key(id)
+    }
+
     pub fn live_pods(&self) -> usize {
         self.pods.values().filter(|p| p.gone_at.is_none()).count()
     }
@@ -254,11 +280,16 @@ mod tests {
             id: id.into(),
             sandbox_id: sandbox.into(),
             name: name.into(),
+            ..ContainerEntry::default()
         }
     }
 
     fn listing(pods: Vec<PodEntry>, containers: Vec<ContainerEntry>) -> Listing {
-        Listing { pods, containers }
+        Listing {
+            pods,
+            containers,
+            images: vec![],
+        }
     }
 
     #[test]

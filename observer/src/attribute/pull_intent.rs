@@ -14,6 +14,7 @@
 //! lost silently and never blocking a source.
 
 use std::{
+    collections::{BTreeMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -22,7 +23,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The pod an intent is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -142,10 +143,96 @@ impl IntentFeed {
         intents
     }
 
+    /// The next intent; None once every sink is gone (every source ended).
+    pub async fn recv(&mut self) -> Option<PullIntent> {
+        self.receiver.recv().await
+    }
+
     /// Intents that did not fit in the queue, for the report.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// Intents kept for the report-time correlation: a node's pod starts over
+/// a long upgrade, far more than a run's registry contacts need.
+pub const MAX_LOGGED_INTENTS: usize = 16_384;
+
+/// The intents of the run, oldest first, bounded: past the bound the oldest
+/// go (counted), since a pull is matched to intents near it in time.
+#[derive(Debug)]
+pub struct IntentLog {
+    intents: VecDeque<PullIntent>,
+    max: usize,
+    seen: BTreeMap<IntentSignal, u64>,
+    evicted: u64,
+}
+
+impl Default for IntentLog {
+    fn default() -> IntentLog {
+        IntentLog::with_max(MAX_LOGGED_INTENTS)
+    }
+}
+
+impl IntentLog {
+    pub fn with_max(max: usize) -> IntentLog {
+        IntentLog {
+            intents: VecDeque::new(),
+            max: max.max(1),
+            seen: BTreeMap::new(),
+            evicted: 0,
+        }
+    }
+
+    pub fn push(&mut self, intent: PullIntent) {
+        *self.seen.entry(intent.signal).or_default() += 1;
+        if self.intents.len() >= self.max {
+            self.intents.pop_front();
+            self.evicted += 1;
+        }
+        self.intents.push_back(intent);
+    }
+
+    /// Intents received, by signal (evicted ones included).
+    pub fn seen(&self) -> &BTreeMap<IntentSignal, u64> {
+        &self.seen
+    }
+
+    /// Intents pushed out of the log by newer ones.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    pub fn intents(&self) -> impl Iterator<Item = &PullIntent> {
+        self.intents.iter()
+    }
+}
+
+/// Drains `feed` into a log until every sink is gone or `stop` fires
+/// (then what is already queued is still taken); returns the log and the
+/// queue's drop count. Runs on its own task: sources never wait on the
+/// correlation, and the event path never sees intents at all.
+pub async fn collect(
+    mut feed: IntentFeed,
+    mut log: IntentLog,
+    stop: oneshot::Receiver<()>,
+) -> (IntentLog, u64) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            received = feed.recv() => match received {
+                Some(intent) => log.push(intent),
+                None => break,
+            },
+            _ = &mut stop => {
+                for intent in feed.drain() {
+                    log.push(intent);
+                }
+                break;
+            }
+        }
+    }
+    (log, feed.dropped())
 }
 
 pub fn intent_channel(capacity: usize) -> (IntentSink, IntentFeed) {
@@ -179,6 +266,52 @@ mod tests {
             signal: IntentSignal::KubeletPulling,
             policy: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_log_keeps_the_newest_counts_every_signal_and_ends_with_its_sources() {
+        let (sink, feed) = intent_channel(8);
+        let (_stop, stopped) = oneshot::channel();
+        let collector = tokio::spawn(collect(feed, IntentLog::with_max(2), stopped));
+        for name in ["a", "b", "c"] {
+            sink.send(intent(name));
+        }
+        sink.send(PullIntent {
+            signal: IntentSignal::CriContainerCreated,
+            ..intent("d")
+        });
+        drop(sink);
+        let (log, dropped) = collector.await.unwrap();
+        assert_eq!(dropped, 0);
+        assert_eq!(log.evicted(), 2);
+        let names: Vec<&str> = log.intents().map(|i| i.pod.name.as_str()).collect();
+        assert_eq!(names, ["c", "d"]);
+        assert_eq!(
+            log.seen(),
+            &BTreeMap::from([
+                (IntentSignal::CriContainerCreated, 1),
+                (IntentSignal::KubeletPulling, 3)
+            ])
+        );
+    }
+
+    /// A source still alive (a sink kept) cannot hold the report back:
+    /// stopping takes what is queued and returns.
+    #[tokio::test]
+    async fn stopping_takes_what_is_queued_even_with_a_live_source() {
+        let (sink, feed) = intent_channel(8);
+        let (stop, stopped) = oneshot::channel();
+        sink.send(intent("a"));
+        sink.send(intent("b"));
+        stop.send(()).unwrap();
+        let (log, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            collect(feed, IntentLog::default(), stopped),
+        )
+        .await
+        .expect("collect returns once stopped");
+        assert_eq!(log.intents().count(), 2);
+        drop(sink);
     }
 
     #[test]

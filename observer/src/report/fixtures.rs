@@ -55,6 +55,7 @@ pub fn attempt(phase: &str, component: &str, host: &str, seen: u64) -> Attempt {
         count: 2,
         node: None,
         outcomes: BTreeMap::new(),
+        on_behalf_of: None,
     }
 }
 
@@ -93,6 +94,7 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             attribution: AttributionStats::default(),
             cri: CriStatus::default(),
             kubernetes: crate::kubernetes::KubernetesStatus::default(),
+            on_behalf_of: Default::default(),
             complete: true,
         }),
         nodes: vec![],

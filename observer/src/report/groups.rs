@@ -8,6 +8,7 @@ use std::{
 
 use super::{Report, add_outcomes};
 use crate::{
+    attribute::on_behalf_of::{OnBehalfOf, OnBehalfOfKind},
     classify::Evidence,
     record::{Allowance, Attempt, Verdict},
 };
@@ -39,6 +40,30 @@ pub struct ComponentGroup {
     pub not_enforced_hosts: BTreeSet<String>,
     /// Processes (comm, exe) seen, for the JUnit failure text.
     pub processes: BTreeSet<String>,
+    /// Whom a runtime or tool worked for (`ns/pod`, a unit, a program):
+    /// its attempts' `on_behalf_of`.
+    pub on_behalf_of: BTreeSet<String>,
+}
+
+/// How a summary names whom an attempt was made for.
+pub fn on_behalf_of_name(found: &OnBehalfOf) -> Option<String> {
+    match found.kind {
+        OnBehalfOfKind::Pod => {
+            let pod = found.pod.as_ref()?;
+            match (&pod.namespace, &pod.name) {
+                (Some(namespace), Some(name)) => Some(format!("{namespace}/{name}")),
+                _ => pod.uid.as_ref().map(|uid| format!("pod/{uid}")),
+            }
+        }
+        OnBehalfOfKind::Unit => found.unit.clone(),
+        OnBehalfOfKind::Process => found.process.as_ref().map(|p| {
+            p.exe
+                .as_deref()
+                .and_then(|exe| exe.rsplit('/').next())
+                .unwrap_or(&p.comm)
+                .to_string()
+        }),
+    }
 }
 
 /// Phases in marker order (then any other phase named by an attempt,
@@ -107,6 +132,7 @@ fn empty(attempt: &Attempt) -> ComponentGroup {
         allowances: BTreeMap::new(),
         not_enforced_hosts: BTreeSet::new(),
         processes: BTreeSet::new(),
+        on_behalf_of: BTreeSet::new(),
     }
 }
 
@@ -136,6 +162,9 @@ fn add(group: &mut ComponentGroup, attempt: &Attempt) {
     }
     group.first_seen = group.first_seen.min(attempt.first_seen);
     group.last_seen = group.last_seen.max(attempt.last_seen);
+    if let Some(name) = attempt.on_behalf_of.as_ref().and_then(on_behalf_of_name) {
+        group.on_behalf_of.insert(name);
+    }
     let process = &attempt.process;
     group.processes.insert(match &process.exe {
         Some(exe) => format!("{} ({exe})", process.comm),

@@ -57,6 +57,12 @@ pub fn to_junit(report: &Report) -> Result<String, quick_junit::SerializeError> 
                 if !component.nodes.is_empty() {
                     description.push_str(&format!("nodes: {}\n", list(&component.nodes)));
                 }
+                if !component.on_behalf_of.is_empty() {
+                    description.push_str(&format!(
+                        "on behalf of: {}\n",
+                        list(&component.on_behalf_of)
+                    ));
+                }
                 status.set_description(description);
                 status
             } else {
@@ -118,12 +124,28 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::report::fixtures::{allowed, attempt, node_report};
+    use crate::{
+        attribute::on_behalf_of::{Clue, Confidence, OnBehalfOf, OnBehalfOfKind},
+        report::fixtures::{allowed, attempt, node_report},
+    };
 
     #[test]
     fn suites_per_phase_cases_per_component() {
         let mut refused = attempt("boot", "machine-config-daemon", "quay.io", 5);
         refused.outcomes = BTreeMap::from([("refused".into(), 2)]);
+        refused.on_behalf_of = Some(OnBehalfOf {
+            kind: OnBehalfOfKind::Unit,
+            pod: None,
+            unit: Some("machine-config-daemon-pull.service".into()),
+            process: None,
+            image: None,
+            evidence: vec![Clue::Ancestry],
+            ancestry: Some("skopeo <- systemd".into()),
+            confidence: Confidence::High,
+            candidates: 1,
+            policy: None,
+            explanation: "skopeo was started directly by its unit".into(),
+        });
         let mut mixed = attempt("boot", "machine-config-daemon", "registry.redhat.io", 7);
         mixed.outcomes = BTreeMap::from([("refused".into(), 1), ("established".into(), 1)]);
         let report = node_report(
@@ -155,6 +177,10 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("evidence: dns_query"), "{xml}");
+        assert!(
+            xml.contains("on behalf of: machine-config-daemon-pull.service\n"),
+            "{xml}"
+        );
         // Summed per outcome over the component's attempts.
         assert!(
             xml.contains("outcomes: refused 3, established 1\n"),

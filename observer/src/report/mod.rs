@@ -8,7 +8,7 @@
 
 pub mod diff;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod groups;
 pub mod junit;
 pub mod merge;
@@ -26,7 +26,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attribute::{AttributionStats, cri::CriStatus},
+    attribute::{AttributionStats, cri::CriStatus, on_behalf_of::OnBehalfOfStats},
     classify::{Category, registries_conf::RegistriesConfReport},
     kubernetes::KubernetesStatus,
     payload::PayloadStats,
@@ -143,6 +143,10 @@ pub struct ObserverSection {
     /// used, and what came of it.
     #[serde(default)]
     pub kubernetes: KubernetesStatus,
+    /// Pull intents seen and how runtime and tool attempts were attributed
+    /// to whom they worked for.
+    #[serde(default)]
+    pub on_behalf_of: OnBehalfOfStats,
     /// True when every hook was attached for the whole run and no event was
     /// lost: only then does "no attempts" mean none happened.
     pub complete: bool,

@@ -110,7 +110,7 @@ fn row(phase: &str, group: &ComponentGroup, cluster: bool, format: Format) -> Ve
     let join = |items: Vec<String>| items.join(", ");
     let mut row = vec![
         phase.to_string(),
-        code(&group.component, format),
+        component_cell(group, format),
         if group.violation {
             "violation".into()
         } else if group.allowances.is_empty() && !group.not_enforced_hosts.is_empty() {
@@ -137,6 +137,28 @@ fn row(phase: &str, group: &ComponentGroup, cluster: bool, format: Format) -> Ve
     row
 }
 
+/// Whom a runtime or tool worked for follow its name: `containerd for
+/// shop/web-1`; past three, how many more.
+const ON_BEHALF_OF_SHOWN: usize = 3;
+
+fn component_cell(group: &ComponentGroup, format: Format) -> String {
+    let component = code(&group.component, format);
+    if group.on_behalf_of.is_empty() {
+        return component;
+    }
+    let mut names: Vec<String> = group
+        .on_behalf_of
+        .iter()
+        .take(ON_BEHALF_OF_SHOWN)
+        .map(|name| code(name, format))
+        .collect();
+    let more = group.on_behalf_of.len().saturating_sub(ON_BEHALF_OF_SHOWN);
+    if more > 0 {
+        names.push(format!("+{more} more"));
+    }
+    format!("{component} for {}", names.join(", "))
+}
+
 /// Component and host names can hold `|` or `*`; code spans keep markdown
 /// from reading them as table or emphasis syntax.
 fn code(text: &str, format: Format) -> String {
@@ -156,12 +178,31 @@ mod tests {
 
     use super::*;
     use crate::{
+        attribute::on_behalf_of::{Clue, Confidence, OnBehalfOf, OnBehalfOfKind, OnBehalfOfPod},
         classify::Evidence,
         report::fixtures::{allowed, attempt, node_report},
     };
 
     fn report() -> Report {
         let mut crio = attempt("boot", "crio", "quay.io", 10);
+        crio.on_behalf_of = Some(OnBehalfOf {
+            kind: OnBehalfOfKind::Pod,
+            pod: Some(OnBehalfOfPod {
+                uid: Some("u-1".into()),
+                namespace: Some("openshift-ovn-kubernetes".into()),
+                name: Some("ovnkube-upgrades-prepuller-x7k2p".into()),
+                container: Some("pull".into()),
+            }),
+            unit: None,
+            process: None,
+            image: Some("quay.io/ovn/ovn:latest".into()),
+            evidence: vec![Clue::CriContainerCreated],
+            ancestry: None,
+            confidence: Confidence::High,
+            candidates: 1,
+            policy: None,
+            explanation: "crio contacted quay.io for the pre-puller".into(),
+        });
         crio.evidence.insert(Evidence::TlsSni);
         crio.outcomes = BTreeMap::from([("timed_out".into(), 1), ("established".into(), 2)]);
         node_report(
@@ -193,7 +234,8 @@ mod tests {
         assert_eq!(rows.len(), 5, "{text}");
         assert!(
             rows[1].contains("boot")
-                && rows[1].contains("crio")
+                && rows[1]
+                    .contains("crio for openshift-ovn-kubernetes/ovnkube-upgrades-prepuller-x7k2p")
                 && rows[1].contains("dns_query, tls_sni")
                 && rows[1].contains("established 2, timed_out 1"),
             "{text}"

@@ -1,0 +1,287 @@
+//! On-behalf-of attribution end to end, with real components only: a real
+//! containerd (1.6) asked through its CRI API to pull and create
+//! containers exactly as the kubelet asks (RunPodSandbox, PullImage with
+//! the pod's sandbox config, CreateContainer), pulling from the testbed's
+//! TLS registry under the name `quay.io`; and a real skopeo run by a
+//! stand-in machine-config daemon (a copy of the shell under that name).
+//! The Kubernetes API is not involved: the pods are known to the agent
+//! through the CRI only, so the policy is inferred from the image
+//! reference, and nothing is mocked.
+//!
+//! These tests need root and the tools; they fail (never skip) without them.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use observer_tests::observe::{
+    CLIENT_TIMEOUT, PYTHON, agent_args, assert_valid_report, in_netns, read_report,
+};
+use observer_tests::{
+    Agent, CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, TESTBED_TOOLS, TestCgroup, Testbed,
+    output_within, push_pod_image, require_root_and_tools,
+};
+use serde_json::Value;
+
+/// What the pods pull: `:latest`, so Kubernetes would default the policy to
+/// Always, the case this attribution exists for.
+const PULLED_IMAGE: &str = "quay.io/t/app:latest";
+
+fn setup() -> (Testbed, Containerd) {
+    require_root_and_tools(TESTBED_TOOLS);
+    require_root_and_tools(CONTAINERD_TOOLS);
+    require_root_and_tools(&[PYTHON]);
+    let testbed = Testbed::start().expect("starting the testbed");
+    let containerd = Containerd::start(&testbed).expect("starting containerd");
+    push_pod_image(&testbed, "t/app:latest").expect("pushing the image to pull");
+    (testbed, containerd)
+}
+
+fn start_agent(report: &Path, containerd: &Containerd) -> Agent {
+    let mut args = agent_args(report);
+    args.push("--cri-socket".into());
+    args.push(containerd.socket().display().to_string());
+    Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn pod(name: &str, uid: &str) -> PodSpec {
+    PodSpec {
+        name: name.into(),
+        namespace: "shop".into(),
+        uid: uid.into(),
+        labels: HashMap::new(),
+        container: "app".into(),
+        // The image's own command (sleep) keeps it running.
+        command: vec![],
+    }
+}
+
+/// A fresh pod uid from our pid, `n` and the clock: unique per run.
+fn pod_uid(n: u32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        std::process::id(),
+        n & 0xffff,
+        (nanos >> 48) & 0xfff,
+        (nanos >> 36) & 0xfff,
+        nanos & 0xffff_ffff_ffff
+    )
+}
+
+/// RunPodSandbox, PullImage (with the sandbox config, as the kubelet
+/// does), CreateContainer + StartContainer.
+fn pull_and_start(containerd: &mut Containerd, spec: &PodSpec) {
+    let sandbox = containerd.run_sandbox(spec).expect("RunPodSandbox");
+    containerd
+        .pull_image(spec, PULLED_IMAGE)
+        .unwrap_or_else(|e| panic!("PullImage: {e:#}\n--- containerd ---\n{}", containerd.log()));
+    containerd
+        .start_container(spec, &sandbox, PULLED_IMAGE)
+        .expect("CreateContainer");
+}
+
+/// Waits (bounded) for the live line of containerd's registry contact.
+fn wait_for_containerd_contact(agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if agent
+            .stdout_so_far()
+            .lines()
+            .any(|l| l.contains("quay.io") && l.contains(" containerd "))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "no live line of containerd contacting quay.io:\n{}",
+        agent.stdout_so_far()
+    );
+}
+
+/// containerd's attempts on quay.io (its DNS query and connects).
+fn containerd_attempts(report: &Value) -> Vec<&Value> {
+    report["attempts"]
+        .as_array()
+        .expect("attempts is an array")
+        .iter()
+        .filter(|a| a["process"]["comm"] == "containerd" && a["host"] == "quay.io")
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| v.as_str().expect("a string"))
+        .collect()
+}
+
+fn run_to_report(agent: Agent, report_path: &Path) -> Value {
+    let output = agent.stop();
+    assert!(output.status.success(), "agent failed: {output:?}");
+    assert_valid_report(report_path);
+    read_report(report_path)
+}
+
+#[test]
+fn containerd_pulls_are_attributed_to_the_pod_that_needed_the_image() {
+    let (testbed, mut containerd) = setup();
+
+    // Run 1: the image is not on the node; web-1 needs it. cache-1 starts
+    // at the same time from an image already present (no pull).
+    let first_report = testbed.temp_dir().join("first.json");
+    let agent = start_agent(&first_report, &containerd);
+    let web = pod("web-1", &pod_uid(1));
+    pull_and_start(&mut containerd, &web);
+    let cache = pod("cache-1", &pod_uid(2));
+    let sandbox = containerd.run_sandbox(&cache).expect("RunPodSandbox");
+    containerd
+        .start_container(&cache, &sandbox, POD_IMAGE)
+        .expect("CreateContainer from a present image");
+    wait_for_containerd_contact(&agent);
+    let report = run_to_report(agent, &first_report);
+
+    let attempts = containerd_attempts(&report);
+    assert!(!attempts.is_empty(), "no containerd attempt: {report:#}");
+    for attempt in &attempts {
+        let found = &attempt["on_behalf_of"];
+        assert_eq!(found["kind"], "pod", "{attempt:#}");
+        assert_eq!(found["pod"]["namespace"], "shop", "{found:#}");
+        assert_eq!(found["pod"]["name"], "web-1", "{found:#}");
+        assert_eq!(found["pod"]["uid"], web.uid.as_str(), "{found:#}");
+        assert_eq!(found["pod"]["container"], "app", "{found:#}");
+        assert_eq!(found["image"], PULLED_IMAGE, "{found:#}");
+        let evidence = strings(&found["evidence"]);
+        assert!(evidence.contains(&"cri_container_created"), "{found:#}");
+        assert!(evidence.contains(&"image_pulled"), "{found:#}");
+        assert_eq!(found["confidence"], "high", "{found:#}");
+        assert_eq!(found["candidates"], 1, "{found:#}");
+        assert_eq!(found["policy"]["effective"], "Always", "{found:#}");
+        assert_eq!(found["policy"]["why"], "latest_tag", "{found:#}");
+        assert_eq!(found["policy"]["source"], "image_reference", "{found:#}");
+    }
+    let all_named: Vec<&Value> = report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["on_behalf_of"]["pod"]["name"])
+        .collect();
+    assert!(
+        !all_named.contains(&&Value::from("cache-1")),
+        "the pod that pulled nothing was named: {report:#}"
+    );
+    let stats = &report["observer"]["on_behalf_of"];
+    assert!(
+        stats["intents"]["cri_container_created"].as_u64() >= Some(2),
+        "{stats:#}"
+    );
+    assert_eq!(stats["intents_dropped"], 0, "{stats:#}");
+    assert!(stats["attributed"]["pod"].as_u64() >= Some(1), "{stats:#}");
+    assert!(stats["image_listings"].as_u64() >= Some(1), "{stats:#}");
+    assert_eq!(
+        report["observer"]["attribution"]["runtime_pulls_unattributed"], 0,
+        "{:#}",
+        report["observer"]
+    );
+
+    // Run 2: the image is present; web-2's pull is a re-check that only
+    // the Always policy (defaulted from :latest) causes. Run 1's containers
+    // must be older than anything run 2 can match (a container created up
+    // to 2 s before a contact may still be its pull's, for clock slack).
+    std::thread::sleep(Duration::from_secs(3));
+    let second_report = testbed.temp_dir().join("second.json");
+    let agent = start_agent(&second_report, &containerd);
+    let again = pod("web-2", &pod_uid(3));
+    pull_and_start(&mut containerd, &again);
+    wait_for_containerd_contact(&agent);
+    let report = run_to_report(agent, &second_report);
+    let attempts = containerd_attempts(&report);
+    assert!(!attempts.is_empty(), "no containerd attempt: {report:#}");
+    for attempt in &attempts {
+        let found = &attempt["on_behalf_of"];
+        assert_eq!(found["pod"]["name"], "web-2", "{attempt:#}");
+        assert_eq!(found["pod"]["uid"], again.uid.as_str(), "{found:#}");
+        let evidence = strings(&found["evidence"]);
+        assert!(evidence.contains(&"cri_container_created"), "{found:#}");
+        assert!(evidence.contains(&"image_present_before"), "{found:#}");
+        assert!(!evidence.contains(&"image_pulled"), "{found:#}");
+        assert_eq!(found["confidence"], "high", "{found:#}");
+        assert_eq!(found["policy"]["effective"], "Always", "{found:#}");
+        let explanation = found["explanation"].as_str().unwrap();
+        assert!(
+            explanation.contains("was already on the node")
+                && explanation.contains("defaulted from the :latest tag"),
+            "{explanation}"
+        );
+    }
+    drop(containerd);
+}
+
+/// The machine-config daemon's upgrade check: it runs `skopeo inspect`
+/// through a shell. The stand-in is the system shell copied under the
+/// daemon's name, so its exe and comm are what a node shows.
+#[test]
+fn skopeo_is_attributed_to_the_daemon_that_ran_it() {
+    require_root_and_tools(TESTBED_TOOLS);
+    require_root_and_tools(&[PYTHON, "skopeo", "sh"]);
+    let testbed = Testbed::start().expect("starting the testbed");
+    let daemon = testbed.temp_dir().join("machine-config-daemon");
+    let shell = observer_tests::find_executable("sh").expect("sh on PATH");
+    std::fs::copy(&shell, &daemon).expect("copying the shell");
+    let report_path = testbed.temp_dir().join("tool.json");
+    let args = agent_args(&report_path);
+    let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let cgroup = TestCgroup::create("obo-tool");
+    // `; true` keeps each shell from exec'ing its last command, so the
+    // chain is skopeo <- sh <- machine-config-daemon, as on a node.
+    let script = format!(
+        "sh -c 'skopeo inspect --retry-times 1 --cert-dir {} {} >/dev/null; true'; true",
+        testbed.cert_dir().display(),
+        testbed.image_ref()
+    );
+    let daemon_text = daemon.display().to_string();
+    let output = output_within(
+        &mut in_netns(&testbed, &cgroup, &[daemon_text.as_str(), "-c", &script]),
+        CLIENT_TIMEOUT,
+    )
+    .expect("running the stand-in daemon");
+    assert!(output.status.success(), "{output:?}");
+    let report = run_to_report(agent, &report_path);
+
+    let skopeo: Vec<&Value> = report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["cgroup"]["id"].as_u64() == Some(cgroup.id()) && a["process"]["comm"] == "skopeo"
+        })
+        .collect();
+    assert!(!skopeo.is_empty(), "no skopeo attempt: {report:#}");
+    for attempt in skopeo {
+        let found = &attempt["on_behalf_of"];
+        assert_eq!(found["kind"], "process", "{attempt:#}");
+        // The kernel keeps 15 bytes of a comm; the exe has the full name.
+        assert_eq!(found["process"]["comm"], "machine-config-", "{found:#}");
+        assert_eq!(found["process"]["exe"], daemon_text.as_str(), "{found:#}");
+        assert_eq!(strings(&found["evidence"]), ["ancestry"], "{found:#}");
+        assert_eq!(
+            found["ancestry"], "skopeo <- sh <- machine-config-daemon",
+            "{found:#}"
+        );
+        assert_eq!(found["confidence"], "high", "{found:#}");
+    }
+    assert!(
+        report["observer"]["on_behalf_of"]["attributed"]["process"].as_u64() >= Some(1),
+        "{:#}",
+        report["observer"]
+    );
+}
