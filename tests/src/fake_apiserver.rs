@@ -1,8 +1,10 @@
 //! A stand-in Kubernetes API server for the tests of the Kubernetes source:
-//! no API server runs on these machines, so recorded API responses
-//! (`tests/fixtures/kubernetes/`, in the API server's wire format) are
-//! served on 127.0.0.1 by `tests/scripts/fake_apiserver.py`, which logs
-//! every request so tests can assert what the source asked for.
+//! no API server runs on these machines, so API responses in the API
+//! server's wire format (recorded ones, `tests/fixtures/kubernetes/`, or a
+//! directory a test writes in the same layout) are served on 127.0.0.1 by
+//! `tests/scripts/fake_apiserver.py`, which logs every request so tests can
+//! assert what the source asked for. The layout is in the script's
+//! docstring.
 
 use std::{
     io::{BufRead, BufReader},
@@ -30,16 +32,27 @@ pub struct FakeApiServer {
 }
 
 impl FakeApiServer {
-    /// Serves `tests/fixtures/kubernetes/`. With `shift_to_now`, event
-    /// times are moved so the newest is two seconds ago (an agent ignores
-    /// pulls from long before its run).
+    /// Serves the recorded `tests/fixtures/kubernetes/`. With
+    /// `shift_to_now`, event times are moved so the newest is two seconds
+    /// ago (an agent ignores pulls from long before its run).
     pub fn start(shift_to_now: bool) -> FakeApiServer {
+        FakeApiServer::start_with(
+            &workspace_root().join("tests/fixtures/kubernetes"),
+            shift_to_now,
+        )
+    }
+
+    /// Serves `fixtures`, a directory in the layout the script documents
+    /// (`events-list.json`, `events-watch.jsonl`, `pods/NS/NAME.json`, ...).
+    /// The events are read once at start (objects on each GET): write them
+    /// before calling this.
+    pub fn start_with(fixtures: &Path, shift_to_now: bool) -> FakeApiServer {
         let dir = tempfile::tempdir().expect("a temp dir for the fake API server");
         let mut command = Command::new(PYTHON);
         command
             .arg(workspace_root().join("tests/scripts/fake_apiserver.py"))
             .arg("--fixtures")
-            .arg(workspace_root().join("tests/fixtures/kubernetes"))
+            .arg(fixtures)
             .arg("--log")
             .arg(dir.path().join("requests.jsonl"))
             .args(["--lifetime", LIFETIME_SECONDS])
