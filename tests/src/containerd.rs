@@ -56,6 +56,23 @@ pub const POD_IMAGE: &str = "quay.io/t/sleeper:1";
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A fresh pod uid (v4 shape) from our pid, `n` and the clock: unique per
+/// run, so pods of earlier runs never match.
+pub fn pod_uid(n: u32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        std::process::id(),
+        n & 0xffff,
+        (nanos >> 48) & 0xfff,
+        (nanos >> 36) & 0xfff,
+        nanos & 0xffff_ffff_ffff
+    )
+}
+
 /// What a test asks for.
 #[derive(Clone, Debug)]
 pub struct PodSpec {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root};
 pub use containerd::{
-    CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, RunningPod, push_pod_image,
+    CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, RunningPod, pod_uid, push_pod_image,
 };
 pub use process::{output_within, run_checked};
 pub use service::{Service, ServiceOutput};

@@ -19,7 +19,7 @@ use std::{
 use observer_tests::observe::{PYTHON, assert_valid_report, read_report};
 use observer_tests::{
     Agent, CONTAINERD_TOOLS, Containerd, PodSpec, TESTBED_TOOLS, TestCgroup, Testbed,
-    output_within, require_root_and_tools, run_checked,
+    output_within, pod_uid, require_root_and_tools, run_checked,
 };
 use serde_json::Value;
 
@@ -62,22 +62,6 @@ fn evidence(attempt: &Value) -> Vec<String> {
         .iter()
         .map(|e| e.as_str().unwrap().to_string())
         .collect()
-}
-
-/// A fresh pod uid (v4 shape) from the clock and our pid: unique per run.
-fn pod_uid(n: u32) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        std::process::id(),
-        n & 0xffff,
-        (nanos >> 48) & 0xfff,
-        (nanos >> 36) & 0xfff,
-        nanos & 0xffff_ffff_ffff
-    )
 }
 
 /// The registry attempt a container makes: the name lookup through the

@@ -24,7 +24,7 @@ use observer_tests::observe::{
 };
 use observer_tests::{
     Agent, CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, TESTBED_TOOLS, TestCgroup, Testbed,
-    output_within, push_pod_image, require_root_and_tools,
+    output_within, pod_uid, push_pod_image, require_root_and_tools,
 };
 use registry_observer::attribute::on_behalf_of::KUBELET_PULLING_BEFORE;
 use serde_json::{Value, json};
@@ -60,22 +60,6 @@ fn pod(name: &str, uid: &str) -> PodSpec {
         // The image's own command (sleep) keeps it running.
         command: vec![],
     }
-}
-
-/// A fresh pod uid from our pid, `n` and the clock: unique per run.
-fn pod_uid(n: u32) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        std::process::id(),
-        n & 0xffff,
-        (nanos >> 48) & 0xfff,
-        (nanos >> 36) & 0xfff,
-        nanos & 0xffff_ffff_ffff
-    )
 }
 
 /// RunPodSandbox, PullImage (with the sandbox config, as the kubelet
