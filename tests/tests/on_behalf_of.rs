@@ -103,6 +103,20 @@ fn containerd_attempts(report: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// Asserts that `attempt` was made on behalf of the pod `name` (uid `uid`,
+/// namespace shop, container app) for [`PULLED_IMAGE`]; returns its
+/// `on_behalf_of` for the checks that differ.
+fn names_pod<'a>(attempt: &'a Value, name: &str, uid: &str) -> &'a Value {
+    let found = &attempt["on_behalf_of"];
+    assert_eq!(found["kind"], "pod", "{attempt:#}");
+    assert_eq!(found["pod"]["namespace"], "shop", "{found:#}");
+    assert_eq!(found["pod"]["name"], name, "{found:#}");
+    assert_eq!(found["pod"]["uid"], uid, "{found:#}");
+    assert_eq!(found["pod"]["container"], "app", "{found:#}");
+    assert_eq!(found["image"], PULLED_IMAGE, "{found:#}");
+    found
+}
+
 fn strings(value: &Value) -> Vec<&str> {
     value
         .as_array()
@@ -140,13 +154,7 @@ fn containerd_pulls_are_attributed_to_the_pod_that_needed_the_image() {
     let attempts = containerd_attempts(&report);
     assert!(!attempts.is_empty(), "no containerd attempt: {report:#}");
     for attempt in &attempts {
-        let found = &attempt["on_behalf_of"];
-        assert_eq!(found["kind"], "pod", "{attempt:#}");
-        assert_eq!(found["pod"]["namespace"], "shop", "{found:#}");
-        assert_eq!(found["pod"]["name"], "web-1", "{found:#}");
-        assert_eq!(found["pod"]["uid"], web.uid.as_str(), "{found:#}");
-        assert_eq!(found["pod"]["container"], "app", "{found:#}");
-        assert_eq!(found["image"], PULLED_IMAGE, "{found:#}");
+        let found = names_pod(attempt, "web-1", &web.uid);
         let evidence = strings(&found["evidence"]);
         assert!(evidence.contains(&"cri_container_created"), "{found:#}");
         assert!(evidence.contains(&"image_pulled"), "{found:#}");
@@ -194,8 +202,7 @@ fn containerd_pulls_are_attributed_to_the_pod_that_needed_the_image() {
     let attempts = containerd_attempts(&report);
     assert!(!attempts.is_empty(), "no containerd attempt: {report:#}");
     for attempt in &attempts {
-        let found = &attempt["on_behalf_of"];
-        assert_eq!(found["pod"]["name"], "web-2", "{attempt:#}");
+        let found = names_pod(attempt, "web-2", &again.uid);
         assert_eq!(found["pod"]["uid"], again.uid.as_str(), "{found:#}");
         let evidence = strings(&found["evidence"]);
         assert!(evidence.contains(&"cri_container_created"), "{found:#}");
@@ -349,13 +356,7 @@ fn a_kubelet_pulling_event_joins_the_pod_spec_to_the_runtime_pull() {
     let attempts = containerd_attempts(&report);
     assert!(!attempts.is_empty(), "no containerd attempt: {report:#}");
     for attempt in &attempts {
-        let found = &attempt["on_behalf_of"];
-        assert_eq!(found["kind"], "pod", "{attempt:#}");
-        assert_eq!(found["pod"]["namespace"], "shop", "{found:#}");
-        assert_eq!(found["pod"]["name"], spec.name.as_str(), "{found:#}");
-        assert_eq!(found["pod"]["uid"], uid.as_str(), "{found:#}");
-        assert_eq!(found["pod"]["container"], "app", "{found:#}");
-        assert_eq!(found["image"], PULLED_IMAGE, "{found:#}");
+        let found = names_pod(attempt, &spec.name, &uid);
         let evidence = strings(&found["evidence"]);
         assert!(evidence.contains(&"kubelet_pulling"), "{found:#}");
         assert!(evidence.contains(&"cri_container_created"), "{found:#}");
