@@ -139,11 +139,16 @@ pub enum Counter {
     /// A new TCP connection could not be entered in the capture table: its
     /// first bytes (SNI, CONNECT) are not captured.
     TcpTrackFailed = 10,
+    /// A DNS query on a kernel whose packet programs cannot ask for the
+    /// current task, from a socket whose owner was not learnt at
+    /// connect()/sendmsg() (it was connected before the agent started): it
+    /// went out without pid and command, attributed by its cgroup alone.
+    DnsSenderUnknown = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
-    pub const ALL: [Counter; 11] = [
+    pub const COUNT: u32 = 12;
+    pub const ALL: [Counter; 12] = [
         Counter::ConnectReserveFailed,
         Counter::DnsReserveFailed,
         Counter::DnsLoadFailed,
@@ -155,6 +160,7 @@ impl Counter {
         Counter::TcpTruncated,
         Counter::StateReserveFailed,
         Counter::TcpTrackFailed,
+        Counter::DnsSenderUnknown,
     ];
 
     /// True when this counter counts events that never reached user space.
@@ -162,7 +168,10 @@ impl Counter {
     pub const fn is_loss(self) -> bool {
         !matches!(
             self,
-            Counter::DnsTruncated | Counter::ExecArgsMissing | Counter::TcpTruncated
+            Counter::DnsTruncated
+                | Counter::ExecArgsMissing
+                | Counter::TcpTruncated
+                | Counter::DnsSenderUnknown
         )
     }
 
@@ -179,8 +188,67 @@ impl Counter {
             Counter::TcpTruncated => "tcp_truncated",
             Counter::StateReserveFailed => "state_reserve_failed",
             Counter::TcpTrackFailed => "tcp_track_failed",
+            Counter::DnsSenderUnknown => "dns_sender_unknown",
         }
     }
+}
+
+/// Every kernel program, by the name the loader knows it under. A program's
+/// index here is its bit in the loader's test-only refusal mask
+/// (`REFUSE_PROGRAMS`): a program whose bit is set takes a path the
+/// verifier rejects, so tests can watch the agent survive a real refusal.
+pub const PROGRAMS: [&str; 10] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "skb_egress",
+    "skb_ingress",
+    "process_exec",
+    "process_fork",
+    "process_exit",
+    "sock_state",
+];
+
+/// The index of `name` in [`PROGRAMS`] (usable in constants: the kernel
+/// programs name their own bit with it).
+pub const fn program_index(name: &str) -> u32 {
+    let mut i = 0;
+    while i < PROGRAMS.len() {
+        if const_str_eq(PROGRAMS[i], name) {
+            return i as u32;
+        }
+        i += 1;
+    }
+    panic!("not a program in PROGRAMS")
+}
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// What the connect and sendmsg hooks remember of a DNS socket's owner, by
+/// socket cookie, for packet programs on kernels that do not let them ask
+/// for the current task (cgroup_skb may call `bpf_get_current_pid_tgid`
+/// only on newer kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub pid_tgid: u64,
+    pub uid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
 }
 
 /// [`ConnectEvent::op`]: which hook saw the destination.
@@ -215,7 +283,8 @@ pub struct KernelOffsets {
     pub binprm_filename: u32,
     /// sock.sk_err
     pub sock_err: u32,
-    pub _pad: u32,
+    /// sock.__sk_common.skc_cookie (`sk_cookie`)
+    pub sock_cookie: u32,
 }
 
 /// Direction of a captured DNS packet, seen from the local socket.
@@ -397,6 +466,7 @@ const _: () = {
     assert!(size_of::<SockStateEvent>() == 64);
     assert!(offset_of!(SockStateEvent, sk_err) == 60);
     assert!(size_of::<KernelOffsets>() == 44);
+    assert!(size_of::<SocketOwner>() == 32);
 
     // The kernel reserves ring-buffer records at 8-byte alignment.
     assert!(size_of::<ConnectEvent>().is_multiple_of(8));

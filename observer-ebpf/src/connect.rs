@@ -6,6 +6,7 @@ use core::ptr::addr_of_mut;
 
 use core::ffi::c_void;
 
+use aya_ebpf::EbpfContext;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid,
@@ -15,15 +16,16 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use observer_common::{
-    AF_INET, AF_INET6, ConnectEvent, Counter, EventKind, OP_CONNECT, OP_SENDMSG,
+    AF_INET, AF_INET6, ConnectEvent, Counter, EventKind, OP_CONNECT, OP_SENDMSG, program_index,
 };
 
 use crate::{
     emit::{self, EVENTS, SUBMIT_FLAGS},
-    tcp,
+    owner, tcp,
 };
 
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 /// Datagrams to port 53 are captured whole by the packet programs; a
 /// sendmsg event per DNS query would only repeat them.
 const DNS_PORT: u16 = 53;
@@ -33,24 +35,28 @@ const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("connect4") });
     sock_addr4(&ctx, OP_CONNECT);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("connect6") });
     sock_addr6(&ctx, OP_CONNECT);
     ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("sendmsg4") });
     sock_addr4(&ctx, OP_SENDMSG);
     ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("sendmsg6") });
     sock_addr6(&ctx, OP_SENDMSG);
     ALLOW
 }
@@ -99,15 +105,18 @@ fn emit_connect(
 ) {
     // user_port holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(user_port as u16);
-    if op == OP_SENDMSG && port == DNS_PORT {
-        return;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == emit::observer_tgid() {
         return;
     }
     // SAFETY: the hook's context is a valid argument for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    if port == DNS_PORT && protocol == IPPROTO_UDP {
+        owner::remember(cookie, pid_tgid);
+        if op == OP_SENDMSG {
+            return;
+        }
+    }
     if protocol == IPPROTO_TCP && op == OP_CONNECT {
         tcp::track(cookie, port);
     }

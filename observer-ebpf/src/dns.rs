@@ -6,16 +6,48 @@ use core::{ffi::c_void, ptr::addr_of_mut};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_skb_cgroup_id, bpf_skb_load_bytes},
+        generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     },
     programs::SkBuffContext,
 };
-use observer_common::{Counter, DIRECTION_EGRESS, DNS_CAPTURE_LEN, DnsPacketEvent, EventKind};
+use observer_common::{
+    Counter, DIRECTION_EGRESS, DNS_CAPTURE_LEN, DnsPacketEvent, EventKind, SocketOwner,
+};
 
 use crate::{
     emit::{self, EVENTS, SUBMIT_FLAGS},
+    owner,
     skb::{self, verifier_bounded_len},
 };
+
+/// Who sent a datagram, as far as this kernel lets a packet program know.
+enum Sender {
+    /// Ingress: the packet arrives in softirq context; its socket's cgroup
+    /// is the owner.
+    None,
+    /// Egress on kernels where cgroup_skb may ask for the current task.
+    Current(u64),
+    /// Egress elsewhere: the owner the connect/sendmsg hook recorded.
+    Owner(SocketOwner),
+    /// Egress from a socket whose owner was never recorded.
+    Unknown,
+}
+
+#[inline(always)]
+fn sender(ctx: &SkBuffContext, egress: bool) -> Sender {
+    if !egress {
+        Sender::None
+    } else if emit::skb_task_context() {
+        Sender::Current(bpf_get_current_pid_tgid())
+    } else {
+        // SAFETY: valid __sk_buff from the hook; allowed in cgroup_skb.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+        match owner::lookup(cookie) {
+            Some(owner) => Sender::Owner(owner),
+            None => Sender::Unknown,
+        }
+    }
+}
 
 const DNS_PORT: u16 = 53;
 const UDP_HEADER_LEN: u32 = 8;
@@ -46,12 +78,13 @@ pub fn capture(ctx: &SkBuffContext, ethertype: u16, direction: u16) {
     // cgroup_skb. The socket's cgroup is the owner of the exchange, also on
     // ingress where no task context exists.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
-    let pid_tgid = if egress {
-        bpf_get_current_pid_tgid()
-    } else {
-        0
+    let sender = sender(ctx, egress);
+    let sender_tgid = match &sender {
+        Sender::Current(pid_tgid) => (*pid_tgid >> 32) as u32,
+        Sender::Owner(owner) => (owner.pid_tgid >> 32) as u32,
+        Sender::None | Sender::Unknown => 0,
     };
-    if egress && (pid_tgid >> 32) as u32 == emit::observer_tgid() {
+    if sender_tgid != 0 && sender_tgid == emit::observer_tgid() {
         return;
     }
 
@@ -94,10 +127,18 @@ pub fn capture(ctx: &SkBuffContext, ethertype: u16, direction: u16) {
     // filled above (bytes past captured_len are never read by user space).
     unsafe {
         let header = addr_of_mut!((*event).header);
-        if egress {
-            emit::write_task_header(header, EventKind::DnsPacket, pid_tgid, cgroup_id);
-        } else {
-            emit::write_socket_header(header, EventKind::DnsPacket, cgroup_id);
+        match &sender {
+            Sender::Current(pid_tgid) => {
+                emit::write_task_header(header, EventKind::DnsPacket, *pid_tgid, cgroup_id)
+            }
+            Sender::Owner(owner) => {
+                emit::write_owner_header(header, EventKind::DnsPacket, owner, cgroup_id)
+            }
+            Sender::Unknown => {
+                emit::count(Counter::DnsSenderUnknown);
+                emit::write_socket_header(header, EventKind::DnsPacket, cgroup_id)
+            }
+            Sender::None => emit::write_socket_header(header, EventKind::DnsPacket, cgroup_id),
         }
         addr_of_mut!((*event).direction).write(direction);
         addr_of_mut!((*event).family).write(packet.family);

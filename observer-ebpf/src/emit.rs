@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use observer_common::{COMM_LEN, Counter, EventHeader, EventKind, KernelOffsets};
+use observer_common::{COMM_LEN, Counter, EventHeader, EventKind, KernelOffsets, SocketOwner};
 
 /// The one ring buffer all events go through. Its size is set by the agent
 /// at load time (`EbpfLoader::map_max_entries`); this is only the default.
@@ -39,8 +39,45 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     mm_arg_end: 0,
     binprm_filename: 0,
     sock_err: 0,
-    _pad: 0,
+    sock_cookie: 0,
 };
+
+/// 1 when cgroup_skb programs may call the current-task helpers
+/// (`bpf_get_current_pid_tgid`, `_uid_gid`, `_comm`), as probed by the agent
+/// on the running kernel; 0 makes the packet programs take the sender from
+/// [`crate::owner`] instead. A constant of a frozen read-only map, so the
+/// verifier never walks the branch this kernel cannot have (and rejects
+/// nothing in it).
+#[unsafe(no_mangle)]
+static SKB_TASK_CONTEXT: u32 = 0;
+
+/// Test-only: bit `program_index(name)` set makes that program take a path
+/// the verifier rejects (see [`refuse_if_asked`]). Always 0 unless the agent
+/// was started with its hidden refusal switch.
+#[unsafe(no_mangle)]
+static REFUSE_PROGRAMS: u32 = 0;
+
+#[inline(always)]
+pub fn skb_task_context() -> bool {
+    // SAFETY: as for observer_tgid.
+    unsafe { core::ptr::read_volatile(&SKB_TASK_CONTEXT) != 0 }
+}
+
+/// Makes the verifier refuse this program when its bit in
+/// [`REFUSE_PROGRAMS`] is set: an out-of-bounds read of the program's
+/// context, which every program type rejects ("invalid bpf_context
+/// access"). With the bit clear the verifier proves the branch dead and
+/// removes it.
+#[inline(always)]
+pub fn refuse_if_asked(ctx: *mut c_void, program: u32) {
+    // SAFETY: as for observer_tgid.
+    let mask = unsafe { core::ptr::read_volatile(&REFUSE_PROGRAMS) };
+    if mask & (1 << program) != 0 {
+        // SAFETY: never runs: a program that reaches this read is rejected
+        // at load time.
+        unsafe { core::ptr::read_volatile((ctx as *const u8).add(4093) as *const u32) };
+    }
+}
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
@@ -101,6 +138,30 @@ pub unsafe fn write_task_header(
         if bpf_get_current_comm(comm.cast::<c_void>(), COMM_LEN as u32) != 0 {
             comm.write([0u8; COMM_LEN]);
         }
+    }
+}
+
+/// Writes the header of an event from the socket owner the connect or
+/// sendmsg hook recorded (see [`crate::owner`]).
+///
+/// # Safety
+/// As for [`write_task_header`].
+#[inline(always)]
+pub unsafe fn write_owner_header(
+    header: *mut EventHeader,
+    kind: EventKind,
+    owner: &SocketOwner,
+    cgroup_id: u64,
+) {
+    // SAFETY: the caller guarantees `header` is valid for writes.
+    unsafe {
+        addr_of_mut!((*header).kind).write(kind as u32);
+        addr_of_mut!((*header).tgid).write((owner.pid_tgid >> 32) as u32);
+        addr_of_mut!((*header).tid).write(owner.pid_tgid as u32);
+        addr_of_mut!((*header).uid).write(owner.uid);
+        addr_of_mut!((*header).boot_ns).write(bpf_ktime_get_boot_ns());
+        addr_of_mut!((*header).cgroup_id).write(cgroup_id);
+        addr_of_mut!((*header).comm).write(owner.comm);
     }
 }
 

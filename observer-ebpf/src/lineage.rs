@@ -6,6 +6,7 @@
 use core::{ffi::c_void, ptr::addr_of_mut};
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid,
         generated::{
@@ -17,7 +18,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use observer_common::{
-    ARGS_CAPTURE_LEN, Counter, EventKind, ExecEvent, FILENAME_CAPTURE_LEN, TaskEvent,
+    ARGS_CAPTURE_LEN, Counter, EventKind, ExecEvent, FILENAME_CAPTURE_LEN, TaskEvent, program_index,
 };
 
 use crate::{
@@ -30,6 +31,7 @@ use crate::{
 /// the new image is in place, so comm, mm and argv are the new ones.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn process_exec(ctx: BtfTracePointContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("process_exec") });
     exec(&ctx);
     0
 }
@@ -38,13 +40,15 @@ pub fn process_exec(ctx: BtfTracePointContext) -> i32 {
 /// runs in the parent.
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn process_fork(ctx: BtfTracePointContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("process_fork") });
     fork(&ctx);
     0
 }
 
 /// sched_process_exit(struct task_struct *p, ...): runs in the exiting task.
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn process_exit(_ctx: BtfTracePointContext) -> i32 {
+pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("process_exit") });
     exit();
     0
 }

@@ -11,6 +11,7 @@ mod dns;
 mod emit;
 mod lineage;
 mod outcome;
+mod owner;
 mod skb;
 mod tcp;
 

@@ -4,11 +4,8 @@
 
 use core::{ffi::c_void, ptr::addr_of_mut};
 
-use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-};
-use observer_common::{Counter, EventKind, SockStateEvent, TCP_SYN_SENT};
+use aya_ebpf::{EbpfContext, macros::btf_tracepoint, programs::BtfTracePointContext};
+use observer_common::{Counter, EventKind, SockStateEvent, TCP_SYN_SENT, program_index};
 
 use crate::emit::{self, EVENTS, SUBMIT_FLAGS, read_kernel};
 
@@ -17,6 +14,7 @@ use crate::emit::{self, EVENTS, SUBMIT_FLAGS, read_kernel};
 /// no task; the cookie names the connection.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state(ctx: BtfTracePointContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("sock_state") });
     let old_state: i32 = ctx.arg(1);
     if old_state != TCP_SYN_SENT as i32 {
         return 0;
@@ -27,9 +25,10 @@ pub fn sock_state(ctx: BtfTracePointContext) -> i32 {
     }
     let new_state: i32 = ctx.arg(2);
     let sk: *mut c_void = ctx.arg(0);
-    // SAFETY: a BTF socket pointer, the argument type the tracing variant
-    // of the helper takes.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // The cookie the connect hook generated (bpf_get_socket_cookie stores
+    // it in the socket). Read, not asked for: tracing programs may call
+    // that helper only from Linux 5.12 on. 0 (no cookie yet) joins nothing.
+    let cookie: u64 = read_kernel(sk as u64, offsets.sock_cookie).unwrap_or(0);
     // sk_err is an int; a positive errno once set.
     let sk_err: i32 = read_kernel(sk as u64, offsets.sock_err).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<SockStateEvent>(0) else {

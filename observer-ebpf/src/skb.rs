@@ -3,10 +3,10 @@
 //! and TCP segments with payload to [`crate::tcp`]; everything else is let
 //! through after a few direct packet reads.
 
-use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
-use observer_common::{AF_INET, AF_INET6, DIRECTION_EGRESS, DIRECTION_INGRESS};
+use aya_ebpf::{EbpfContext, macros::cgroup_skb, programs::SkBuffContext};
+use observer_common::{AF_INET, AF_INET6, DIRECTION_EGRESS, DIRECTION_INGRESS, program_index};
 
-use crate::{dns, tcp};
+use crate::{dns, emit, tcp};
 
 /// cgroup_skb programs let the packet through by returning 1.
 const PASS: i32 = 1;
@@ -19,12 +19,14 @@ const IPV6_HEADER_LEN: u32 = 40;
 
 #[cgroup_skb(egress)]
 pub fn skb_egress(ctx: SkBuffContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("skb_egress") });
     dispatch(&ctx, DIRECTION_EGRESS);
     PASS
 }
 
 #[cgroup_skb(ingress)]
 pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
+    emit::refuse_if_asked(ctx.as_ptr(), const { program_index("skb_ingress") });
     dispatch(&ctx, DIRECTION_INGRESS);
     PASS
 }

@@ -66,6 +66,10 @@ pub struct RunOptions {
     pub events_max_bytes: u64,
     pub junit: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
+    /// Test-only: programs the kernel is made to refuse.
+    pub refuse_programs: Vec<String>,
+    /// Print refused programs' whole verifier logs.
+    pub verbose: bool,
     pub command: Vec<String>,
     /// The `--config` file, re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
@@ -235,11 +239,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let phases = PhaseTimeline::starting(&options.phase, started_at);
     let root = cgroup_root.clone();
     let ring_buffer_bytes = options.ring_buffer_bytes;
-    let (probes, maps) =
-        tokio::task::spawn_blocking(move || load::load_and_attach(&root, ring_buffer_bytes))
-            .await
-            .context("the loader task failed")?
-            .map_err(|e| UsageError(format!("{e:#}")))?;
+    let refuse = options.refuse_programs.clone();
+    let (probes, maps) = tokio::task::spawn_blocking(move || {
+        load::load_and_attach(&load::LoadRequest {
+            cgroup_root: &root,
+            ring_buffer_bytes,
+            refuse: &refuse,
+        })
+    })
+    .await
+    .context("the loader task failed")?
+    .map_err(|e| UsageError(format!("{e:#}")))?;
 
     let command_cgroup = if options.command.is_empty() {
         None
@@ -335,9 +345,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     if let Some(path) = &control_path {
         observing.push_str(&format!("; control socket: {path}"));
     }
-    for (hook, reason) in &probes.missing {
-        eprintln!("registry-observer: warning: hook {hook} is not attached: {reason}");
-    }
+    warn_missing_hooks(&probes.missing, options.verbose);
     if command_mode {
         eprintln!("{observing}");
     } else {
@@ -354,12 +362,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
 
     // Detach first, then drain: nothing can arrive after the final drain.
     let hooks: Vec<String> = probes.attached.iter().map(|h| h.to_string()).collect();
+    let dns_sender = probes.dns_sender.as_str().to_string();
     let hooks_missing: Vec<HookMissing> = probes
         .missing
         .iter()
-        .map(|(hook, reason)| HookMissing {
-            hook: hook.to_string(),
-            reason: reason.clone(),
+        .map(|missing| HookMissing {
+            hook: missing.hook.to_string(),
+            reason: missing.reason.clone(),
+            evidence: Some(missing.evidence.to_string()),
         })
         .collect();
     drop(probes);
@@ -473,6 +483,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             cgroup2_mount: cgroup_root.display().to_string(),
             complete: events_lost == 0 && hooks_missing.is_empty(),
             hooks,
+            dns_sender: Some(dns_sender),
             hooks_missing,
             events_total: read_stats.records + kernel_lost,
             events_lost,
@@ -559,12 +570,39 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     ))
 }
 
+/// One warning per program this kernel refused: why, and what evidence the
+/// run lacks as a result; with `verbose`, the verifier's whole log.
+fn warn_missing_hooks(missing: &[load::MissingHook], verbose: bool) {
+    for hook in missing {
+        eprintln!(
+            "registry-observer: warning: hook {} is not attached: {}; missing as a result: {}",
+            hook.hook, hook.reason, hook.evidence
+        );
+        match (&hook.verifier_log, verbose) {
+            (Some(log), true) => eprintln!(
+                "--- verifier log of {} ---\n{}\n--- end of verifier log ---",
+                hook.hook,
+                log.trim_end()
+            ),
+            (Some(_), false) => {
+                eprintln!("registry-observer: (run with --verbose for the verifier's whole log)")
+            }
+            (None, _) => {}
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "registry-observer: warning: the observation is incomplete (observer.hooks_missing in the report; exit 3 unless --allow-incomplete)"
+        );
+    }
+}
+
 /// The /readyz answer once the programs are attached.
-fn readiness(missing: &[(&'static str, String)]) -> String {
+fn readiness(missing: &[load::MissingHook]) -> String {
     if missing.is_empty() {
         "ready: every hook is attached\n".to_string()
     } else {
-        let hooks: Vec<&str> = missing.iter().map(|(hook, _)| *hook).collect();
+        let hooks: Vec<&str> = missing.iter().map(|missing| missing.hook).collect();
         format!(
             "ready, but incomplete: hook(s) not attached: {}\n",
             hooks.join(", ")
@@ -815,14 +853,20 @@ mod tests {
         assert_eq!(code(true, false, 0, false, Some(5)), 5);
     }
 
+    fn missing_hook(hook: &'static str) -> load::MissingHook {
+        load::MissingHook {
+            hook,
+            reason: "EINVAL".into(),
+            evidence: "some evidence",
+            verifier_log: None,
+        }
+    }
+
     #[test]
     fn readiness_names_the_hooks_this_kernel_refused() {
         assert_eq!(readiness(&[]), "ready: every hook is attached\n");
         assert_eq!(
-            readiness(&[
-                ("sendmsg4", "EINVAL".into()),
-                ("process_exec", "no BTF".into())
-            ]),
+            readiness(&[missing_hook("sendmsg4"), missing_hook("process_exec")]),
             "ready, but incomplete: hook(s) not attached: sendmsg4, process_exec\n"
         );
     }

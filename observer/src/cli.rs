@@ -305,6 +305,17 @@ pub struct RunArgs {
     #[arg(long, hide = true, default_value_t = load::RING_BUFFER_BYTES, value_parser = parse_ring_size)]
     pub ring_buffer_bytes: u32,
 
+    /// Test-only: make the kernel refuse this program (the program takes a
+    /// path the verifier rejects), to exercise running on without it.
+    /// Repeatable.
+    #[arg(long = "test-refuse-program", hide = true, value_name = "PROGRAM")]
+    pub refuse_programs: Vec<String>,
+
+    /// Print the kernel verifier's whole log for every program this kernel
+    /// refused (the warning and the report give its key line only).
+    #[arg(short, long)]
+    pub verbose: bool,
+
     /// How often the agent resolves the catalog's host names itself, so that
     /// connections to registry addresses looked up before it started are
     /// recognized. 0 turns this off (the agent then sends no DNS queries).
@@ -530,6 +541,8 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
         events_max_bytes: args.events_max_size,
         junit: args.junit.or_else(|| config.outputs.junit.clone()),
         ring_buffer_bytes: args.ring_buffer_bytes,
+        refuse_programs: args.refuse_programs,
+        verbose: args.verbose,
         command: args.command,
         config_path: args.config,
         config,

@@ -19,6 +19,7 @@ pub mod observe;
 mod process;
 mod service;
 mod testbed;
+pub mod vm;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

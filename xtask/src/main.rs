@@ -68,6 +68,10 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",
 ];
 
+/// What the VM tests (tests/vm/, the kernel matrix) need: Debian images
+/// made with mmdebstrap and mke2fs, booted under qemu.
+const VM_PACKAGES: &[&str] = &["mmdebstrap", "qemu-system-x86", "qemu-utils", "e2fsprogs"];
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "registry-observer developer tasks")]
 struct Cli {
@@ -87,8 +91,14 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Setup, then formatting, clippy, unit tests and the privileged
-    /// integration tests.
-    Test,
+    /// integration tests, including the VM test on one kernel (5.10).
+    Test {
+        /// VM kernels to boot: labels separated by commas (5.10, 6.1,
+        /// 6.12) or `all` for the whole matrix. Images are built once and
+        /// cached in ~/.cache/registry-observer/vm.
+        #[arg(long, value_name = "LIST|all")]
+        kernels: Option<String>,
+    },
     /// Build (release) and measure: the overhead workloads (arguments go to
     /// tests/src/bin/overhead.rs), then the pipeline benchmark (criterion).
     Bench {
@@ -122,17 +132,19 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
             let error = as_root(&binary).arg("run").args(args).exec();
             Err(error).context("starting registry-observer")
         }
-        Task::Test => {
+        Task::Test { kernels } => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
             // The privileged tests run the real binary.
             cargo(&["build", "-p", "registry-observer"])?;
             let binary = root.join("target/debug/registry-observer");
-            let (status, totals) = run_tests(
-                Command::new("cargo")
-                    .args(["test", "--no-fail-fast"])
-                    .env("REGISTRY_OBSERVER_BIN", &binary),
-            )?;
+            let mut test = Command::new("cargo");
+            test.args(["test", "--no-fail-fast"])
+                .env("REGISTRY_OBSERVER_BIN", &binary);
+            if let Some(kernels) = kernels {
+                test.env("REGISTRY_OBSERVER_VM_KERNELS", kernels);
+            }
+            let (status, totals) = run_tests(&mut test)?;
             // The last runner lines cargo prints are doc-test runs with no
             // tests; this line says what ran in all.
             println!("tests: {} passed, {} failed", totals.passed, totals.failed);
@@ -361,6 +373,7 @@ fn setup_apt_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = BUILD_PACKAGES
         .iter()
         .chain(TEST_PACKAGES)
+        .chain(VM_PACKAGES)
         .copied()
         .filter(|p| !package_installed(p))
         .collect();
@@ -376,14 +389,57 @@ fn setup_apt_packages() -> anyhow::Result<()> {
         );
     }
     run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    let specs = qemu_pinned(&missing)?;
     run_checked(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "--allow-downgrades",
+            ])
+            .args(&specs)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     say(&format!("apt packages: installed {}", missing.join(" ")));
     Ok(())
+}
+
+/// The apt specs for `missing`, with qemu-system-x86 and qemu-utils pinned
+/// to one version: they come from one source package and refuse to mix
+/// (qemu-utils Breaks older qemu-system-common), and these machines may
+/// ship a backports qemu-utils whose qemu-system-x86 the configured
+/// archives do not have. Pinning both to qemu-system-x86's candidate
+/// (downgrading qemu-utils if need be) always resolves.
+fn qemu_pinned(missing: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut specs: Vec<String> = missing
+        .iter()
+        .filter(|p| !p.starts_with("qemu-"))
+        .map(|p| p.to_string())
+        .collect();
+    if missing.iter().any(|p| p.starts_with("qemu-")) {
+        let version = candidate_version("qemu-system-x86")?;
+        specs.push(format!("qemu-system-x86={version}"));
+        specs.push(format!("qemu-utils={version}"));
+    }
+    Ok(specs)
+}
+
+/// The version `apt-get install NAME` would install.
+fn candidate_version(name: &str) -> anyhow::Result<String> {
+    let output = Command::new("apt-cache")
+        .args(["policy", name])
+        .output()
+        .context("running apt-cache policy")?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Candidate: "))
+        .filter(|version| *version != "(none)")
+        .map(str::to_string)
+        .with_context(|| {
+            format!("apt has no candidate version of {name} (is apt-get update done?)")
+        })
 }
 
 fn setup_bpf_linker() -> anyhow::Result<()> {

@@ -1,20 +1,35 @@
 //! Stage 1, load: the kernel programs, attached to the cgroup2 root.
 //!
+//! Every program is tried on its own: a kernel that refuses one (an older
+//! kernel without a helper, a missing attach type) costs that program's
+//! evidence, named in [`MissingHook`], and the agent runs on with the rest.
+//! Loading fails only when no program that sees registry attempts could be
+//! attached, with the kernel's own words for why.
+//!
+//! What the kernel offers is probed, not inferred from its version: whether
+//! cgroup_skb programs may ask for the current task decides how the packet
+//! programs learn a DNS query's sender ([`DnsSender`]).
+//!
 //! Dropping [`Probes`] detaches every program (aya owns the links), which is
 //! how the agent guarantees nothing stays attached to the root cgroup after
 //! it exits.
 
 pub mod offsets;
+pub mod verifier;
 
-use std::{fs::File, path::Path};
+use std::{fmt, fs::File, io, path::Path};
 
 use anyhow::{Context, anyhow};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
+    Btf, Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, MapError, MapType, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        ProgramError, ProgramType,
+    },
+    sys::{BpfHelper, SyscallError, is_helper_supported, is_map_supported},
 };
-use observer_common::KernelOffsets;
+use observer_common::{KernelOffsets, PROGRAMS, program_index};
 
 /// The eBPF object built by build.rs from observer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -31,23 +46,140 @@ pub fn valid_ring_buffer_bytes(bytes: u32) -> bool {
     bytes.is_power_of_two() && bytes >= page
 }
 
-/// Programs without which the observer cannot do its job: loading fails if
-/// one of them does.
-const CORE_SOCK_ADDR: [&str; 2] = ["connect4", "connect6"];
-const CORE_SKB: [(&str, CgroupSkbAttachType); 2] = [
-    ("skb_egress", CgroupSkbAttachType::Egress),
-    ("skb_ingress", CgroupSkbAttachType::Ingress),
+/// How a program is attached.
+#[derive(Clone, Copy)]
+enum Attach {
+    SockAddr,
+    Skb(CgroupSkbAttachType),
+    /// A BTF tracepoint (tp_btf) of this name.
+    Tracepoint(&'static str),
+}
+
+/// One kernel program: how it attaches and what is missing without it.
+struct Hook {
+    name: &'static str,
+    attach: Attach,
+    /// Whether it sees registry attempts itself (a DNS query or a
+    /// connection opening): without any such program nothing is observed.
+    sees_attempts: bool,
+    /// The evidence lost when this program is missing, as the user reads it.
+    evidence: &'static str,
+}
+
+/// Every program, in attach order: the ones that see attempts first, so a
+/// failure of those is known before the others are tried.
+const HOOKS: [Hook; 10] = [
+    Hook {
+        name: "connect4",
+        attach: Attach::SockAddr,
+        sees_attempts: true,
+        evidence: "connect() to IPv4 addresses (evidence `connect`) and the TCP first bytes (SNI, HTTP Host) of those connections",
+    },
+    Hook {
+        name: "connect6",
+        attach: Attach::SockAddr,
+        sees_attempts: true,
+        evidence: "connect() to IPv6 addresses (evidence `connect`) and the TCP first bytes of those connections",
+    },
+    Hook {
+        name: "skb_egress",
+        attach: Attach::Skb(CgroupSkbAttachType::Egress),
+        sees_attempts: true,
+        evidence: "DNS queries (evidence `dns_query`) and TCP first bytes (evidence `tls_sni`, `http_host`, `http_connect`, DNS over TCP)",
+    },
+    Hook {
+        name: "skb_ingress",
+        attach: Attach::Skb(CgroupSkbAttachType::Ingress),
+        sees_attempts: false,
+        evidence: "DNS answers (evidence `dns_answer`): connects are joined to registry names only through the agent's own resolution and catalog CIDRs",
+    },
+    Hook {
+        name: "sendmsg4",
+        attach: Attach::SockAddr,
+        sees_attempts: true,
+        evidence: "datagrams sent with an address on unconnected IPv4 UDP sockets (evidence `sendmsg`)",
+    },
+    Hook {
+        name: "sendmsg6",
+        attach: Attach::SockAddr,
+        sees_attempts: true,
+        evidence: "datagrams sent with an address on unconnected IPv6 UDP sockets (evidence `sendmsg`)",
+    },
+    Hook {
+        name: "process_exec",
+        attach: Attach::Tracepoint("sched_process_exec"),
+        sees_attempts: false,
+        evidence: "exe and command line of processes that exit before /proc is read",
+    },
+    Hook {
+        name: "process_fork",
+        attach: Attach::Tracepoint("sched_process_fork"),
+        sees_attempts: false,
+        evidence: "parents (ancestry) of short-lived processes",
+    },
+    Hook {
+        name: "process_exit",
+        attach: Attach::Tracepoint("sched_process_exit"),
+        sees_attempts: false,
+        evidence: "process exits (lineage entries are kept until the table is full)",
+    },
+    Hook {
+        name: "sock_state",
+        attach: Attach::Tracepoint("inet_sock_set_state"),
+        sees_attempts: false,
+        evidence: "connection outcomes (established, refused, timed out: `outcomes`)",
+    },
 ];
-/// Programs that add evidence (unconnected UDP, lineage, outcomes); a
-/// kernel that refuses one is reported in the report's `hooks_missing`.
-const EXTRA_SOCK_ADDR: [&str; 2] = ["sendmsg4", "sendmsg6"];
-/// (program, BTF tracepoint) pairs.
-const TRACEPOINTS: [(&str, &str); 4] = [
-    ("process_exec", "sched_process_exec"),
-    ("process_fork", "sched_process_fork"),
-    ("process_exit", "sched_process_exit"),
-    ("sock_state", "inet_sock_set_state"),
-];
+
+// Every program the object has is in HOOKS, in PROGRAMS' names.
+const _: () = {
+    assert!(HOOKS.len() == PROGRAMS.len());
+    let mut i = 0;
+    while i < HOOKS.len() {
+        program_index(HOOKS[i].name);
+        i += 1;
+    }
+};
+
+/// How the DNS packet programs learn who sent a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsSender {
+    /// cgroup_skb may ask for the current task (newer kernels).
+    CurrentTask,
+    /// It may not: the connect/sendmsg hooks record each DNS socket's
+    /// owner, and the packet program reads it back.
+    SocketOwner,
+}
+
+impl DnsSender {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsSender::CurrentTask => "current_task",
+            DnsSender::SocketOwner => "socket_owner",
+        }
+    }
+}
+
+/// A program this kernel did not take.
+#[derive(Clone, Debug)]
+pub struct MissingHook {
+    pub hook: &'static str,
+    /// One line: the kernel's key words and errno, for the report.
+    pub reason: String,
+    /// What evidence is missing as a result.
+    pub evidence: &'static str,
+    /// The verifier's whole log, when the verifier refused it.
+    pub verifier_log: Option<String>,
+}
+
+/// What the loader is asked to do.
+pub struct LoadRequest<'a> {
+    pub cgroup_root: &'a Path,
+    pub ring_buffer_bytes: u32,
+    /// Test-only: programs made to fail verification (see
+    /// observer-ebpf's `refuse_if_asked`).
+    pub refuse: &'a [String],
+}
 
 /// Attached programs; drop to detach.
 pub struct Probes {
@@ -55,7 +187,8 @@ pub struct Probes {
     /// Names of the programs attached.
     pub attached: Vec<&'static str>,
     /// Programs that could not be attached, with the reason.
-    pub missing: Vec<(&'static str, String)>,
+    pub missing: Vec<MissingHook>,
+    pub dns_sender: DnsSender,
 }
 
 /// The maps user space reads, alive independently of the programs so the
@@ -65,68 +198,72 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
 }
 
-pub fn load_and_attach(
-    cgroup_root: &Path,
-    ring_buffer_bytes: u32,
-) -> anyhow::Result<(Probes, Maps)> {
+/// Loading failed as a whole; the message names the cause.
+#[derive(Debug)]
+pub struct LoadError(String);
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Maps)> {
     raise_memlock_limit();
+    let kernel = kernel_release();
+    let refuse_mask = refusal_mask(request.refuse)?;
     let own_tgid = std::process::id();
-    let mut missing = Vec::new();
+    let dns_sender = probe_dns_sender();
+    let skb_task_context = u32::from(dns_sender == DnsSender::CurrentTask);
     // Without offsets the lineage and outcome programs load but do nothing.
-    let offsets = offsets::read(Path::new(offsets::VMLINUX_BTF)).unwrap_or_else(|e| {
-        for (name, _) in TRACEPOINTS {
-            missing.push((name, format!("kernel field offsets unavailable: {e:#}")));
-        }
-        KernelOffsets::default()
-    });
+    let (offsets, offsets_error) = match offsets::read(Path::new(offsets::VMLINUX_BTF)) {
+        Ok(offsets) => (offsets, None),
+        Err(e) => (KernelOffsets::default(), Some(format!("{e:#}"))),
+    };
     release_freed_memory();
     let mut ebpf = EbpfLoader::new()
         .override_global("OBSERVER_TGID", &own_tgid, true)
         .override_global("OFFSETS", &offsets, true)
-        .map_max_entries("EVENTS", ring_buffer_bytes)
+        .override_global("SKB_TASK_CONTEXT", &skb_task_context, true)
+        .override_global("REFUSE_PROGRAMS", &refuse_mask, true)
+        .map_max_entries("EVENTS", request.ring_buffer_bytes)
         .load(OBJECT)
-        .map_err(|e| anyhow!(explain_load_error(&e.to_string())))?;
-    let cgroup = File::open(cgroup_root)
-        .with_context(|| format!("opening the cgroup2 root {}", cgroup_root.display()))?;
-    let mut attached = Vec::new();
+        .map_err(|e| LoadError(explain_object_error(&e, &kernel)))?;
+    let cgroup = File::open(request.cgroup_root)
+        .with_context(|| format!("opening the cgroup2 root {}", request.cgroup_root.display()))?;
+    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF unavailable: {e}"));
 
-    for name in CORE_SOCK_ADDR {
-        attach_sock_addr(&mut ebpf, name, &cgroup)
-            .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
-        attached.push(name);
-    }
-    for (name, direction) in CORE_SKB {
-        let program: &mut CgroupSkb = program(&mut ebpf, name)?;
-        program
-            .load()
-            .map_err(|e| anyhow!(explain_load_error(&format!("{name}: {e:?}"))))?;
-        program
-            .attach(&cgroup, direction, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to {}", cgroup_root.display()))?;
-        attached.push(name);
-    }
-    for name in EXTRA_SOCK_ADDR {
-        match attach_sock_addr(&mut ebpf, name, &cgroup) {
-            Ok(()) => attached.push(name),
-            Err(e) => missing.push((name, format!("{e:#}"))),
+    let mut attached = Vec::new();
+    let mut missing = Vec::new();
+    for hook in &HOOKS {
+        let result = match hook.attach {
+            Attach::SockAddr => attach_sock_addr(&mut ebpf, hook.name, &cgroup),
+            Attach::Skb(direction) => attach_skb(&mut ebpf, hook.name, direction, &cgroup),
+            Attach::Tracepoint(tracepoint) => match (&offsets_error, &btf) {
+                (Some(e), _) => Err(Refusal::plain(format!(
+                    "kernel field offsets unavailable: {e}"
+                ))),
+                (None, Err(e)) => Err(Refusal::plain(e.clone())),
+                (None, Ok(btf)) => attach_tracepoint(&mut ebpf, hook.name, tracepoint, btf),
+            },
+        };
+        match result {
+            Ok(()) => attached.push(hook.name),
+            Err(refusal) => missing.push(MissingHook {
+                hook: hook.name,
+                reason: refusal.reason,
+                evidence: hook.evidence,
+                verifier_log: refusal.verifier_log,
+            }),
         }
     }
-    if offsets.valid != 0 {
-        match Btf::from_sys_fs() {
-            Ok(btf) => {
-                for (name, tracepoint) in TRACEPOINTS {
-                    match attach_tracepoint(&mut ebpf, name, tracepoint, &btf) {
-                        Ok(()) => attached.push(name),
-                        Err(e) => missing.push((name, format!("{e:#}"))),
-                    }
-                }
-            }
-            Err(e) => {
-                for (name, _) in TRACEPOINTS {
-                    missing.push((name, format!("kernel BTF unavailable: {e}")));
-                }
-            }
-        }
+    if !HOOKS
+        .iter()
+        .any(|hook| hook.sees_attempts && attached.contains(&hook.name))
+    {
+        return Err(LoadError(nothing_attached(&missing, &kernel)).into());
     }
 
     let events = ebpf
@@ -140,6 +277,7 @@ pub fn load_and_attach(
             _ebpf: ebpf,
             attached,
             missing,
+            dns_sender,
         },
         Maps {
             events: RingBuf::try_from(events)?,
@@ -148,14 +286,105 @@ pub fn load_and_attach(
     ))
 }
 
-fn attach_sock_addr(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> anyhow::Result<()> {
+/// The test-only refusal names as the kernel programs' bit mask.
+fn refusal_mask(names: &[String]) -> Result<u32, LoadError> {
+    let mut mask = 0u32;
+    for name in names {
+        let index = PROGRAMS.iter().position(|p| p == name).ok_or_else(|| {
+            LoadError(format!(
+                "cannot refuse {name:?}: not a program (programs: {})",
+                PROGRAMS.join(", ")
+            ))
+        })?;
+        mask |= 1 << index;
+    }
+    Ok(mask)
+}
+
+/// Whether cgroup_skb programs may call every current-task helper the DNS
+/// capture uses. A probe that cannot decide counts as "no": the socket-owner
+/// path works on every kernel.
+fn probe_dns_sender() -> DnsSender {
+    let helpers = [
+        BpfHelper::BPF_FUNC_get_current_pid_tgid,
+        BpfHelper::BPF_FUNC_get_current_uid_gid,
+        BpfHelper::BPF_FUNC_get_current_comm,
+    ];
+    if helpers
+        .into_iter()
+        .all(|helper| is_helper_supported(ProgramType::CgroupSkb, helper).unwrap_or(false))
+    {
+        DnsSender::CurrentTask
+    } else {
+        DnsSender::SocketOwner
+    }
+}
+
+/// Why one program is missing.
+struct Refusal {
+    reason: String,
+    verifier_log: Option<String>,
+}
+
+impl Refusal {
+    fn plain(reason: String) -> Refusal {
+        Refusal {
+            reason,
+            verifier_log: None,
+        }
+    }
+
+    /// A load or attach error in words: the verifier's key line and the
+    /// errno for a refused program, the syscall and errno otherwise.
+    fn from_program_error(step: &str, error: &ProgramError) -> Refusal {
+        match error {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => {
+                let log = verifier_log.to_string();
+                let key = verifier::key_line(&log)
+                    .map(|line| format!(": {line}"))
+                    .unwrap_or_default();
+                Refusal {
+                    reason: format!("the verifier refused it{key} ({})", errno_text(io_error)),
+                    verifier_log: (!log.trim().is_empty()).then_some(log),
+                }
+            }
+            ProgramError::SyscallError(SyscallError { call, io_error }) => {
+                Refusal::plain(format!("{step} failed: {call}: {}", errno_text(io_error)))
+            }
+            other => Refusal::plain(format!("{step} failed: {other}")),
+        }
+    }
+}
+
+fn attach_sock_addr(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<(), Refusal> {
     let program: &mut CgroupSockAddr = program(ebpf, name)?;
     program
         .load()
-        .map_err(|e| anyhow!(explain_load_error(&format!("{name}: {e:?}"))))?;
+        .map_err(|e| Refusal::from_program_error("loading", &e))?;
     // Single through a link coexists with other programs' links; the
     // AllowMultiple link mode is rejected by some kernels (EINVAL).
-    program.attach(cgroup, CgroupAttachMode::Single)?;
+    program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|e| Refusal::from_program_error("attaching to the cgroup2 root", &e))?;
+    Ok(())
+}
+
+fn attach_skb(
+    ebpf: &mut Ebpf,
+    name: &str,
+    direction: CgroupSkbAttachType,
+    cgroup: &File,
+) -> Result<(), Refusal> {
+    let program: &mut CgroupSkb = program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|e| Refusal::from_program_error("loading", &e))?;
+    program
+        .attach(cgroup, direction, CgroupAttachMode::Single)
+        .map_err(|e| Refusal::from_program_error("attaching to the cgroup2 root", &e))?;
     Ok(())
 }
 
@@ -164,25 +393,127 @@ fn attach_tracepoint(
     name: &str,
     tracepoint: &str,
     btf: &Btf,
-) -> anyhow::Result<()> {
+) -> Result<(), Refusal> {
     let program: &mut BtfTracePoint = program(ebpf, name)?;
     program
         .load(tracepoint, btf)
-        .map_err(|e| anyhow!(explain_load_error(&format!("{name}: {e:?}"))))?;
-    program.attach()?;
+        .map_err(|e| Refusal::from_program_error("loading", &e))?;
+    program
+        .attach()
+        .map_err(|e| Refusal::from_program_error("attaching", &e))?;
     Ok(())
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Refusal>
 where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
     let program = ebpf
         .program_mut(name)
-        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+        .ok_or_else(|| Refusal::plain(format!("the eBPF object has no program {name}")))?;
     program
         .try_into()
-        .with_context(|| format!("program {name} has an unexpected type"))
+        .map_err(|e| Refusal::plain(format!("program {name} has an unexpected type: {e}")))
+}
+
+/// "EPERM (Operation not permitted)": the errno's name and the libc text.
+fn errno_text(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(code) => format!(
+            "{} ({})",
+            errno_name(code),
+            io::Error::from_raw_os_error(code)
+        )
+        .replace(&format!(" (os error {code})"), ""),
+        None => error.to_string(),
+    }
+}
+
+fn errno_name(code: i32) -> &'static str {
+    match code {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::EINVAL => "EINVAL",
+        libc::E2BIG => "E2BIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::ENOMEM => "ENOMEM",
+        libc::ENOENT => "ENOENT",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        // The kernel-internal ENOTSUPP, which some BPF paths return as is.
+        524 => "ENOTSUPP",
+        libc::ENOSYS => "ENOSYS",
+        libc::EBADF => "EBADF",
+        libc::EFAULT => "EFAULT",
+        _ => "errno",
+    }
+}
+
+/// The error when no program that sees attempts could be attached: each
+/// refusal in one line, then the verifier logs in full.
+fn nothing_attached(missing: &[MissingHook], kernel: &str) -> String {
+    let mut text = format!(
+        "no kernel program that sees registry attempts could be attached on kernel {kernel}:"
+    );
+    for hook in missing {
+        text.push_str(&format!("\n  {}: {}", hook.hook, hook.reason));
+    }
+    if missing.iter().any(|hook| is_permission(&hook.reason)) {
+        text.push_str(
+            "\nrun as root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (CAP_SYS_ADMIN alone on kernels before 5.8)",
+        );
+    }
+    for hook in missing {
+        if let Some(log) = &hook.verifier_log {
+            text.push_str(&format!(
+                "\n--- verifier log of {} ---\n{}",
+                hook.hook,
+                log.trim_end()
+            ));
+        }
+    }
+    text
+}
+
+fn is_permission(reason: &str) -> bool {
+    reason.contains("EPERM") || reason.contains("EACCES")
+}
+
+/// The object could not even be loaded (its maps created): say which map
+/// or step, and what this kernel lacks, from a probe rather than a guess.
+fn explain_object_error(error: &EbpfError, kernel: &str) -> String {
+    let errno = match error {
+        EbpfError::MapError(MapError::CreateError { io_error, .. }) => io_error.raw_os_error(),
+        EbpfError::MapError(MapError::SyscallError(SyscallError { io_error, .. })) => {
+            io_error.raw_os_error()
+        }
+        _ => None,
+    };
+    if matches!(errno, Some(libc::EPERM) | Some(libc::EACCES)) {
+        return format!(
+            "the kernel refused to create the observer's BPF maps ({}): run as root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN ({error})",
+            errno_name(errno.unwrap_or_default())
+        );
+    }
+    if let EbpfError::MapError(MapError::CreateError { name, .. }) = error
+        && name == "EVENTS"
+        && !is_map_supported(MapType::RingBuf).unwrap_or(true)
+    {
+        return format!(
+            "kernel {kernel} has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux >= 5.8), which every event goes through ({error})"
+        );
+    }
+    if errno == Some(libc::ENOSYS) {
+        return format!(
+            "kernel {kernel} has no bpf() system call (CONFIG_BPF_SYSCALL is off) ({error})"
+        );
+    }
+    format!("loading the eBPF object failed on kernel {kernel}: {error}")
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "(unknown release)".to_string())
 }
 
 /// Parsing the kernel's BTF (several MB, ~100k types) allocates tens of MB
@@ -197,8 +528,8 @@ fn release_freed_memory() {
 }
 
 /// Kernels >= 5.11 account BPF memory to the cgroup and ignore
-/// RLIMIT_MEMLOCK; older ones need it raised. Without CAP_SYS_RESOURCE the
-/// raise fails, which is harmless on the newer kernels.
+/// RLIMIT_MEMLOCK; older ones (5.10) need it raised. Without
+/// CAP_SYS_RESOURCE the raise fails, which is harmless on the newer kernels.
 fn raise_memlock_limit() {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -208,22 +539,73 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
 }
 
-/// Turns the kernel's terse refusals into a sentence with a fix.
-fn explain_load_error(detail: &str) -> String {
-    let first_line = detail.lines().next().unwrap_or(detail);
-    if detail.contains("Operation not permitted")
-        || detail.contains("PermissionDenied") && detail.contains("code: 1,")
-    {
-        format!(
-            "the kernel refused to load the eBPF programs (EPERM): run as root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN ({first_line})"
-        )
-    } else if detail.contains("Function not implemented")
-        || detail.contains("Invalid argument") && detail.contains("map")
-    {
-        format!(
-            "this kernel lacks the BPF support the observer needs (cgroup BPF programs and ring buffers, Linux >= 5.8 with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF) ({first_line})"
-        )
-    } else {
-        format!("loading the eBPF programs failed: {detail}")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_mask_names_programs_and_rejects_others() {
+        assert_eq!(refusal_mask(&[]).unwrap(), 0);
+        let mask = refusal_mask(&["connect4".into(), "skb_ingress".into()]).unwrap();
+        assert_eq!(
+            mask,
+            1 << program_index("connect4") | 1 << program_index("skb_ingress")
+        );
+        let error = refusal_mask(&["connect5".into()]).unwrap_err().to_string();
+        assert!(
+            error.contains("\"connect5\"") && error.contains("sock_state"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn errno_text_names_the_errno() {
+        assert_eq!(
+            errno_text(&io::Error::from_raw_os_error(libc::EINVAL)),
+            "EINVAL (Invalid argument)"
+        );
+        assert_eq!(
+            errno_text(&io::Error::from_raw_os_error(libc::EPERM)),
+            "EPERM (Operation not permitted)"
+        );
+    }
+
+    #[test]
+    fn nothing_attached_names_each_program_and_shows_logs() {
+        let missing = vec![
+            MissingHook {
+                hook: "connect4",
+                reason: "the verifier refused it: unknown func bpf_x#1 (EINVAL (Invalid argument))"
+                    .into(),
+                evidence: "",
+                verifier_log: Some("0: R1=ctx() R10=fp0\nunknown func bpf_x#1\n".into()),
+            },
+            MissingHook {
+                hook: "skb_egress",
+                reason: "loading failed: bpf_prog_load: EPERM (Operation not permitted)".into(),
+                evidence: "",
+                verifier_log: None,
+            },
+        ];
+        let text = nothing_attached(&missing, "6.1.0-57-amd64");
+        assert!(text.starts_with(
+            "no kernel program that sees registry attempts could be attached on kernel 6.1.0-57-amd64:\n  connect4: the verifier refused it: unknown func bpf_x#1"
+        ), "{text}");
+        assert!(text.contains("\n  skb_egress: loading failed"), "{text}");
+        assert!(text.contains("run as root with CAP_BPF"), "{text}");
+        assert!(
+            text.ends_with(
+                "--- verifier log of connect4 ---\n0: R1=ctx() R10=fp0\nunknown func bpf_x#1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_program_has_an_evidence_text() {
+        for hook in &HOOKS {
+            assert!(!hook.evidence.is_empty(), "{}", hook.name);
+        }
+        assert!(HOOKS.iter().any(|h| h.sees_attempts));
     }
 }

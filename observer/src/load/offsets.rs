@@ -14,7 +14,7 @@ use observer_common::KernelOffsets;
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The fields the programs read, as (struct, member path).
-const FIELDS: [(&str, &str); 9] = [
+const FIELDS: [(&str, &str); 10] = [
     ("task_struct", "pid"),
     ("task_struct", "tgid"),
     ("task_struct", "real_parent"),
@@ -24,6 +24,9 @@ const FIELDS: [(&str, &str); 9] = [
     ("mm_struct", "arg_end"),
     ("linux_binprm", "filename"),
     ("sock", "sk_err"),
+    // sk_cookie, set by the connect hook's bpf_get_socket_cookie: tracing
+    // programs may call that helper only from 5.12 on, so they read it.
+    ("sock", "__sk_common.skc_cookie"),
 ];
 
 struct Bytes<'a>(&'a [u8]);
@@ -84,6 +87,7 @@ pub fn from_btf(data: &[u8]) -> anyhow::Result<KernelOffsets> {
         mm_arg_end,
         binprm_filename,
         sock_err,
+        sock_cookie,
     ] = found;
     Ok(KernelOffsets {
         valid: 1,
@@ -96,7 +100,7 @@ pub fn from_btf(data: &[u8]) -> anyhow::Result<KernelOffsets> {
         mm_arg_end,
         binprm_filename,
         sock_err,
-        _pad: 0,
+        sock_cookie,
     })
 }
 
@@ -125,6 +129,7 @@ mod tests {
         );
         assert_eq!(offsets.mm_arg_end, offsets.mm_arg_start + 8);
         assert!(offsets.task_start_boottime > 0 && offsets.task_mm > 0);
+        assert!(offsets.sock_cookie > 0 && offsets.sock_cookie != offsets.sock_err);
     }
 
     #[test]

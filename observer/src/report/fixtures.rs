@@ -84,6 +84,7 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             command_cgroup: None,
             cgroup2_mount: "/sys/fs/cgroup".into(),
             hooks: vec!["connect4".into()],
+            dns_sender: None,
             hooks_missing: vec![],
             events_total: 10,
             events_lost: 0,

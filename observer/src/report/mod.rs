@@ -112,6 +112,10 @@ pub struct ObserverSection {
     pub command_cgroup: Option<String>,
     pub cgroup2_mount: String,
     pub hooks: Vec<String>,
+    /// How the packet programs learnt a DNS query's sender on this kernel:
+    /// `current_task` or `socket_owner` (absent in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_sender: Option<String>,
     /// Hooks this kernel refused: their evidence is missing from the run.
     #[serde(default)]
     pub hooks_missing: Vec<HookMissing>,
@@ -155,7 +159,12 @@ pub struct ObserverSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct HookMissing {
     pub hook: String,
+    /// The kernel's key words: the verifier's refusal line and the errno.
     pub reason: String,
+    /// The evidence missing as a result (absent in reports before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 /// `truncated` is a map of counters; a version 1 report's `dns_truncated`
@@ -710,6 +719,7 @@ mod tests {
         observer.hooks_missing = vec![HookMissing {
             hook: "sendmsg4".into(),
             reason: "EINVAL".into(),
+            evidence: None,
         }];
         observer.truncated = BTreeMap::from([("tcp_truncated".into(), 5)]);
         observer.payload_parsers.tls.parsed = 7;
@@ -734,10 +744,12 @@ mod tests {
             HookMissing {
                 hook: "sendmsg4".into(),
                 reason: "EINVAL".into(),
+                evidence: None,
             },
             HookMissing {
                 hook: "process_exec".into(),
                 reason: "no BTF".into(),
+                evidence: Some("process lineage".into()),
             },
         ];
         let reason = observer.incompleteness().unwrap();
