@@ -346,6 +346,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         observing.push_str(&format!("; control socket: {path}"));
     }
     warn_missing_hooks(&probes.missing, options.verbose);
+    if let Some(why) = &probes.dns_sender_why {
+        eprintln!(
+            "registry-observer: note: {why}; a DNS query's sender is the socket's owner as the connect/sendmsg hooks saw it (queries on sockets connected before the agent started count as dns_sender_unknown)"
+        );
+    }
     if command_mode {
         eprintln!("{observing}");
     } else {
@@ -859,6 +864,7 @@ mod tests {
             reason: "EINVAL".into(),
             evidence: "some evidence",
             verifier_log: None,
+            permission_denied: false,
         }
     }
 

@@ -170,6 +170,9 @@ pub struct MissingHook {
     pub evidence: &'static str,
     /// The verifier's whole log, when the verifier refused it.
     pub verifier_log: Option<String>,
+    /// Refused before any verification with EPERM or EACCES: a privilege,
+    /// not a kernel feature, is missing.
+    pub permission_denied: bool,
 }
 
 /// What the loader is asked to do.
@@ -189,6 +192,8 @@ pub struct Probes {
     /// Programs that could not be attached, with the reason.
     pub missing: Vec<MissingHook>,
     pub dns_sender: DnsSender,
+    /// Why the DNS sender is not the current task, as probed.
+    pub dns_sender_why: Option<String>,
 }
 
 /// The maps user space reads, alive independently of the programs so the
@@ -215,7 +220,7 @@ pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Map
     let kernel = kernel_release();
     let refuse_mask = refusal_mask(request.refuse)?;
     let own_tgid = std::process::id();
-    let dns_sender = probe_dns_sender();
+    let (dns_sender, dns_sender_why) = probe_dns_sender();
     let skb_task_context = u32::from(dns_sender == DnsSender::CurrentTask);
     // Without offsets the lineage and outcome programs load but do nothing.
     let (offsets, offsets_error) = match offsets::read(Path::new(offsets::VMLINUX_BTF)) {
@@ -256,6 +261,7 @@ pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Map
                 reason: refusal.reason,
                 evidence: hook.evidence,
                 verifier_log: refusal.verifier_log,
+                permission_denied: refusal.permission_denied,
             }),
         }
     }
@@ -278,6 +284,7 @@ pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Map
             attached,
             missing,
             dns_sender,
+            dns_sender_why,
         },
         Maps {
             events: RingBuf::try_from(events)?,
@@ -302,28 +309,48 @@ fn refusal_mask(names: &[String]) -> Result<u32, LoadError> {
 }
 
 /// Whether cgroup_skb programs may call every current-task helper the DNS
-/// capture uses. A probe that cannot decide counts as "no": the socket-owner
+/// capture uses, and if not, which one is refused (or why the probe could
+/// not tell). A probe that cannot decide counts as "no": the socket-owner
 /// path works on every kernel.
-fn probe_dns_sender() -> DnsSender {
+fn probe_dns_sender() -> (DnsSender, Option<String>) {
     let helpers = [
-        BpfHelper::BPF_FUNC_get_current_pid_tgid,
-        BpfHelper::BPF_FUNC_get_current_uid_gid,
-        BpfHelper::BPF_FUNC_get_current_comm,
+        (
+            BpfHelper::BPF_FUNC_get_current_pid_tgid,
+            "bpf_get_current_pid_tgid",
+        ),
+        (
+            BpfHelper::BPF_FUNC_get_current_uid_gid,
+            "bpf_get_current_uid_gid",
+        ),
+        (BpfHelper::BPF_FUNC_get_current_comm, "bpf_get_current_comm"),
     ];
-    if helpers
-        .into_iter()
-        .all(|helper| is_helper_supported(ProgramType::CgroupSkb, helper).unwrap_or(false))
-    {
-        DnsSender::CurrentTask
-    } else {
-        DnsSender::SocketOwner
+    for (helper, name) in helpers {
+        match is_helper_supported(ProgramType::CgroupSkb, helper) {
+            Ok(true) => {}
+            Ok(false) => {
+                return (
+                    DnsSender::SocketOwner,
+                    Some(format!(
+                        "cgroup_skb programs may not call {name} on this kernel"
+                    )),
+                );
+            }
+            Err(e) => {
+                return (
+                    DnsSender::SocketOwner,
+                    Some(format!("probing {name} for cgroup_skb failed: {e}")),
+                );
+            }
+        }
     }
+    (DnsSender::CurrentTask, None)
 }
 
 /// Why one program is missing.
 struct Refusal {
     reason: String,
     verifier_log: Option<String>,
+    permission_denied: bool,
 }
 
 impl Refusal {
@@ -331,6 +358,15 @@ impl Refusal {
         Refusal {
             reason,
             verifier_log: None,
+            permission_denied: false,
+        }
+    }
+
+    fn failed(step: &str, call: &str, io_error: &io::Error) -> Refusal {
+        Refusal {
+            reason: format!("{step} failed: {call}: {}", errno_text(io_error)),
+            verifier_log: None,
+            permission_denied: is_permission(io_error),
         }
     }
 
@@ -343,16 +379,21 @@ impl Refusal {
                 verifier_log,
             } => {
                 let log = verifier_log.to_string();
+                if log.trim().is_empty() {
+                    // Refused before the verifier ran.
+                    return Refusal::failed(step, "bpf_prog_load", io_error);
+                }
                 let key = verifier::key_line(&log)
                     .map(|line| format!(": {line}"))
                     .unwrap_or_default();
                 Refusal {
                     reason: format!("the verifier refused it{key} ({})", errno_text(io_error)),
-                    verifier_log: (!log.trim().is_empty()).then_some(log),
+                    verifier_log: Some(log),
+                    permission_denied: false,
                 }
             }
             ProgramError::SyscallError(SyscallError { call, io_error }) => {
-                Refusal::plain(format!("{step} failed: {call}: {}", errno_text(io_error)))
+                Refusal::failed(step, call, io_error)
             }
             other => Refusal::plain(format!("{step} failed: {other}")),
         }
@@ -457,7 +498,7 @@ fn nothing_attached(missing: &[MissingHook], kernel: &str) -> String {
     for hook in missing {
         text.push_str(&format!("\n  {}: {}", hook.hook, hook.reason));
     }
-    if missing.iter().any(|hook| is_permission(&hook.reason)) {
+    if missing.iter().any(|hook| hook.permission_denied) {
         text.push_str(
             "\nrun as root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (CAP_SYS_ADMIN alone on kernels before 5.8)",
         );
@@ -474,8 +515,8 @@ fn nothing_attached(missing: &[MissingHook], kernel: &str) -> String {
     text
 }
 
-fn is_permission(reason: &str) -> bool {
-    reason.contains("EPERM") || reason.contains("EACCES")
+fn is_permission(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
 /// The object could not even be loaded (its maps created): say which map
@@ -579,12 +620,14 @@ mod tests {
                     .into(),
                 evidence: "",
                 verifier_log: Some("0: R1=ctx() R10=fp0\nunknown func bpf_x#1\n".into()),
+                permission_denied: false,
             },
             MissingHook {
                 hook: "skb_egress",
                 reason: "loading failed: bpf_prog_load: EPERM (Operation not permitted)".into(),
                 evidence: "",
                 verifier_log: None,
+                permission_denied: true,
             },
         ];
         let text = nothing_attached(&missing, "6.1.0-57-amd64");
@@ -593,6 +636,9 @@ mod tests {
         ), "{text}");
         assert!(text.contains("\n  skb_egress: loading failed"), "{text}");
         assert!(text.contains("run as root with CAP_BPF"), "{text}");
+        // A verifier refusal (EACCES too) is no privilege problem.
+        let refused_only = nothing_attached(&missing[..1], "6.1.0-57-amd64");
+        assert!(!refused_only.contains("run as root"), "{refused_only}");
         assert!(
             text.ends_with(
                 "--- verifier log of connect4 ---\n0: R1=ctx() R10=fp0\nunknown func bpf_x#1"
