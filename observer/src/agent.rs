@@ -597,7 +597,7 @@ fn warn_missing_hooks(missing: &[load::MissingHook], verbose: bool) {
     }
     if !missing.is_empty() {
         eprintln!(
-            "registry-observer: warning: the observation is incomplete (observer.hooks_missing in the report; exit 3 unless --allow-incomplete)"
+            "registry-observer: warning: the observation is incomplete (observer.hooks_missing in the report)"
         );
     }
 }

@@ -15,6 +15,26 @@ use std::time::Duration;
 
 use crate::process::poll_until;
 
+/// (id, name) of the programs attached directly to the cgroup2 root, from
+/// `bpftool cgroup show` ("ID AttachType AttachFlags Name" rows).
+pub fn programs_on_cgroup2_root() -> std::collections::BTreeSet<(u64, String)> {
+    let output = crate::run_checked(
+        Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(cgroup2_root()),
+        Duration::from_secs(60),
+    )
+    .expect("bpftool cgroup show");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let id = fields.first()?.parse().ok()?;
+            Some((id, fields.last()?.to_string()))
+        })
+        .collect()
+}
+
 /// The cgroup2 mount point of this machine, found by the agent's own
 /// parser (its table tests live in `registry_observer::preflight`).
 ///

@@ -9,7 +9,6 @@
 
 use std::{
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -192,24 +191,7 @@ fn detaches_everything_from_the_root_cgroup_on_exit() {
     // Holding a testbed serializes this test with the others, whose agents
     // attach programs of the same names.
     let testbed = setup();
-    let root = observer_tests::cgroup2_root();
-    // Program ids attached to the root cgroup (`bpftool cgroup show` prints
-    // "ID AttachType AttachFlags Name" rows).
-    let attached = || -> std::collections::BTreeSet<(u64, String)> {
-        let output = run_checked(
-            Command::new("bpftool").arg("cgroup").arg("show").arg(&root),
-            CLIENT_TIMEOUT,
-        )
-        .expect("bpftool cgroup show");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let id = fields.first()?.parse().ok()?;
-                Some((id, fields.last()?.to_string()))
-            })
-            .collect()
-    };
+    let attached = observer_tests::programs_on_cgroup2_root;
     // Tracing programs hang off BTF tracepoints, not the cgroup; their
     // links are the agent's file descriptors (never pinned), which /proc
     // shows as `link_type: raw_tracepoint` with the tracepoint's name.

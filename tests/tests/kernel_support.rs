@@ -11,14 +11,14 @@
 //! Root and the testbed tools are required; these tests fail (never skip)
 //! without them.
 
-use std::{collections::BTreeSet, process::Command, time::Duration};
+use std::time::Duration;
 
 use observer_tests::{
     Agent, TestCgroup,
     observe::{
         agent_args, assert_valid_report, attempts_in, evidence, in_netns, read_report, setup,
     },
-    output_within, run_checked,
+    output_within, programs_on_cgroup2_root,
 };
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -100,7 +100,7 @@ fn nothing_useful_attached_exits_2_with_the_kernels_words() {
     // Holding a testbed serializes this test with the others, whose agents
     // attach programs of the same names.
     let testbed = setup();
-    let before = attached_to_root();
+    let before = programs_on_cgroup2_root();
     let report = testbed.temp_dir().join("never.json");
     let report_arg = report.display().to_string();
     let mut args = vec![
@@ -147,44 +147,5 @@ fn nothing_useful_attached_exits_2_with_the_kernels_words() {
     assert!(!report.exists(), "no report without an observation");
     // The programs that did load (skb_ingress, the tracepoints) are gone
     // with the failed start.
-    assert_eq!(attached_to_root(), before);
-}
-
-/// (id, name) of the programs attached to the cgroup2 root, from
-/// `bpftool cgroup show` ("ID AttachType AttachFlags Name" rows).
-fn attached_to_root() -> BTreeSet<(u64, String)> {
-    let output = run_checked(
-        Command::new("bpftool")
-            .args(["cgroup", "show"])
-            .arg(observer_tests::cgroup2_root()),
-        CLIENT_TIMEOUT,
-    )
-    .expect("bpftool cgroup show");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let id = fields.first()?.parse().ok()?;
-            Some((id, fields.last()?.to_string()))
-        })
-        .collect()
-}
-
-/// An unknown name for the test switch is a usage error naming the
-/// programs there are.
-#[test]
-fn refusing_an_unknown_program_is_a_usage_error() {
-    observer_tests::require_root_and_tools(&[]);
-    let output = Agent::run_to_exit(
-        &["--metrics-addr", "off", "--test-refuse-program", "connect5"],
-        Duration::from_secs(60),
-    );
-    assert_eq!(output.status.code(), Some(2), "{}", output.stderr);
-    assert!(
-        output
-            .stderr
-            .contains("cannot refuse \"connect5\": not a program (programs: connect4, connect6"),
-        "{}",
-        output.stderr
-    );
+    assert_eq!(programs_on_cgroup2_root(), before);
 }

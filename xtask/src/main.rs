@@ -82,8 +82,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what this machine lacks (idempotent): nightly rust-src,
-    /// LLVM 22, bpf-linker, test packages, bpffs.
-    Setup,
+    /// LLVM 22, bpf-linker, bpffs; with --test also the test packages,
+    /// qemu and mmdebstrap for the VM tests, and the Python test tools.
+    Setup {
+        /// Also what the tests and benchmarks need (`test` and `bench` do
+        /// this themselves).
+        #[arg(long)]
+        test: bool,
+    },
     /// Setup, build (release) and run the agent as root:
     /// `cargo xtask run -- [registry-observer run OPTIONS]`.
     Run {
@@ -120,9 +126,15 @@ fn main() -> ExitCode {
 fn run(task: Task) -> anyhow::Result<ExitCode> {
     let root = workspace_root();
     env::set_current_dir(&root)?;
-    setup()?;
+    // `run` needs only what building and running need; a newcomer should
+    // not wait for container runtimes and qemu to watch their machine.
+    let needs = match &task {
+        Task::Setup { test: false } | Task::Run { .. } => Needs::Run,
+        Task::Setup { test: true } | Task::Test { .. } | Task::Bench { .. } => Needs::Test,
+    };
+    setup(needs)?;
     match task {
-        Task::Setup => Ok(ExitCode::SUCCESS),
+        Task::Setup { .. } => Ok(ExitCode::SUCCESS),
         Task::Run { args } => {
             cargo(&["build", "--release", "-p", "registry-observer"])?;
             let binary = root.join("target/release/registry-observer");
@@ -278,12 +290,23 @@ fn say(what: &str) {
     eprintln!("setup: {what}");
 }
 
-fn setup() -> anyhow::Result<()> {
+/// What a task needs installed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// Build and run the agent.
+    Run,
+    /// Also run the tests and benchmarks.
+    Test,
+}
+
+fn setup(needs: Needs) -> anyhow::Result<()> {
     setup_rust_src()?;
-    setup_apt_packages()?;
+    setup_apt_packages(needs)?;
     setup_bpf_linker()?;
     setup_bpffs()?;
-    setup_python_tools()?;
+    if needs == Needs::Test {
+        setup_python_tools()?;
+    }
     Ok(())
 }
 
@@ -369,11 +392,14 @@ fn package_installed(name: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn setup_apt_packages() -> anyhow::Result<()> {
+fn setup_apt_packages(needs: Needs) -> anyhow::Result<()> {
+    let for_tests: &[&str] = match needs {
+        Needs::Run => &[],
+        Needs::Test => &[TEST_PACKAGES, VM_PACKAGES].concat(),
+    };
     let missing: Vec<&str> = BUILD_PACKAGES
         .iter()
-        .chain(TEST_PACKAGES)
-        .chain(VM_PACKAGES)
+        .chain(for_tests)
         .copied()
         .filter(|p| !package_installed(p))
         .collect();
