@@ -149,3 +149,22 @@ fn nothing_useful_attached_exits_2_with_the_kernels_words() {
     // with the failed start.
     assert_eq!(programs_on_cgroup2_root(), before);
 }
+
+/// An unknown name for the test switch is a usage error naming the
+/// programs there are.
+#[test]
+fn refusing_an_unknown_program_is_a_usage_error() {
+    observer_tests::require_root_and_tools(&[]);
+    let output = Agent::run_to_exit(
+        &["--metrics-addr", "off", "--test-refuse-program", "connect5"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", output.stderr);
+    assert!(
+        output
+            .stderr
+            .contains("cannot refuse \"connect5\": not a program (programs: connect4, connect6"),
+        "{}",
+        output.stderr
+    );
+}
