@@ -265,6 +265,9 @@ pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Map
             }),
         }
     }
+    // aya's parse of the kernel BTF is as large as ours was.
+    drop(btf);
+    release_freed_memory();
     if !HOOKS
         .iter()
         .any(|hook| hook.sees_attempts && attached.contains(&hook.name))
