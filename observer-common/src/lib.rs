@@ -14,6 +14,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use bytemuck::{Pod, Zeroable};
+
 /// Length of `task_struct::comm` (include/linux/sched.h, TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
 
@@ -243,7 +245,7 @@ const fn const_str_eq(a: &str, b: &str) -> bool {
 /// for the current task (cgroup_skb may call `bpf_get_current_pid_tgid`
 /// only on newer kernels).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct SocketOwner {
     pub pid_tgid: u64,
     pub uid: u32,
@@ -267,7 +269,7 @@ pub const TCP_CLOSE: u16 = 7;
 /// Rust programs cannot use CO-RE relocations. `valid == 0` turns the lineage
 /// and outcome programs into no-ops.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct KernelOffsets {
     pub valid: u32,
     /// task_struct.pid, .tgid, .real_parent, .start_boottime, .mm
@@ -293,7 +295,7 @@ pub const DIRECTION_INGRESS: u16 = 1;
 
 /// Fields every event starts with.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct EventHeader {
     /// An [`EventKind`] id.
     pub kind: u32,
@@ -315,7 +317,7 @@ pub struct EventHeader {
 
 /// `connect()` on an AF_INET or AF_INET6 socket, as the caller asked for it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct ConnectEvent {
     pub header: EventHeader,
     /// [`AF_INET`] or [`AF_INET6`].
@@ -337,7 +339,7 @@ pub struct ConnectEvent {
 /// A UDP datagram to (egress) or from (ingress) port 53, with the start of
 /// its payload.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct DnsPacketEvent {
     pub header: EventHeader,
     /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`].
@@ -360,7 +362,7 @@ pub struct DnsPacketEvent {
 /// execve() of a new image, raised in the task itself after the exec
 /// succeeded; the header's comm is the new one.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct ExecEvent {
     pub header: EventHeader,
     /// tgid of the real parent.
@@ -382,7 +384,7 @@ pub struct ExecEvent {
 /// Fork of a new process ([`EventKind::Fork`], header = the parent) or exit
 /// of a process ([`EventKind::Exit`], header = the exiting process).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct TaskEvent {
     pub header: EventHeader,
     /// Fork: the child's tgid. Exit: the exiting tgid.
@@ -394,7 +396,7 @@ pub struct TaskEvent {
 
 /// One payload segment at the start of a TCP connection.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct TcpPayloadEvent {
     pub header: EventHeader,
     pub cookie: u64,
@@ -419,7 +421,7 @@ pub struct TcpPayloadEvent {
 /// A TCP connection left SYN_SENT: established, or closed with `sk_err`
 /// (ECONNREFUSED after a reset, ETIMEDOUT, ...).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct SockStateEvent {
     pub header: EventHeader,
     pub cookie: u64,
@@ -540,20 +542,17 @@ impl Record {
                 expected,
             });
         }
-        // SAFETY: the length was checked against the kind's size, the types
-        // are plain-old-data valid for any bit pattern, and read_unaligned
+        // The length was checked against the kind's size; pod_read_unaligned
         // copes with the buffer's alignment.
-        let ptr = bytes.as_ptr();
-        Ok(unsafe {
-            match kind {
-                EventKind::Connect => Record::Connect(core::ptr::read_unaligned(ptr.cast())),
-                EventKind::DnsPacket => Record::DnsPacket(core::ptr::read_unaligned(ptr.cast())),
-                EventKind::Exec => Record::Exec(core::ptr::read_unaligned(ptr.cast())),
-                EventKind::Fork => Record::Fork(core::ptr::read_unaligned(ptr.cast())),
-                EventKind::Exit => Record::Exit(core::ptr::read_unaligned(ptr.cast())),
-                EventKind::TcpPayload => Record::TcpPayload(core::ptr::read_unaligned(ptr.cast())),
-                EventKind::SockState => Record::SockState(core::ptr::read_unaligned(ptr.cast())),
-            }
+        use bytemuck::pod_read_unaligned as read;
+        Ok(match kind {
+            EventKind::Connect => Record::Connect(read(bytes)),
+            EventKind::DnsPacket => Record::DnsPacket(read(bytes)),
+            EventKind::Exec => Record::Exec(read(bytes)),
+            EventKind::Fork => Record::Fork(read(bytes)),
+            EventKind::Exit => Record::Exit(read(bytes)),
+            EventKind::TcpPayload => Record::TcpPayload(read(bytes)),
+            EventKind::SockState => Record::SockState(read(bytes)),
         })
     }
 
