@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
+use observer_report::{self as report, HookMissing, Losses, ObserverSection, Report, junit, text};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -43,7 +44,6 @@ use crate::{
     policy, preflight,
     read::{self, Input, ReadCounters},
     record::Recorder,
-    report::{self, HookMissing, Losses, ObserverSection, Report, junit, text},
     scope::CommandCgroup,
 };
 
@@ -116,10 +116,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     .map_err(UsageError)?;
     preflight::check_own_privileges().map_err(UsageError)?;
     let cgroup_root = preflight::cgroup2_mount().map_err(UsageError)?;
-    report::check_writable(&options.report).map_err(UsageError)?;
+    report::check_writable(&options.report).map_err(|e| UsageError(e.0))?;
     if let Some(junit) = &options.junit {
         report::check_output_writable(junit, "JUnit file", "--junit", "junit.xml")
-            .map_err(UsageError)?;
+            .map_err(|e| UsageError(e.0))?;
     }
     if std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|status| preflight::in_nested_pid_namespace(&status))

@@ -194,7 +194,7 @@ impl Connections {
             } = &mut connection;
             for side in std::iter::once(egress).chain(ingress.as_mut()) {
                 if let Some(finding) = side.assembler.finish() {
-                    self.stats.record(&finding);
+                    crate::payload::stats::count(&mut self.stats, &finding);
                 }
             }
         }
@@ -256,7 +256,7 @@ impl Connections {
         let Some(finding) = finding else {
             return Joined::Nothing;
         };
-        self.stats.record(&finding);
+        crate::payload::stats::count(&mut self.stats, &finding);
         let (actor, dest) = (connection.actor.clone(), connection.dest);
         if connection.decided() && connection.outcome.is_some() {
             // Nothing more to learn from it.
@@ -389,7 +389,10 @@ mod tests {
         assert_eq!((actor.tgid, sni.as_str(), cookie), (42, "quay.io", 1));
         // The packet's time, the connecting process.
         assert_eq!(actor.boot_ns, 50);
-        assert_eq!(table.stats().parser(crate::payload::Parser::Tls).parsed, 1);
+        assert_eq!(
+            crate::payload::stats::of_parser(table.stats(), crate::payload::Parser::Tls).parsed,
+            1
+        );
         // Decided and its outcome known: forgotten, but the pipeline can
         // still count the outcome on the attempt this segment made, and later
         // bytes of the stream (TLS inside a CONNECT tunnel) are no orphans.

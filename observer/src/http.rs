@@ -20,9 +20,11 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch};
 
+use observer_exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
+
 use crate::{
     control::PhaseSwitch,
-    metrics::{HealthSnapshot, Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE},
+    metrics::{HealthSnapshot, Metrics},
     phase::PhaseSource,
 };
 

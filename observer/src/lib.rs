@@ -16,36 +16,57 @@
 //! `kubernetes` reads the kubelet's `Pulling` events from the API and joins
 //! them to pod specs, as pull intents (`attribute::pull_intent`).
 
+#[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "agent")]
 pub mod attribute;
+#[cfg(feature = "agent")]
 pub mod classify;
 pub mod cli;
+#[cfg(feature = "agent")]
 pub mod clock;
+#[cfg(feature = "agent")]
 pub mod config;
+#[cfg(feature = "agent")]
 pub mod connections;
+#[cfg(feature = "agent")]
 pub mod control;
+#[cfg(feature = "agent")]
 pub mod decode;
+#[cfg(feature = "agent")]
 pub mod events_log;
+#[cfg(feature = "agent")]
 pub mod export;
+#[cfg(feature = "agent")]
 pub mod http;
+#[cfg(feature = "agent")]
 pub mod kubernetes;
-pub mod lint;
+#[cfg(feature = "agent")]
 pub mod load;
+#[cfg(feature = "agent")]
 pub mod metrics;
+#[cfg(feature = "agent")]
 pub mod payload;
+#[cfg(feature = "agent")]
 pub mod phase;
+#[cfg(feature = "agent")]
 pub mod pipeline;
+#[cfg(feature = "agent")]
 pub mod policy;
+#[cfg(feature = "agent")]
 pub mod preflight;
+#[cfg(feature = "agent")]
 pub mod read;
+#[cfg(feature = "agent")]
 pub mod record;
-pub mod report;
+#[cfg(feature = "agent")]
 pub mod scope;
+#[cfg(feature = "agent")]
 pub mod textfile;
-pub mod webhook;
 
 /// An error that is the user's to fix (privileges, paths, the machine's
 /// setup): printed as one sentence, exit code 2.
+#[cfg(feature = "agent")]
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);

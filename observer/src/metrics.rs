@@ -25,13 +25,6 @@ use crate::{
     record::{Attempt, Verdict},
 };
 
-/// What Prometheus asks for and gets from `/metrics`.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// For clients that do not ask for OpenMetrics (curl, `promtool check
-/// metrics`, older scrapers).
-pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     pub phase: String,
@@ -411,7 +404,7 @@ impl Metrics {
     /// Prometheus text format 0.0.4, for clients that do not accept
     /// OpenMetrics.
     pub fn encode_prometheus_text(&self) -> String {
-        openmetrics_to_prometheus_text(&self.encode_openmetrics())
+        observer_exposition::openmetrics_to_prometheus_text(&self.encode_openmetrics())
     }
 }
 
@@ -471,34 +464,6 @@ pub fn verdict_label(verdict: Verdict) -> &'static str {
         Verdict::Allowed => "allowed",
         Verdict::NotEnforced => "not_enforced",
     }
-}
-
-/// prometheus-client writes only OpenMetrics. The 0.0.4 text format differs
-/// for what we export in three ways: a counter's HELP and TYPE name the
-/// sample name (`x_total`, not `x`), and there are no `# UNIT` or `# EOF`
-/// lines.
-pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
-    let counters: HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.strip_suffix(" counter"))
-        .collect();
-    let mut text = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        text.push_str(renamed.as_deref().unwrap_or(line));
-        text.push('\n');
-    }
-    text
 }
 
 #[cfg(test)]
@@ -644,17 +609,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("{reason=\"process_gone\"} 4\n"), "{text}");
-    }
-
-    #[test]
-    fn prometheus_text_names_counters_by_their_samples() {
-        let openmetrics = "# HELP x_attempts Events.\n# TYPE x_attempts counter\nx_attempts_total{a=\"1\"} 2\n\
-            # HELP x_last Last.\n# TYPE x_last gauge\n# UNIT x_last seconds\nx_last 1.5\n# EOF\n";
-        assert_eq!(
-            openmetrics_to_prometheus_text(openmetrics),
-            "# HELP x_attempts_total Events.\n# TYPE x_attempts_total counter\nx_attempts_total{a=\"1\"} 2\n\
-            # HELP x_last Last.\n# TYPE x_last gauge\nx_last 1.5\n"
-        );
     }
 
     #[test]

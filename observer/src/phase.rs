@@ -5,9 +5,9 @@
 
 use std::{fmt, time::SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::record::{parse_rfc3339, rfc3339};
+pub use observer_report::phase::{PhaseMarker, PhaseSource};
 
 /// A validated phase name: `[a-z0-9][a-z0-9_-]{0,62}`, so it is safe as a
 /// metric label, a JUnit suite name and a file-name fragment.
@@ -47,27 +47,6 @@ impl fmt::Display for PhaseName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// Who started a phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PhaseSource {
-    /// The phase the agent started in (`--phase`, default `boot`).
-    Start,
-    /// `registry-observer mark NAME` over the control socket.
-    Mark,
-    /// `POST /phase` on the HTTP endpoint.
-    Http,
-}
-
-/// One entry of the report's `phases` list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PhaseMarker {
-    pub name: String,
-    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
-    pub started_at: SystemTime,
-    pub source: PhaseSource,
 }
 
 /// A request to switch phase, as it travels to the pipeline.

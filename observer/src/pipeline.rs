@@ -186,7 +186,7 @@ impl Pipeline {
         let attributor = &mut self.attributor;
         self.recorder.decide_on_behalf_of(|attempt| {
             let decision = on_behalf_of::decide(attempt, &context);
-            stats.count(&decision);
+            decision.count_into(&mut stats);
             if decision == Decision::RuntimeUnattributed {
                 attributor.count_runtime_pull_unattributed();
             }

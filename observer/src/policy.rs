@@ -8,7 +8,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+pub use observer_report::policy::{AllowReport, PolicyReport};
 
 use crate::{
     classify::Pattern,
@@ -290,31 +292,6 @@ impl Policy {
         attempt.verdict = decision.verdict;
         attempt.allowed_by = decision.allowed_by.map(|i| self.allow[i].allowance());
     }
-}
-
-/// The report's `policy` section: the policy in force and what each allow
-/// entry did, so expired entries and unused ones are visible.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PolicyReport {
-    pub enforce_phases: Vec<String>,
-    pub allow: Vec<AllowReport>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AllowReport {
-    pub component: Option<String>,
-    pub unit: Option<String>,
-    pub namespace: Option<String>,
-    pub host: Option<String>,
-    pub reason: String,
-    pub link: Option<String>,
-    pub expires: Option<String>,
-    /// Expired when the report was written.
-    pub expired: bool,
-    /// Attempts this entry allowed.
-    pub allowed_attempts: usize,
-    /// Attempts it matched after it had expired: violations now.
-    pub matched_after_expiry: usize,
 }
 
 pub fn report(policy: &Policy, attempts: &[Attempt], now: SystemTime) -> PolicyReport {

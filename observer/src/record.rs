@@ -5,123 +5,20 @@
 //! a DNS query and the connect() that follows it join into one attempt.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     time::SystemTime,
 };
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use crate::{
-    attribute::{
-        CgroupOwner, CgroupRef, Container, Origin, Pod, ProcessInfo, on_behalf_of::OnBehalfOf,
-    },
-    classify::{Category, Evidence, Match, Source},
+pub use observer_report::{
+    attempt::{Allowance, Attempt, Dest, RegistryRef, Verdict},
+    time::{parse_rfc3339, rfc3339},
 };
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegistryRef {
-    /// The catalog pattern that matched (`quay.io`, `*.gcr.io`).
-    pub pattern: String,
-    pub category: Category,
-    pub source: Source,
-    /// registries.conf blocks this registry: pulls are refused, yet the
-    /// contact (a lookup, a connect()) still happened. Reports before the
-    /// policy stage lack it: false.
-    #[serde(default)]
-    pub blocked: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dest {
-    pub ip: String,
-    pub port: u16,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Violation,
-    Allowed,
-    /// The attempt's phase is outside the policy's `enforce_phases`.
-    NotEnforced,
-}
-
-/// Why an allowed attempt is allowed: the allowlist entry that matched.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allowance {
-    pub reason: String,
-    pub link: Option<String>,
-    /// Expiry date, `YYYY-MM-DD`, when the entry has one.
-    pub expires: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attempt {
-    pub host: Option<String>,
-    pub registry: RegistryRef,
-    /// The first destination connected to; null for DNS-only attempts.
-    pub dest: Option<Dest>,
-    pub evidence: BTreeSet<Evidence>,
-    pub process: ProcessInfo,
-    pub cgroup: CgroupRef,
-    pub unit: Option<String>,
-    pub container: Option<Container>,
-    pub pod: Option<Pod>,
-    pub component: String,
-    pub phase: String,
-    pub verdict: Verdict,
-    pub allowed_by: Option<Allowance>,
-    /// The registry has mirrors in registries.conf: this contact to the
-    /// source may be the fallback taken when the mirrors failed (OpenShift's
-    /// default `AllowContactingSource`). The repository path is not visible
-    /// on the wire, so "may": the mirrors may cover other repositories only.
-    /// Reports before the policy stage lack it: false.
-    #[serde(default)]
-    pub mirror_fallback: bool,
-    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
-    pub first_seen: SystemTime,
-    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
-    pub last_seen: SystemTime,
-    /// Events merged into this attempt (each DNS query and connect()).
-    pub count: u64,
-    /// The node that saw it: set by `report merge` in a cluster report,
-    /// absent in a node's own report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// How the contacts ended, counted: TCP handshakes (`established`,
-    /// `refused`, `timed_out`, `unreachable`, `aborted`, `error_N`) and
-    /// failed DNS answers (`dns_nxdomain`, `dns_servfail`, ...) and queries
-    /// left unanswered (`dns_no_answer`).
-    #[serde(default)]
-    pub outcomes: BTreeMap<String, u64>,
-    /// For a container runtime or an image tool: the pod, unit or process
-    /// it worked for, with evidence and confidence; null otherwise, or when
-    /// nothing explains it. Decided at report time. Reports before it lack
-    /// it: null.
-    #[serde(default)]
-    pub on_behalf_of: Option<OnBehalfOf>,
-}
-
-impl Attempt {
-    /// The host name, or for a connect() into a catalog CIDR (no name seen)
-    /// the range it matched: how summaries, JUnit and diffs name it.
-    pub fn host_or_range(&self) -> String {
-        self.host
-            .clone()
-            .unwrap_or_else(|| self.registry.pattern.clone())
-    }
-}
-
-pub fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
-}
-
-pub fn parse_rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_rfc3339_weak(&text)
-        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}")))
-}
+use crate::{
+    attribute::{CgroupOwner, Origin, Pod, ProcessInfo},
+    classify::{Evidence, Match},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct AttemptKey {
@@ -384,7 +281,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        attribute::cgroup_path,
+        attribute::{CgroupRef, cgroup_path},
         classify::{Catalog, Entry},
     };
 
@@ -588,7 +485,7 @@ mod tests {
         // The expired entry matched the upgrade-phase skopeo attempt.
         assert!(section.allow[1].expired);
         assert_eq!(section.allow[1].matched_after_expiry, 1);
-        let summary = crate::report::summarize(attempts);
+        let summary = observer_report::summarize(attempts);
         assert_eq!(
             (
                 summary.violations,

@@ -22,17 +22,7 @@ pub fn agent_binary() -> PathBuf {
     let path = if let Some(bin) = std::env::var_os("REGISTRY_OBSERVER_BIN") {
         PathBuf::from(bin)
     } else {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| {
-                if t.is_relative() {
-                    crate::workspace_root().join(t)
-                } else {
-                    t
-                }
-            })
-            .unwrap_or_else(|| crate::workspace_root().join("target"));
-        target.join("debug/registry-observer")
+        target_dir().join("debug/registry-observer")
     };
     if !path.is_file() {
         panic!(
@@ -42,6 +32,40 @@ pub fn agent_binary() -> PathBuf {
         );
     }
     path
+}
+
+/// The binary built without the agent (`--no-default-features`: lint,
+/// webhook, report only): `$REGISTRY_OBSERVER_NO_AGENT_BIN` if set, else
+/// `<target>/no-agent/debug/registry-observer`, where `cargo xtask test`
+/// builds it on stable with no bpf-linker on PATH. Panics if it does not
+/// exist.
+pub fn no_agent_binary() -> PathBuf {
+    let path = match std::env::var_os("REGISTRY_OBSERVER_NO_AGENT_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => target_dir().join("no-agent/debug/registry-observer"),
+    };
+    assert!(
+        path.is_file(),
+        "the binary without the agent, {}, does not exist: `cargo xtask test` builds it \
+         (cargo build -p registry-observer --no-default-features --target-dir target/no-agent), \
+         or set REGISTRY_OBSERVER_NO_AGENT_BIN",
+        path.display()
+    );
+    path
+}
+
+/// `$CARGO_TARGET_DIR` (relative to the workspace) or `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_relative() {
+                crate::workspace_root().join(t)
+            } else {
+                t
+            }
+        })
+        .unwrap_or_else(|| crate::workspace_root().join("target"))
 }
 
 /// What a finished agent printed and how it exited.

@@ -24,7 +24,7 @@ pub mod vm;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary};
+pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary, no_agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root, programs_on_cgroup2_root};
 pub use containerd::{
     CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, RunningPod, pod_uid, push_pod_image,

@@ -15,7 +15,8 @@ use std::{
 };
 
 use observer_tests::{
-    Service, agent_binary, output_within, require_root_and_tools, run_checked, workspace_root,
+    Service, agent_binary, no_agent_binary, output_within, require_root_and_tools, run_checked,
+    workspace_root,
 };
 use serde_json::{Value, json};
 
@@ -160,7 +161,10 @@ impl Reply {
 
 impl Webhook {
     fn start(pki: &Pki, pair: &Pair, extra: &[&str]) -> Webhook {
-        let binary = agent_binary();
+        Webhook::start_binary(&agent_binary(), pki, pair, extra)
+    }
+
+    fn start_binary(binary: &Path, pki: &Pki, pair: &Pair, extra: &[&str]) -> Webhook {
         let cert = pair.cert.to_str().unwrap();
         let key = pair.key.to_str().unwrap();
         let mut args = vec![
@@ -173,7 +177,7 @@ impl Webhook {
             "127.0.0.1:0",
         ];
         args.extend(extra);
-        let (service, line) = Service::start(&binary, &args, READY_PREFIX, TIMEOUT);
+        let (service, line) = Service::start(binary, &args, READY_PREFIX, TIMEOUT);
         let port = line[READY_PREFIX.len()..]
             .split(' ')
             .next()
@@ -683,6 +687,31 @@ fn help_teaches_with_examples_and_the_failure_policy() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
+}
+
+/// The binary built without the agent (stable, no bpf-linker) answers
+/// every review exactly as the full binary does: the webhook's image needs
+/// no kernel programs.
+#[test]
+fn the_build_without_the_agent_answers_reviews_as_the_full_one_does() {
+    let pki = Pki::new();
+    let pair = pki.issue("server", 1);
+    let flags = ["--mode", "deny", "--exclude-namespace", "kube-*"];
+    let full = Webhook::start(&pki, &pair, &flags);
+    let without_agent = Webhook::start_binary(&no_agent_binary(), &pki, &pair, &flags);
+    let reviews = [
+        review("uid-pod", "shop", pod_always("shop")),
+        review("uid-deploy", "shop", deployment_latest()),
+        review("uid-clean", "shop", deployment_clean()),
+        review("uid-kube", "kube-system", pod_always("kube-system")),
+    ];
+    for request in &reviews {
+        let expected = full.review(request);
+        assert_eq!(without_agent.review(request), expected, "{request}");
+    }
+    // Not vacuous: the pod is denied, the clean Deployment allowed.
+    assert_eq!(without_agent.review(&reviews[0])["allowed"], false);
+    assert_eq!(without_agent.review(&reviews[2])["allowed"], true);
 }
 
 /// Reads every document of deploy/webhook/*.yaml.

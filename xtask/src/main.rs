@@ -150,9 +150,11 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
             // The privileged tests run the real binary.
             cargo(&["build", "-p", "registry-observer"])?;
             let binary = root.join("target/debug/registry-observer");
+            let without_agent = build_without_agent(&root)?;
             let mut test = Command::new("cargo");
             test.args(["test", "--no-fail-fast"])
-                .env("REGISTRY_OBSERVER_BIN", &binary);
+                .env("REGISTRY_OBSERVER_BIN", &binary)
+                .env("REGISTRY_OBSERVER_NO_AGENT_BIN", &without_agent);
             if let Some(kernels) = kernels {
                 test.env("REGISTRY_OBSERVER_VM_KERNELS", kernels);
             }
@@ -262,6 +264,60 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
         bail!("`cargo {}` failed", args.join(" "));
     }
     Ok(())
+}
+
+/// Where the binary without the agent is built: its own target directory,
+/// so it never replaces the agent binary the other tests run.
+const NO_AGENT_TARGET: &str = "target/no-agent";
+
+/// Builds `registry-observer` as `--no-default-features` promises it: on
+/// the stable toolchain, with no bpf-linker on PATH, so a dependency on
+/// either would fail here. Returns the binary (tests/tests/without_agent.rs
+/// and the webhook tests drive it).
+fn build_without_agent(root: &Path) -> anyhow::Result<PathBuf> {
+    let bpf_linker = which("bpf-linker");
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut kept: Vec<PathBuf> = env::split_paths(&path)
+        .filter(|dir| {
+            bpf_linker
+                .as_ref()
+                .is_none_or(|linker| !linker.starts_with(dir))
+        })
+        .collect();
+    // bpf-linker sits beside cargo in ~/.cargo/bin; a directory with only
+    // the toolchain's own proxies stands in for it.
+    let tools = root.join(NO_AGENT_TARGET).join("bin");
+    fs::create_dir_all(&tools)?;
+    for tool in ["cargo", "rustc", "rustup"] {
+        let link = tools.join(tool);
+        if let Some(found) = which(tool)
+            && !link.exists()
+        {
+            std::os::unix::fs::symlink(found, &link)
+                .with_context(|| format!("linking {tool} into {}", tools.display()))?;
+        }
+    }
+    kept.insert(0, tools);
+    let status = Command::new("cargo")
+        .args(["build", "-p", "registry-observer", "--no-default-features"])
+        .args(["--target-dir", NO_AGENT_TARGET])
+        .env("PATH", env::join_paths(kept)?)
+        .env("RUSTUP_TOOLCHAIN", "stable")
+        .status()
+        .context("building registry-observer --no-default-features")?;
+    if !status.success() {
+        bail!(
+            "`cargo build -p registry-observer --no-default-features` (stable, no bpf-linker on PATH) failed"
+        );
+    }
+    Ok(root.join(NO_AGENT_TARGET).join("debug/registry-observer"))
+}
+
+/// The first `name` on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 fn is_root() -> bool {

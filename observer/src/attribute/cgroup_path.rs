@@ -13,7 +13,9 @@
 //!   sessions under `/user.slice/...`; nested systemd (systemd-nspawn
 //!   payloads) repeats the same shapes deeper in the tree.
 
-use serde::{Deserialize, Serialize};
+pub use observer_report::process::Container;
+
+use serde::Serialize;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CgroupOwner {
@@ -22,17 +24,6 @@ pub struct CgroupOwner {
     pub container: Option<Container>,
     /// Kubernetes pod uid, dashed form.
     pub pod_uid: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Container {
-    /// `cri-o`, `containerd`, `podman` or `docker`.
-    pub runtime: String,
-    /// Full 64-hex container id.
-    pub id: String,
-    /// True for the runtime's monitor (conmon) rather than the container.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub monitor: bool,
 }
 
 pub fn parse(path: &str) -> CgroupOwner {

@@ -9,8 +9,9 @@
 //! [`ImageLedger`] and reports each container the first time it appears as
 //! a pull intent (`images::container_intents`).
 
+pub use observer_report::observer::{CriState, CriStatus, SocketStatus};
+
 use std::{
-    collections::BTreeMap,
     io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
@@ -22,7 +23,6 @@ use k8s_cri::v1::{
     ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, VersionRequest,
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
 };
-use serde::{Deserialize, Serialize};
 use tokio::{
     net::UnixStream,
     sync::{Notify, watch},
@@ -71,44 +71,6 @@ pub fn choose_sockets(given: &[PathBuf], exists: impl Fn(&Path) -> bool) -> Vec<
         }
     }
     chosen
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CriState {
-    /// At least one socket answered at least once during the run.
-    Connected,
-    /// None did: pods are named by uid only.
-    #[default]
-    Unavailable,
-}
-
-/// How the CRI side of the run went, for the report.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CriStatus {
-    pub state: CriState,
-    /// Why, when `unavailable`: one sentence.
-    pub reason: Option<String>,
-    pub sockets: Vec<SocketStatus>,
-    /// Completed listings (all sockets asked once).
-    pub refreshes: u64,
-    /// Pods the last listing held, and removed ones still remembered.
-    pub pods_live: usize,
-    pub tombstones: usize,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SocketStatus {
-    pub path: String,
-    /// From the CRI Version call, e.g. `containerd 1.6.20`.
-    pub runtime: Option<String>,
-    /// Successful listings from this socket.
-    pub listings: u64,
-    /// Failed connects and calls, by reason: `connect`, `timeout`, `call`,
-    /// and `list_images` (pods are still named; image presence is not
-    /// updated from this socket).
-    pub failures: BTreeMap<String, u64>,
-    pub last_error: Option<String>,
 }
 
 /// What attribution holds: the last published directory, and a way to ask

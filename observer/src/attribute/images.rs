@@ -26,7 +26,7 @@ use super::{
     pods::{ImageEntry, Listing, PodDirectory},
     pull_intent::{IntentPod, IntentSignal, PullIntent},
 };
-use crate::lint::reference::ImageReference;
+use observer_lint::reference::ImageReference;
 
 /// Image names the ledger remembers: a node holds a few hundred images
 /// with a few names each.

@@ -17,11 +17,9 @@ pub mod procfs;
 pub mod pull_intent;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
 };
-
-use serde::{Deserialize, Serialize};
 
 pub use self::cgroup_path::{CgroupOwner, Container};
 pub use self::pods::Pod;
@@ -33,6 +31,11 @@ use self::{
     pods::PodDirectory,
     procfs::{ProcessFacts, StatFields},
 };
+pub use observer_report::{
+    observer::AttributionStats,
+    process::{Ancestor, CgroupRef, ProcessInfo},
+};
+
 use crate::decode::{Actor, Comm, Observation};
 
 /// Ancestors recorded per process: enough to reach systemd or a container
@@ -44,32 +47,6 @@ const MAX_LINEAGE_PROCESSES: usize = 32768;
 /// Bounds the set of pods and containers an early listing was asked for.
 const MAX_ASKED: usize = 4096;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub comm: String,
-    pub uid: Option<u32>,
-    /// None when the process was gone before /proc could be read.
-    pub exe: Option<String>,
-    pub cmdline: Option<Vec<String>>,
-    /// Parent first, up to pid 1.
-    pub ancestors: Vec<Ancestor>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ancestor {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CgroupRef {
-    pub id: u64,
-    /// Relative to the cgroup2 root; None when the cgroup was already gone.
-    pub path: Option<String>,
-}
-
 /// Everything attribution found for one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -79,29 +56,6 @@ pub struct Origin {
     /// From the cgroup path's uid, named through the CRI API when it knew.
     pub pod: Option<Pod>,
     pub component: String,
-}
-
-/// Counts of attributions that had to do with less than everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-// Counters added later (`from_lineage`) read as zero from older reports.
-#[serde(default)]
-pub struct AttributionStats {
-    /// The process had exited before /proc was read and no exec event
-    /// described it (it started before the agent).
-    pub process_gone: u64,
-    /// The process had exited before /proc was read; its exec and fork
-    /// events described it.
-    pub from_lineage: u64,
-    /// The cgroup id matched no directory (removed, or outside our view).
-    pub cgroup_unknown: u64,
-    /// Attempts from a pod left without a name in the report, by reason:
-    /// `cri_unavailable` (no CRI socket answered during the run),
-    /// `unknown_to_cri` (the runtime answered but never listed it).
-    pub pods_unnamed: BTreeMap<String, u64>,
-    /// Container runtime contacts (containerd, crio, ...) that no pod's
-    /// pull intent explains: they stay attributed to the runtime only
-    /// (`observer.on_behalf_of` says how many intents there were).
-    pub runtime_pulls_unattributed: u64,
 }
 
 struct CachedProcess {
@@ -411,6 +365,8 @@ fn read_ancestors(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]

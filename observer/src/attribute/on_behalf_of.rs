@@ -18,8 +18,6 @@
 
 use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 
-use serde::{Deserialize, Serialize};
-
 use super::{
     ProcessInfo,
     component::pod_owner,
@@ -27,14 +25,22 @@ use super::{
     pods::PodDirectory,
     pull_intent::{IntentSignal, PolicyJoin, PolicySource, PolicyWhy, PullIntent},
 };
+use observer_lint::{
+    policy::{PullPolicy, default_pull_policy},
+    reference::ImageReference,
+};
+
+pub use observer_report::{
+    observer::OnBehalfOfStats,
+    on_behalf_of::{
+        Clue, Confidence, OnBehalfOf, OnBehalfOfKind, OnBehalfOfPod, OnBehalfOfProcess,
+    },
+};
+
 use crate::{
     classify::{
         Catalog, Pattern,
         registries_conf::{self, RegistriesConf},
-    },
-    lint::{
-        policy::{PullPolicy, default_pull_policy},
-        reference::ImageReference,
     },
     record::Attempt,
 };
@@ -90,79 +96,6 @@ const SUPERVISORS: &[&str] = &[
     "catatonit",
     "pause",
 ];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnBehalfOfKind {
-    Pod,
-    Unit,
-    Process,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Confidence {
-    High,
-    Medium,
-    Low,
-}
-
-/// How we know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Clue {
-    /// The CRI listed a new container of the pod with an image from this
-    /// registry, created within the window after the contact.
-    CriContainerCreated,
-    /// The kubelet's `Pulling` event for the pod, within the window before.
-    KubeletPulling,
-    /// The image was not on the node before the contact and was after it.
-    ImagePulled,
-    /// The image was on the node before the contact: a re-check.
-    ImagePresentBefore,
-    /// The contacted host is a registries.conf mirror of the image's
-    /// registry.
-    Mirror,
-    /// The process ancestry (`ancestry` holds the chain).
-    Ancestry,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OnBehalfOfPod {
-    pub uid: Option<String>,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub container: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OnBehalfOfProcess {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-}
-
-/// Who the attempt was made for, and how we know.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OnBehalfOf {
-    pub kind: OnBehalfOfKind,
-    pub pod: Option<OnBehalfOfPod>,
-    pub unit: Option<String>,
-    pub process: Option<OnBehalfOfProcess>,
-    /// The image the pod needed, as its spec (or the runtime) names it.
-    pub image: Option<String>,
-    pub evidence: Vec<Clue>,
-    /// For tools: the process chain, `skopeo <- sh <- machine-config-daemon`.
-    pub ancestry: Option<String>,
-    pub confidence: Confidence,
-    /// Pods equally likely to have caused a runtime's contact (the chosen
-    /// one included); 1 for a single candidate and for tools.
-    pub candidates: u32,
-    /// The pull policy that made the kubelet pull, why, and what to change.
-    pub policy: Option<PolicyJoin>,
-    /// One sentence for humans.
-    pub explanation: String,
-}
 
 /// What a decision came to, for the report's counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -666,35 +599,14 @@ fn for_tool(attempt: &Attempt) -> Option<OnBehalfOf> {
     None
 }
 
-/// The report's `observer.on_behalf_of`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct OnBehalfOfStats {
-    /// Pull intents received, by signal (`cri_container_created`,
-    /// `kubelet_pulling`).
-    pub intents: BTreeMap<IntentSignal, u64>,
-    /// Intents lost: the queue was full, or the log pushed out the oldest.
-    pub intents_dropped: u64,
-    /// Image names the CRI image ledger could not remember (it was full).
-    pub images_dropped: u64,
-    /// CRI image listings taken.
-    pub image_listings: u64,
-    /// Attempts given an `on_behalf_of`, by kind (`pod`, `unit`, `process`).
-    pub attributed: BTreeMap<OnBehalfOfKind, u64>,
-    /// Runtime contacts no intent explains (also in
-    /// `attribution.runtime_pulls_unattributed`).
-    pub unattributed: u64,
-    /// Tool contacts whose caller could not be named (no ancestry).
-    pub tools_unattributed: u64,
-}
-
-impl OnBehalfOfStats {
-    pub fn count(&mut self, decision: &Decision) {
-        match decision {
+impl Decision {
+    /// Adds this decision to the report's `observer.on_behalf_of` counts.
+    pub fn count_into(&self, stats: &mut OnBehalfOfStats) {
+        match self {
             Decision::NotApplicable => {}
-            Decision::RuntimeUnattributed => self.unattributed += 1,
-            Decision::ToolUnattributed => self.tools_unattributed += 1,
-            Decision::Attributed(found) => *self.attributed.entry(found.kind).or_default() += 1,
+            Decision::RuntimeUnattributed => stats.unattributed += 1,
+            Decision::ToolUnattributed => stats.tools_unattributed += 1,
+            Decision::Attributed(found) => *stats.attributed.entry(found.kind).or_default() += 1,
         }
     }
 }
@@ -702,6 +614,8 @@ impl OnBehalfOfStats {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use observer_report::fixtures::{at, attempt};
 
     use super::*;
     use crate::{
@@ -711,7 +625,6 @@ mod tests {
             pull_intent::IntentPod,
         },
         classify::registries_conf::Registry,
-        report::fixtures::{at, attempt},
     };
 
     /// containerd's contact with `host` from `first` to `last` (seconds).
@@ -1147,9 +1060,11 @@ mod tests {
         );
         let mut stats = OnBehalfOfStats::default();
         let decision = world.decide(&runtime_attempt("quay.io", 10, 10));
-        stats.count(&decision);
-        stats.count(&world.decide(&runtime_attempt("ghcr.io", 10, 10)));
-        stats.count(&Decision::NotApplicable);
+        decision.count_into(&mut stats);
+        world
+            .decide(&runtime_attempt("ghcr.io", 10, 10))
+            .count_into(&mut stats);
+        Decision::NotApplicable.count_into(&mut stats);
         assert_eq!(stats.attributed, BTreeMap::from([(OnBehalfOfKind::Pod, 1)]));
         assert_eq!(stats.unattributed, 1);
         let Decision::Attributed(found) = decision else {

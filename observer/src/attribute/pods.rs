@@ -7,12 +7,12 @@
 //! `skopeo` run): an attempt seen while such a pod lived must still resolve
 //! to its name when the report is written after the pod was removed.
 
+pub use observer_report::process::Pod;
+
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, Instant, SystemTime},
 };
-
-use serde::{Deserialize, Serialize};
 
 /// How long a removed pod or container stays resolvable.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
@@ -64,39 +64,6 @@ pub struct Listing {
     pub pods: Vec<PodEntry>,
     pub containers: Vec<ContainerEntry>,
     pub images: Vec<ImageEntry>,
-}
-
-/// What attribution learns about the pod of a process.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pod {
-    pub uid: String,
-    /// Null until the CRI API named the pod (see `observer.cri` in the
-    /// report for why it may not have).
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    /// The container's name in the pod spec; null for the sandbox itself or
-    /// when only the pod is known.
-    pub container: Option<String>,
-    /// Reports before the CRI stage lack labels: empty.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Pod {
-    /// A pod known only by the uid in its cgroup path.
-    pub fn uid_only(uid: &str) -> Pod {
-        Pod {
-            uid: uid.to_string(),
-            namespace: None,
-            name: None,
-            container: None,
-            labels: BTreeMap::new(),
-        }
-    }
-
-    pub fn is_named(&self) -> bool {
-        self.name.is_some()
-    }
 }
 
 #[derive(Clone, Debug)]

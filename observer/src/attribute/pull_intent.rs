@@ -13,6 +13,8 @@
 //! The channel is bounded: a burst beyond it is counted in `dropped`, never
 //! lost silently and never blocking a source.
 
+pub use observer_report::on_behalf_of::{IntentSignal, PolicyJoin, PolicySource, PolicyWhy};
+
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{
@@ -33,63 +35,6 @@ pub struct IntentPod {
     pub uid: Option<String>,
     pub namespace: String,
     pub name: String,
-}
-
-/// Which source said it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IntentSignal {
-    /// The CRI listed a new container of the pod using the image; `at` is the
-    /// container's creation time, so the pull came shortly before it.
-    CriContainerCreated,
-    /// The kubelet's `Pulling` event for the pod's container; `at` is when
-    /// the kubelet started the pull.
-    KubeletPulling,
-}
-
-/// Why a pull policy is in effect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicyWhy {
-    /// `imagePullPolicy` is written in the spec.
-    Explicit,
-    /// No policy written and the tag is `latest`: Kubernetes defaulted it to
-    /// Always. (A live pod stores the defaulted value, so a stored `Always`
-    /// with a `latest` tag says "maybe defaulted"; see `PolicySource`.)
-    LatestTag,
-    /// No policy written and neither tag nor digest: parsed as `latest`.
-    NoTag,
-    /// No policy written, any other reference: IfNotPresent.
-    DefaultIfNotPresent,
-}
-
-/// Where the policy was learned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicySource {
-    /// The pod's spec as the API server stores it (after defaulting).
-    PodSpec,
-    /// Inferred from the image reference alone (no spec available): what
-    /// Kubernetes would default to if the spec sets no policy.
-    ImageReference,
-}
-
-/// The pod spec behind a pull: which policy made the kubelet pull, why, and
-/// the field to change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyJoin {
-    /// `Always`, `IfNotPresent` or `Never`, as Kubernetes writes it.
-    pub effective: String,
-    pub why: PolicyWhy,
-    pub source: PolicySource,
-    /// JSON path of the field to change in the pod spec, e.g.
-    /// `spec.containers[1].imagePullPolicy` or `spec.initContainers[0].image`.
-    pub field: Option<String>,
-    /// The pod's controller (`DaemonSet/ovnkube-node`), whose template holds
-    /// the line to change; None for a bare pod or when unknown.
-    pub owner: Option<String>,
-    /// One sentence: what to change.
-    pub fix: Option<String>,
 }
 
 /// One sign that `pod` needs `image` around `at`.

@@ -1,50 +1,12 @@
 //! The registry catalog: which host names (and address ranges) are
 //! registries, and of what kind.
 
+pub use observer_report::attempt::{Category, Source};
+
 use std::{fmt, net::IpAddr};
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
-
-/// What a registry host is for. Names match the report schema.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "kebab-case")]
-pub enum Category {
-    /// Serves image manifests and blobs (the registry API).
-    ImageRegistry,
-    /// Object storage or CDN that registries redirect blob downloads to.
-    BlobStorage,
-    /// Image or release signatures (sigstore attachments, OpenShift's
-    /// signature store).
-    SignatureStore,
-    /// The OpenShift update service (Cincinnati).
-    UpdateService,
-}
-
-impl Category {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::ImageRegistry => "image-registry",
-            Category::BlobStorage => "blob-storage",
-            Category::SignatureStore => "signature-store",
-            Category::UpdateService => "update-service",
-        }
-    }
-}
-
-/// Where a catalog entry came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    Builtin,
-    /// `--registry` on the command line.
-    CommandLine,
-    /// `catalog.entries` in the `--config` file.
-    Config,
-    /// /etc/containers/registries.conf and registries.conf.d: registries,
-    /// their mirrors, blocked registries, unqualified-search registries.
-    RegistriesConf,
-}
+use serde::Deserialize;
 
 /// A host pattern: an exact name, or `*.suffix` for every name below suffix
 /// (not the suffix itself, as with TLS wildcards; list it separately); or an

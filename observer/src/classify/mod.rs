@@ -14,47 +14,13 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use serde::{Deserialize, Serialize};
-
 pub use self::{
     address_book::{AddressBook, Learned},
     catalog::{Catalog, Category, Entry, Pattern, PatternError, Source},
 };
+pub use observer_report::attempt::Evidence;
+
 use crate::decode::{Actor, Observation};
-
-/// How we know an attempt happened. Names match the report schema.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Evidence {
-    /// The process sent a DNS query for a registry name.
-    DnsQuery,
-    /// A captured DNS answer tied the connect()'s address to the name.
-    DnsAnswer,
-    /// The process called connect() towards a registry address.
-    Connect,
-    /// The process sent a UDP datagram to a registry address (sendto()).
-    Sendmsg,
-    /// The TLS ClientHello named a registry (SNI).
-    TlsSni,
-    /// The process asked an HTTP proxy to CONNECT to a registry.
-    HttpConnect,
-    /// A plain HTTP request named a registry (Host or absolute URL).
-    HttpHost,
-}
-
-impl Evidence {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Evidence::DnsQuery => "dns_query",
-            Evidence::DnsAnswer => "dns_answer",
-            Evidence::Connect => "connect",
-            Evidence::Sendmsg => "sendmsg",
-            Evidence::TlsSni => "tls_sni",
-            Evidence::HttpConnect => "http_connect",
-            Evidence::HttpHost => "http_host",
-        }
-    }
-}
 
 /// An observation that concerns a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]

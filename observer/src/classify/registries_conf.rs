@@ -23,6 +23,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{Catalog, Category, Pattern, Source};
+pub use observer_report::policy::{MirroredSource, RegistriesConfReport};
+
 use crate::textfile::{self, FileError};
 
 pub const DEFAULT_FILE: &str = "/etc/containers/registries.conf";
@@ -387,24 +389,6 @@ impl RegistriesConf {
             unqualified_search: self.unqualified_search.clone(),
         }
     }
-}
-
-/// The report's `registries_conf` section: what was read, so a
-/// `mirror_fallback` attempt can be traced to the mirror configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegistriesConfReport {
-    pub files: Vec<String>,
-    pub mirrored: Vec<MirroredSource>,
-    pub blocked: Vec<String>,
-    pub unqualified_search: Vec<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MirroredSource {
-    pub prefix: String,
-    pub location: String,
-    pub mirrors: Vec<String>,
-    pub mirror_by_digest_only: bool,
 }
 
 #[cfg(test)]

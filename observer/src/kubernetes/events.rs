@@ -13,7 +13,9 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Event;
 
-use crate::{attribute::pull_intent::IntentPod, lint::finding::ContainerList};
+use observer_lint::finding::ContainerList;
+
+use crate::attribute::pull_intent::IntentPod;
 
 /// The narrowest selector the API server accepts for core/v1 Events. Its
 /// selectable fields (`pkg/registry/core/event/strategy.go`,

@@ -22,7 +22,6 @@ pub mod events;
 pub mod policy;
 
 use std::{
-    collections::BTreeMap,
     error::Error as StdError,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
@@ -36,11 +35,12 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{sync::watch, task::JoinHandle};
 
 use self::{cache::TtlCache, events::Ignored};
+pub use observer_report::observer::{KubernetesState, KubernetesStatus};
+
 use crate::attribute::pull_intent::{IntentPod, IntentSignal, IntentSink, PullIntent};
 
 /// A burst of events for one pod costs one GET; a recreated pod of the same
@@ -137,45 +137,6 @@ pub async fn prepare(access: &Access) -> Result<Prepared, String> {
             Ok(Prepared::Ready(Box::new(config)))
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KubernetesState {
-    /// Not used (no kubeconfig, not in a pod): `reason` says so.
-    #[default]
-    Off,
-    /// The API server answered at least once.
-    Connected,
-    /// Configured, but no call succeeded: `reason` says why.
-    Unavailable,
-}
-
-/// How the Kubernetes source went, for the report's `observer.kubernetes`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KubernetesStatus {
-    pub state: KubernetesState,
-    pub reason: Option<String>,
-    pub api_server: Option<String>,
-    /// The node whose kubelet's events are used.
-    pub node_name: Option<String>,
-    pub field_selector: Option<String>,
-    /// Event objects the watch delivered (new and updated).
-    pub events_seen: u64,
-    /// Those that became a pull intent.
-    pub events_used: u64,
-    /// The others, by reason (`other_node`, `stale`, `already_seen`, ...).
-    pub events_ignored: BTreeMap<String, u64>,
-    /// Pods read from the API (cache hits not counted).
-    pub pods_fetched: u64,
-    /// Pods that were gone (404, or recreated under the same name) when
-    /// read: their intents carry no policy.
-    pub pods_gone: u64,
-    /// Failed calls by kind: `connect`, `timeout`, `unauthorized`,
-    /// `forbidden`, `expired`, `throttled`, `server_error`, `api_error`,
-    /// `decode`, `auth`, `other`; and `container_not_in_pod`.
-    pub failures: BTreeMap<String, u64>,
-    pub last_error: Option<String>,
 }
 
 /// The running source.

@@ -16,14 +16,13 @@
 
 use serde_json::Value;
 
-use crate::{
-    attribute::pull_intent::{PolicyJoin, PolicySource, PolicyWhy},
-    lint::{
-        self, ImageReference, PullPolicy,
-        finding::{ContainerList, JsonPath, Rule, Segment, Workload},
-        policy::check_container,
-    },
+use observer_lint::{
+    self as lint, ImageReference, PullPolicy,
+    finding::{ContainerList, JsonPath, Rule, Segment, Workload},
+    policy::check_container,
 };
+
+use crate::attribute::pull_intent::{PolicyJoin, PolicySource, PolicyWhy};
 
 /// A pod's controlling owner (`ownerReferences[]` with `controller: true`).
 #[derive(Clone, Debug, PartialEq, Eq)]

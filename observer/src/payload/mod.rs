@@ -14,7 +14,7 @@
 
 pub mod dns_tcp;
 pub mod http;
-mod stats;
+pub mod stats;
 pub mod tls;
 
 #[cfg(test)]
@@ -805,11 +805,14 @@ mod tests {
                 }
                 _ => {}
             }
-            stats.record(&finding);
+            stats::count(&mut stats, &finding);
         }
         // Noise must exercise failures of every parser.
         for parser in [Parser::Tls, Parser::Http, Parser::DnsTcp] {
-            assert!(stats.parser(parser).unparsed_total() > 0, "{stats:?}");
+            assert!(
+                stats::of_parser(&stats, parser).unparsed_total() > 0,
+                "{stats:?}"
+            );
         }
         assert!(stats.not_recognized > 0, "{stats:?}");
     }

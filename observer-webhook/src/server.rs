@@ -29,7 +29,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::review::{Outcome, Reviewer};
-use crate::metrics::{PROMETHEUS_TEXT_CONTENT_TYPE, openmetrics_to_prometheus_text};
+use observer_exposition::{PROMETHEUS_TEXT_CONTENT_TYPE, openmetrics_to_prometheus_text};
 
 /// The largest AdmissionReview accepted. The API server takes request
 /// bodies up to 3 MiB and stores objects up to 1.5 MiB (etcd); an UPDATE's

@@ -8,9 +8,9 @@ use std::{
 
 use super::{Report, add_outcomes};
 use crate::{
-    attribute::on_behalf_of::{OnBehalfOf, OnBehalfOfKind},
-    classify::Evidence,
-    record::{Allowance, Attempt, Verdict},
+    attempt::Evidence,
+    attempt::{Allowance, Attempt, Verdict},
+    on_behalf_of::{OnBehalfOf, OnBehalfOfKind},
 };
 
 pub struct PhaseGroup {

@@ -125,8 +125,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        attribute::on_behalf_of::{Clue, Confidence, OnBehalfOf, OnBehalfOfKind},
-        report::fixtures::{allowed, attempt, node_report},
+        fixtures::{allowed, attempt, node_report},
+        on_behalf_of::{Clue, Confidence, OnBehalfOf, OnBehalfOfKind},
     };
 
     #[test]
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn not_enforced_contacts_pass_with_a_note() {
         let mut late = attempt("install", "kubelet", "quay.io", 3);
-        late.verdict = crate::record::Verdict::NotEnforced;
+        late.verdict = crate::attempt::Verdict::NotEnforced;
         let report = node_report("node-a", &["install"], vec![late]);
         let xml = to_junit(&report).unwrap();
         assert!(xml.contains("failures=\"0\""), "{xml}");

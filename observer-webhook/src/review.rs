@@ -17,7 +17,7 @@ use kube_core::{
 use serde_json::Value;
 
 use super::config::{Mode, NamespaceSelection, Skipped};
-use crate::lint::{
+use observer_lint::{
     FailLevel, Finding, PullPolicy, Rule, check_object, default_pull_policy, finding::ContainerList,
 };
 
@@ -428,7 +428,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::webhook::config::NamespacePattern;
+    use crate::config::NamespacePattern;
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

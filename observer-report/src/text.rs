@@ -178,9 +178,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        attribute::on_behalf_of::{Clue, Confidence, OnBehalfOf, OnBehalfOfKind, OnBehalfOfPod},
-        classify::Evidence,
-        report::fixtures::{allowed, attempt, node_report},
+        attempt::Evidence,
+        fixtures::{allowed, attempt, node_report},
+        on_behalf_of::{Clue, Confidence, OnBehalfOf, OnBehalfOfKind, OnBehalfOfPod},
     };
 
     fn report() -> Report {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::lint::{
+use crate::{
     finding::Severity,
     outcome::{FailLevel, Outcome},
 };

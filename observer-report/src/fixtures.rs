@@ -7,11 +7,10 @@ use std::{
 
 use super::{Losses, ObserverSection, Report, SCHEMA_VERSION, summarize};
 use crate::{
-    attribute::{AttributionStats, CgroupRef, ProcessInfo, cri::CriStatus},
-    classify::{Category, Evidence, Source},
-    payload::PayloadStats,
+    attempt::{Allowance, Attempt, Category, Evidence, RegistryRef, Source, Verdict},
+    observer::{AttributionStats, CriStatus, KubernetesStatus, PayloadStats},
     phase::{PhaseMarker, PhaseSource},
-    record::{Allowance, Attempt, RegistryRef, Verdict},
+    process::{CgroupRef, ProcessInfo},
 };
 
 /// 2027-01-15T08:00:00Z plus `seconds`.
@@ -94,7 +93,7 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             payload_parsers: PayloadStats::default(),
             attribution: AttributionStats::default(),
             cri: CriStatus::default(),
-            kubernetes: crate::kubernetes::KubernetesStatus::default(),
+            kubernetes: KubernetesStatus::default(),
             on_behalf_of: Default::default(),
             complete: true,
         }),

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use crate::lint::outcome::{FailLevel, LocatedContainer, Outcome};
+use crate::outcome::{FailLevel, LocatedContainer, Outcome};
 
 pub fn render(outcome: &Outcome, fail_level: FailLevel) -> String {
     let mut report = Report::new("registry-observer lint");

@@ -176,7 +176,7 @@ pub fn check_container(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lint::finding::{ContainerList, JsonPath};
+    use crate::finding::{ContainerList, JsonPath};
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

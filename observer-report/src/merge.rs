@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{NodeEntry, Report, SCHEMA_VERSION, is_violation, summarize};
-use crate::{phase::PhaseMarker, record::Attempt};
+use crate::{attempt::Attempt, phase::PhaseMarker};
 
 /// `inputs`: (file name as given, its report). Cluster reports may be
 /// merged again; their nodes are carried over.
@@ -128,7 +128,7 @@ fn earliest_phases<'a>(markers: impl Iterator<Item = &'a PhaseMarker>) -> Vec<Ph
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{at, attempt, node_report};
+    use crate::fixtures::{at, attempt, node_report};
 
     #[test]
     fn nodes_keep_their_attempts_and_counts() {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::lint::FailLevel;
+use observer_lint::FailLevel;
 
 /// What a finding does to the admission request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::lint::{
+use crate::{
     finding::{ContainerList, JsonPath, Severity},
     outcome::{FailLevel, Outcome},
 };

@@ -10,7 +10,7 @@
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Serialize;
 
-use crate::lint::{
+use crate::{
     finding::{Rule, Severity},
     input::STDIN_NAME,
     outcome::Outcome,

@@ -2,37 +2,46 @@
 //! was. The schema is docs/report.schema.json; bump SCHEMA_VERSION on any
 //! incompatible change.
 //!
-//! Submodules turn reports into other things, as pure functions: `text`
-//! (summary tables), `junit`, `merge` (nodes -> cluster) and `diff`
-//! (baseline -> new).
+//! The one crate that knows the report format: the model (`attempt`,
+//! `process`, `on_behalf_of`, `observer`, `policy`, `phase`, `time`), the
+//! files (`file`), and pure functions that turn reports into other things:
+//! `text` (summary tables), `junit`, `merge` (nodes -> cluster), `diff`
+//! (baseline -> new) and `groups`. No kernel, no async runtime: `lint`,
+//! `webhook` and the `report` subcommands build without the agent.
 
+pub mod attempt;
 pub mod diff;
-#[cfg(test)]
-pub(crate) mod fixtures;
+pub mod file;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod groups;
 pub mod junit;
 pub mod merge;
+pub mod observer;
+pub mod on_behalf_of;
+pub mod phase;
+pub mod policy;
+pub mod process;
 pub mod text;
+pub mod time;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
-    io::Write,
-    path::Path,
     time::SystemTime,
 };
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    attribute::{AttributionStats, cri::CriStatus, on_behalf_of::OnBehalfOfStats},
-    classify::{Category, registries_conf::RegistriesConfReport},
-    kubernetes::KubernetesStatus,
-    payload::PayloadStats,
+use crate::time::{parse_rfc3339, rfc3339};
+pub use crate::{
+    attempt::{Allowance, Attempt, Category, Dest, Evidence, RegistryRef, Source, Verdict},
+    file::{
+        NotWritable, ReportFileError, WriteError, check_output_writable, check_writable, load,
+        parse, write, write_atomically,
+    },
+    observer::{HookMissing, Losses, ObserverSection},
     phase::PhaseMarker,
-    policy::PolicyReport,
-    record::{Attempt, Verdict, parse_rfc3339, rfc3339},
+    policy::{PolicyReport, RegistriesConfReport},
 };
 
 /// 2: `phases`, `attempts[].allowed_by`, per-host first/last seen,
@@ -93,138 +102,6 @@ pub struct NodeEntry {
     pub attempts: usize,
     pub violations: usize,
     pub events: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ObserverSection {
-    pub version: String,
-    pub hostname: Option<String>,
-    pub kernel: Option<String>,
-    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
-    pub started_at: SystemTime,
-    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
-    pub ended_at: SystemTime,
-    /// `machine` (every process) or `command` (one command and its children).
-    pub mode: String,
-    pub command: Option<Vec<String>>,
-    pub command_exit_code: Option<i32>,
-    /// The cgroup the command ran in (mode `command`).
-    pub command_cgroup: Option<String>,
-    pub cgroup2_mount: String,
-    pub hooks: Vec<String>,
-    /// How the packet programs learnt a DNS query's sender on this kernel:
-    /// `current_task` or `socket_owner` (absent in older reports).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns_sender: Option<String>,
-    /// Hooks this kernel refused: their evidence is missing from the run.
-    #[serde(default)]
-    pub hooks_missing: Vec<HookMissing>,
-    /// Records the kernel produced: delivered plus lost.
-    pub events_total: u64,
-    pub events_lost: u64,
-    pub losses: Losses,
-    /// Records or payloads that did not parse, by parser.
-    pub parse_errors: BTreeMap<String, u64>,
-    /// Events that arrived incomplete, by kernel counter: DNS and TCP
-    /// payloads longer than the capture (parsed as far as they went), execs
-    /// whose argv or file name could not be read. Version 1 reports had
-    /// only `dns_truncated`; it reads into `truncated.dns_truncated`.
-    #[serde(
-        default,
-        alias = "dns_truncated",
-        deserialize_with = "truncated_counts"
-    )]
-    pub truncated: BTreeMap<String, u64>,
-    /// TLS, HTTP and DNS-over-TCP streams: parsed, and unparsed by reason.
-    #[serde(default)]
-    pub payload_parsers: PayloadStats,
-    #[serde(default)]
-    pub attribution: AttributionStats,
-    /// Whether pods could be named through the CRI API, and if not why.
-    #[serde(default)]
-    pub cri: CriStatus,
-    /// Whether the Kubernetes API (kubelet `Pulling` events, pod specs) was
-    /// used, and what came of it.
-    #[serde(default)]
-    pub kubernetes: KubernetesStatus,
-    /// Pull intents seen and how runtime and tool attempts were attributed
-    /// to whom they worked for.
-    #[serde(default)]
-    pub on_behalf_of: OnBehalfOfStats,
-    /// True when every hook was attached for the whole run and no event was
-    /// lost: only then does "no attempts" mean none happened.
-    pub complete: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct HookMissing {
-    pub hook: String,
-    /// The kernel's key words: the verifier's refusal line and the errno.
-    pub reason: String,
-    /// The evidence missing as a result (absent in reports before it was
-    /// recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<String>,
-}
-
-/// `truncated` is a map of counters; a version 1 report's `dns_truncated`
-/// is a bare count, the same counter.
-fn truncated_counts<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<BTreeMap<String, u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Truncated {
-        Counters(BTreeMap<String, u64>),
-        DnsOnly(u64),
-    }
-    Ok(match Truncated::deserialize(deserializer)? {
-        Truncated::Counters(counters) => counters,
-        Truncated::DnsOnly(0) => BTreeMap::new(),
-        Truncated::DnsOnly(n) => BTreeMap::from([("dns_truncated".to_string(), n)]),
-    })
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Losses {
-    /// Kernel side: ring buffer full or payload copy failed, by counter.
-    pub kernel: BTreeMap<String, u64>,
-    /// User side: the agent's queue between reader and pipeline was full.
-    pub user_queue: u64,
-    /// `--events` lines dropped because the writer fell behind or could not
-    /// write: the attempts are all in the report, the trail has gaps.
-    #[serde(default)]
-    pub events_file: u64,
-}
-
-impl ObserverSection {
-    /// Why the run cannot prove absence, if it cannot.
-    pub fn incompleteness(&self) -> Option<String> {
-        let mut reasons = Vec::new();
-        if self.events_lost > 0 {
-            reasons.push(format!(
-                "{} event(s) lost (see observer.losses)",
-                self.events_lost
-            ));
-        }
-        if !self.hooks_missing.is_empty() {
-            let hooks: Vec<&str> = self.hooks_missing.iter().map(|h| h.hook.as_str()).collect();
-            reasons.push(format!(
-                "hook(s) not attached: {} (see observer.hooks_missing)",
-                hooks.join(", ")
-            ));
-        }
-        if self.losses.events_file > 0 {
-            reasons.push(format!(
-                "{} line(s) of the events file dropped",
-                self.losses.events_file
-            ));
-        }
-        if !self.complete && reasons.is_empty() {
-            reasons.push("the observation was incomplete".into());
-        }
-        (!reasons.is_empty()).then(|| reasons.join("; "))
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -369,135 +246,12 @@ pub fn is_violation(verdict: Verdict) -> bool {
     }
 }
 
-/// Writes atomically: a reader (or a crash) never sees half a report.
-pub fn write(path: &Path, report: &Report) -> anyhow::Result<()> {
-    let mut json = serde_json::to_vec_pretty(report).context("serializing the report")?;
-    json.push(b'\n');
-    write_atomically(path, &json)
-        .with_context(|| format!("writing the report to {}", path.display()))
-}
-
-/// A temporary sibling, fsync'd, then renamed over `path`.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = temp_sibling(path);
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// A report file that could not be read: says which file and where.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReportFileError(pub String);
-
-/// Reads a report for `summarize`, `merge` or `diff`.
-pub fn load(path: &Path) -> Result<Report, ReportFileError> {
-    let shown = path.display();
-    let text = fs::read_to_string(path)
-        .map_err(|e| ReportFileError(format!("{shown}: cannot read the report: {e}")))?;
-    parse(&shown.to_string(), &text)
-}
-
-/// Parses report text; errors start with `NAME:LINE:COLUMN:`.
-pub fn parse(name: &str, text: &str) -> Result<Report, ReportFileError> {
-    let at = |e: &serde_json::Error| {
-        // serde_json appends " at line L column C"; the position leads here.
-        let message = e.to_string();
-        let message = message
-            .rsplit_once(" at line ")
-            .map_or(message.as_str(), |(m, _)| m)
-            .to_string();
-        format!("{name}:{}:{}: {message}", e.line(), e.column())
-    };
-    match serde_json::from_str::<Report>(text) {
-        Ok(report) => {
-            if !READABLE_SCHEMA_VERSIONS.contains(&report.schema_version) {
-                return Err(unsupported_version(name, report.schema_version));
-            }
-            if report.observer.is_none() && report.nodes.is_empty() {
-                return Err(ReportFileError(format!(
-                    "{name}: neither `observer` (a node's report) nor `nodes` (a cluster report): not a registry-observer report"
-                )));
-            }
-            Ok(report)
-        }
-        Err(e) => {
-            // A newer version fails on its new shape; say so rather than
-            // naming a field.
-            let version = serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .and_then(|v| v.get("schema_version")?.as_u64());
-            match version {
-                Some(v) if !READABLE_SCHEMA_VERSIONS.contains(&(v as u32)) => {
-                    Err(unsupported_version(name, v as u32))
-                }
-                _ => Err(ReportFileError(at(&e))),
-            }
-        }
-    }
-}
-
-fn unsupported_version(name: &str, version: u32) -> ReportFileError {
-    ReportFileError(format!(
-        "{name}: schema_version {version} is not supported; this registry-observer reads versions {READABLE_SCHEMA_VERSIONS:?} (use a matching release)"
-    ))
-}
-
-fn temp_sibling(path: &Path) -> std::path::PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "report".into());
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-/// Fails early, before anything is attached, if the report could not be
-/// written at the end: an observation whose report is lost is wasted.
-pub fn check_writable(path: &Path) -> Result<(), String> {
-    check_output_writable(path, "report", "--report", "registry-report.json")
-}
-
-/// [`check_writable`] for any file written at exit: `what` names it in the
-/// message, `flag` and `example` say how to fix it.
-pub fn check_output_writable(
-    path: &Path,
-    what: &str,
-    flag: &str,
-    example: &str,
-) -> Result<(), String> {
-    if path.is_dir() {
-        return Err(format!(
-            "the {what} path {} is a directory; give a file name, e.g. {flag} {}/{example}",
-            path.display(),
-            path.display()
-        ));
-    }
-    let tmp = temp_sibling(path);
-    match fs::File::create(&tmp) {
-        Ok(_) => {
-            let _ = fs::remove_file(&tmp);
-            Ok(())
-        }
-        Err(e) => Err(format!(
-            "cannot write the {what} to {} ({e}); choose a writable location with {flag} PATH",
-            path.display()
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        classify::Evidence,
-        report::fixtures::{self, attempt, node_report},
+        fixtures::{self, attempt, node_report},
+        observer::{CriStatus, KubernetesStatus, PayloadStats},
     };
 
     #[test]

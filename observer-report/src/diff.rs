@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use super::{Report, is_violation};
-use crate::record::Attempt;
+use crate::attempt::Attempt;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct ViolationKey {
@@ -105,7 +105,7 @@ pub fn render(diff: &Diff, base_name: &str, new_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{allowed, attempt, node_report};
+    use crate::fixtures::{allowed, attempt, node_report};
 
     #[test]
     fn new_violations_components_and_hosts() {
@@ -167,10 +167,10 @@ mod tests {
     fn not_enforced_contacts_and_cidr_hosts_are_no_regression_but_are_listed() {
         let base = node_report("a", &["boot"], vec![]);
         let mut late = attempt("install", "kubelet", "quay.io", 1);
-        late.verdict = crate::record::Verdict::NotEnforced;
+        late.verdict = crate::attempt::Verdict::NotEnforced;
         let mut cidr = attempt("install", "python3", "198.18.0.0/15", 1);
         cidr.host = None;
-        cidr.verdict = crate::record::Verdict::NotEnforced;
+        cidr.verdict = crate::attempt::Verdict::NotEnforced;
         let new = node_report("b", &["install"], vec![late, cidr]);
         let d = diff(&base, &new);
         assert!(d.new_violations.is_empty());

@@ -24,7 +24,7 @@ use self::{
     server::{Counters, Service},
     tls::{CertStore, PairPaths, Reload, Watcher},
 };
-use crate::lint::FailLevel;
+use observer_lint::FailLevel;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 /// The first line on stdout, once the port is bound: scripts and tests wait
@@ -226,25 +226,18 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::{Cli, Command};
+
+    /// The flags as the binary's `webhook` subcommand flattens them.
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: WebhookArgs,
+    }
 
     fn parse(extra: &[&str]) -> Result<WebhookArgs, String> {
-        let mut argv = vec![
-            "registry-observer",
-            "webhook",
-            "--cert",
-            "c.pem",
-            "--key",
-            "k.pem",
-        ];
+        let mut argv = vec!["webhook", "--cert", "c.pem", "--key", "k.pem"];
         argv.extend(extra);
-        match Cli::try_parse_from(argv)
-            .map_err(|e| e.to_string())?
-            .command
-        {
-            Command::Webhook(args) => Ok(args),
-            other => panic!("parsed as {other:?}"),
-        }
+        Ok(Cli::try_parse_from(argv).map_err(|e| e.to_string())?.args)
     }
 
     #[test]
@@ -287,6 +280,6 @@ mod tests {
             let error = parse(&[flag, value]).unwrap_err();
             assert!(error.contains(reason), "{flag} {value}: {error}");
         }
-        assert!(Cli::try_parse_from(["registry-observer", "webhook", "--cert", "c"]).is_err());
+        assert!(Cli::try_parse_from(["webhook", "--cert", "c"]).is_err());
     }
 }

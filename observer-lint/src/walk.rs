@@ -156,7 +156,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::lint::finding::Rule;
+    use crate::finding::Rule;
 
     fn summary(object: &Value) -> Vec<(String, String, Vec<Rule>)> {
         check_object(object)
