@@ -77,6 +77,7 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             kernel: Some("6.18.0".into()),
             started_at: at(0),
             ended_at: at(600),
+            snapshot: false,
             mode: "machine".into(),
             command: None,
             command_exit_code: None,

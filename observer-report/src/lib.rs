@@ -53,7 +53,8 @@ pub use crate::{
 /// `not_enforced` verdict, `summary.not_enforced`/`mirror_fallbacks`,
 /// `attempts[].mirror_fallback`, `registry.blocked`, host-less (CIDR)
 /// attempts, `observer.cri`, pod labels and `attribution.pods_unnamed`;
-/// `observer.kubernetes`.
+/// `observer.kubernetes`; `observer.snapshot` (a report served by the
+/// running agent, `GET /report`).
 /// Every field version 2 added reads as empty/zero/false from version 1.
 pub const SCHEMA_VERSION: u32 = 2;
 /// Versions `report summarize|merge|diff` read. Version 1 reports lack the
@@ -267,6 +268,24 @@ mod tests {
         assert_eq!(again.attempts, report.attempts);
         assert_eq!(again.phases, report.phases);
         assert_eq!(again.summary, report.summary);
+    }
+
+    #[test]
+    fn only_a_snapshot_carries_observer_snapshot() {
+        let mut report = node_report("n", &["boot"], vec![]);
+        let value = serde_json::to_value(&report).unwrap();
+        assert!(
+            value["observer"].get("snapshot").is_none(),
+            "the final report has no snapshot field: {value:#}"
+        );
+        // Reports written before the field read as final.
+        let again = parse("final.json", &value.to_string()).unwrap();
+        assert!(!again.observer.unwrap().snapshot);
+        report.observer.as_mut().unwrap().snapshot = true;
+        let value = serde_json::to_value(&report).unwrap();
+        assert_eq!(value["observer"]["snapshot"], true);
+        let again = parse("snapshot.json", &value.to_string()).unwrap();
+        assert_eq!(again.observer, report.observer);
     }
 
     #[test]

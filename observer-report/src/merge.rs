@@ -209,6 +209,39 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_stays_marked_on_its_node_through_merges() {
+        let mut snapshot = node_report(
+            "node-a",
+            &["boot"],
+            vec![attempt("boot", "crio", "quay.io", 1)],
+        );
+        snapshot.observer.as_mut().unwrap().snapshot = true;
+        let finished = node_report("node-b", &["boot"], vec![]);
+        let merged = merge(vec![
+            ("a.json".into(), snapshot),
+            ("b.json".into(), finished),
+        ]);
+        let marked: Vec<(&str, bool)> = merged
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.observer.snapshot))
+            .collect();
+        assert_eq!(marked, [("node-a", true), ("node-b", false)]);
+        // In the JSON only the snapshot's node carries the field.
+        let value = serde_json::to_value(&merged).unwrap();
+        assert_eq!(value["nodes"][0]["observer"]["snapshot"], true);
+        assert!(value["nodes"][1]["observer"].get("snapshot").is_none());
+        // Read back and merged again, the mark is kept.
+        let json = serde_json::to_string(&merged).unwrap();
+        let again = merge(vec![(
+            "cluster.json".into(),
+            super::super::parse("cluster.json", &json).unwrap(),
+        )]);
+        assert_eq!(again.nodes, merged.nodes);
+        assert!(again.nodes[0].observer.snapshot);
+    }
+
+    #[test]
     fn same_host_twice_and_cluster_inputs_stay_distinct() {
         let a = node_report(
             "node-a",

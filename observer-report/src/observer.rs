@@ -17,8 +17,17 @@ pub struct ObserverSection {
     pub kernel: Option<String>,
     #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
     pub started_at: SystemTime,
+    /// When the run ended; in a snapshot, when the snapshot was taken.
     #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
     pub ended_at: SystemTime,
+    /// True in a report the running agent served (`GET /report`): the
+    /// pipeline's state at `ended_at`, while the run went on. Nothing in it
+    /// is final: later events are missing, and on-behalf-of attribution,
+    /// decided only when the run ends, is not in it (`attempts[].on_behalf_of`
+    /// null). False, and absent from the JSON, in the report written at
+    /// exit and in every report written before the field existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
     /// `machine` (every process) or `command` (one command and its children).
     pub mode: String,
     pub command: Option<Vec<String>>,

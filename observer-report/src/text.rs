@@ -77,23 +77,46 @@ pub fn summarize(report: &Report, format: Format) -> String {
 
 fn headline(report: &Report) -> String {
     let summary = &report.summary;
+    // A snapshot (`GET /report` while the run went on) says so, and when it
+    // was taken: it is not a finished run, and a cluster report merged from
+    // one is not final either.
+    let snapshots: Vec<String> = report
+        .nodes
+        .iter()
+        .filter(|n| n.observer.snapshot)
+        .map(|n| format!("{} at {}", n.name, time(n.observer.ended_at)))
+        .collect();
     let scope = match &report.observer {
-        Some(observer) => format!(
-            "node {}",
-            observer.hostname.as_deref().unwrap_or("(unknown host)")
+        Some(observer) => {
+            let host = observer.hostname.as_deref().unwrap_or("(unknown host)");
+            if observer.snapshot {
+                format!(
+                    "node {host}, snapshot taken at {} (the run goes on)",
+                    time(observer.ended_at)
+                )
+            } else {
+                format!("node {host}")
+            }
+        }
+        None if snapshots.is_empty() => format!("cluster of {} node(s)", report.nodes.len()),
+        None => format!(
+            "cluster of {} node(s), {} of them snapshot(s) of a run that goes on ({})",
+            report.nodes.len(),
+            snapshots.len(),
+            snapshots.join(", ")
         ),
-        None => format!("cluster of {} node(s)", report.nodes.len()),
     };
+    let snapshot = report.observer.as_ref().is_some_and(|o| o.snapshot) || !snapshots.is_empty();
     let incomplete: Vec<String> = report
         .observer
         .iter()
         .chain(report.nodes.iter().map(|n| &n.observer))
         .filter_map(|o| o.incompleteness())
         .collect();
-    let completeness = if incomplete.is_empty() {
-        "complete".to_string()
-    } else {
-        format!("INCOMPLETE: {}", incomplete.join("; "))
+    let completeness = match (incomplete.is_empty(), snapshot) {
+        (true, false) => "complete".to_string(),
+        (true, true) => "complete so far".to_string(),
+        (false, _) => format!("INCOMPLETE: {}", incomplete.join("; ")),
     };
     let not_enforced = if summary.not_enforced > 0 {
         format!(", {} not enforced", summary.not_enforced)
@@ -179,7 +202,8 @@ mod tests {
     use super::*;
     use crate::{
         attempt::Evidence,
-        fixtures::{allowed, attempt, node_report},
+        fixtures::{allowed, at, attempt, node_report},
+        merge,
         on_behalf_of::{Clue, Confidence, OnBehalfOf, OnBehalfOfKind, OnBehalfOfPod},
     };
 
@@ -277,6 +301,57 @@ mod tests {
         assert!(
             text.lines()
                 .any(|l| l.starts_with("|---") || l.starts_with("|--")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_says_so_and_when_it_was_taken() {
+        let mut report = report();
+        let observer = report.observer.as_mut().unwrap();
+        observer.snapshot = true;
+        observer.ended_at = at(400);
+        for format in [Format::Table, Format::Markdown] {
+            let text = summarize(&report, format);
+            assert!(
+                text.contains(
+                    "node node-a, snapshot taken at 2027-01-15T08:06:40Z (the run goes on): \
+                     4 attempt(s), 3 violation(s), 1 allowed; observation complete so far\n"
+                ),
+                "{text}"
+            );
+        }
+        // The final report says nothing of snapshots.
+        let text = summarize(&self::report(), Format::Table);
+        assert!(
+            !text.contains("snapshot") && !text.contains("so far"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_merged_from_a_snapshot_is_not_final() {
+        let mut snapshot = node_report("node-b", &["boot"], vec![]);
+        let observer = snapshot.observer.as_mut().unwrap();
+        observer.snapshot = true;
+        observer.ended_at = at(400);
+        let cluster = merge::merge(vec![
+            ("a.json".into(), report()),
+            ("b.json".into(), snapshot),
+        ]);
+        let text = summarize(&cluster, Format::Table);
+        assert!(
+            text.starts_with(
+                "cluster of 2 node(s), 1 of them snapshot(s) of a run that goes on \
+                 (node-b at 2027-01-15T08:06:40Z): 4 attempt(s), 3 violation(s), 1 allowed; \
+                 observation complete so far\n"
+            ),
+            "{text}"
+        );
+        let finals = merge::merge(vec![("a.json".into(), report())]);
+        let text = summarize(&finals, Format::Table);
+        assert!(
+            text.starts_with("cluster of 1 node(s): ") && !text.contains("so far"),
             "{text}"
         );
     }

@@ -23,18 +23,18 @@ use observer_common::{
     record_bytes,
 };
 use registry_observer::{
-    attribute::Attributor,
-    classify::{AddressBook, Catalog, Classifier},
     clock::{self, Clock},
-    connections::{Connections, MAX_CONNECTIONS},
-    events_log::EventsLog,
-    export::Console,
-    metrics::Metrics,
-    phase::{PhaseName, PhaseTimeline},
-    pipeline::{Pipeline, PipelineStats},
-    policy::Policy,
-    read::Input,
-    record::Recorder,
+    outputs::{Live, console::Console, events_log::EventsLog, metrics::Metrics},
+    pipeline::{
+        Pipeline, PipelineStats,
+        attribute::Attributor,
+        classify::{AddressBook, Catalog, Classifier},
+        connections::{Connections, MAX_CONNECTIONS},
+        input::Input,
+        phase::{PhaseName, PhaseTimeline},
+        record::Recorder,
+        verdict::Policy,
+    },
 };
 
 const BATCH: usize = 10_000;
@@ -111,20 +111,24 @@ fn events() -> Vec<Bytes> {
         .collect()
 }
 
-fn pipeline() -> Pipeline {
+/// The agent's own outputs, writing the live lines nowhere: their cost
+/// (formatting, metrics) is part of the pipeline's.
+fn pipeline() -> Pipeline<Live> {
     Pipeline {
         connections: Connections::new(MAX_CONNECTIONS),
         classifier: Classifier::new(Catalog::builtin(), AddressBook::new(4096, 600_000_000_000)),
         attributor: Attributor::new("/proc".into(), "/nonexistent".into()),
         recorder: Recorder::default(),
         scope: None,
-        console: Console::new(Box::new(std::io::sink())),
         clock: Clock::now(),
         phases: PhaseTimeline::starting(&PhaseName::parse("boot").unwrap(), SystemTime::now()),
         policy: Policy::default(),
         registries_conf: None,
-        metrics: Arc::new(Metrics::new()),
-        events_log: EventsLog::disabled(),
+        outputs: Live {
+            console: Console::new(Box::new(std::io::sink())),
+            metrics: Arc::new(Metrics::new()),
+            events_log: EventsLog::disabled(),
+        },
         stats: PipelineStats::default(),
     }
 }

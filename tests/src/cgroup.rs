@@ -36,13 +36,17 @@ pub fn programs_on_cgroup2_root() -> std::collections::BTreeSet<(u64, String)> {
 }
 
 /// The cgroup2 mount point of this machine, found by the agent's own
-/// parser (its table tests live in `registry_observer::preflight`).
+/// parser (its table tests live in `registry_observer::pipeline::attribute::cgroups`).
 ///
 /// Panics if there is none: every test that needs it would be meaningless.
 pub fn cgroup2_root() -> PathBuf {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_else(|e| panic!("cannot read /proc/self/mountinfo: {e}"));
-    registry_observer::preflight::cgroup2_mount_from(&text).unwrap_or_else(|| {
+    registry_observer::pipeline::attribute::cgroups::cgroup2_mount_from(
+        &text,
+        std::path::Path::new("/"),
+    )
+    .unwrap_or_else(|| {
         panic!("no cgroup2 mount in /proc/self/mountinfo; this harness needs the unified hierarchy")
     })
 }

@@ -20,10 +20,15 @@ use observer_tests::{
     observe::{agent_args, assert_valid_report, read_report},
     require_root_and_tools,
 };
-use registry_observer::{
-    attribute::pull_intent::{PolicySource, PolicyWhy, PullIntent, intent_channel},
-    kubernetes::{self, Access, KubernetesSource, KubernetesState, events::FIELD_SELECTOR},
-};
+use registry_observer::sources::kubernetes;
+use registry_observer::sources::kubernetes::Access;
+use registry_observer::sources::kubernetes::KubernetesSource;
+use registry_observer::sources::kubernetes::KubernetesState;
+use registry_observer::sources::kubernetes::events::FIELD_SELECTOR;
+use registry_observer::sources::pull_intent::PolicySource;
+use registry_observer::sources::pull_intent::PolicyWhy;
+use registry_observer::sources::pull_intent::PullIntent;
+use registry_observer::sources::pull_intent::intent_channel;
 use serde_json::{Value, json};
 
 const PYTHON: &str = "/usr/bin/python3";

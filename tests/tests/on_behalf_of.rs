@@ -26,7 +26,7 @@ use observer_tests::{
     Agent, CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, TESTBED_TOOLS, TestCgroup, Testbed,
     output_within, pod_uid, push_pod_image, require_root_and_tools,
 };
-use registry_observer::attribute::on_behalf_of::KUBELET_PULLING_BEFORE;
+use registry_observer::sources::pull_intent::KUBELET_PULLING_BEFORE;
 use serde_json::{Value, json};
 
 /// What the pods pull: `:latest`, so Kubernetes would default the policy to

@@ -3,10 +3,11 @@
 //! HTTP (`curl -d`), `/metrics` scraped with curl and checked by
 //! `promtool check metrics` and Python's prometheus_client OpenMetrics
 //! parser, JUnit parsed by Python's junitparser, the JSONL trail parsed
-//! line by line, reports validated by Python's jsonschema, and `report
-//! merge`/`report diff` run on the reports of two real runs. Losses are
-//! forced for real (a one-page ring buffer and a burst of DNS packets) to
-//! check exit code 3.
+//! line by line, reports validated by Python's jsonschema (the report
+//! written at exit and the snapshots `GET /report` serves while the agent
+//! runs), and `report merge`/`report diff` run on the reports of two real
+//! runs. Losses are forced for real (a one-page ring buffer and a burst of
+//! DNS packets) to check exit code 3.
 //!
 //! Privileged: real kernel programs, the testbed's dnsmasq and TLS registry,
 //! real skopeo/getent clients in the testbed's network namespace. Nothing is
@@ -15,7 +16,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use observer_tests::{
@@ -162,6 +163,130 @@ fn skopeo_inspect(testbed: &Testbed, cgroup: &TestCgroup) {
         CLIENT_TIMEOUT,
     )
     .expect("skopeo inspect through the testbed registry");
+}
+
+/// `GET /report` with curl: (HTTP status, Content-Type, body).
+fn get_report(out: &Outputs) -> (u16, String, String) {
+    let output = output_within(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{content_type}\n%{http_code}",
+            ])
+            .arg(out.url("/report")),
+        CLIENT_TIMEOUT,
+    )
+    .expect("running curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut parts = text.rsplitn(3, '\n');
+    let (status, content_type, body) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    (
+        status.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "curl GET /report gave no status: {text} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        }),
+        content_type.to_string(),
+        body.to_string(),
+    )
+}
+
+/// Polls `GET /report` every 200 ms, for up to 10 s, until `holds` accepts
+/// the snapshot; panics naming `what` if none did. Every answer must be a
+/// 200 with a JSON body marked `observer.snapshot: true` (the programs are
+/// attached once [`Agent::start`] returns, so a 503 or 404 fails at once).
+/// The last snapshot is written to `NAME.json` in the testbed's temp dir and
+/// validated against docs/report.schema.json like a report file.
+fn snapshot_until(
+    testbed: &Testbed,
+    out: &Outputs,
+    name: &str,
+    what: &str,
+    holds: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, content_type, body) = get_report(out);
+        assert_eq!(status, 200, "GET /report while the agent runs: {body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "GET /report answered with Content-Type {content_type:?}"
+        );
+        let snapshot: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET /report is not JSON ({e}): {body}"));
+        assert_eq!(
+            snapshot["observer"]["snapshot"], true,
+            "a snapshot says it is one: {:#}",
+            snapshot["observer"]
+        );
+        let done = holds(&snapshot);
+        if done || Instant::now() >= deadline {
+            let path = testbed.temp_dir().join(format!("{name}.json"));
+            std::fs::write(&path, &body).unwrap();
+            assert_valid_report(&path);
+            assert!(done, "no snapshot within 10 s held {what}: {snapshot:#}");
+            return snapshot;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A report's attempts in `cgroup` to `host`.
+fn attempts_to(report: &Value, cgroup: &TestCgroup, host: &str) -> Vec<Value> {
+    attempts_in(report, cgroup)
+        .into_iter()
+        .filter(|a| a["host"] == host)
+        .collect()
+}
+
+/// What makes attempts one entry (docs/REPORT.md): phase, host (and the
+/// catalog entry, for host-less ones), cgroup and process image.
+fn aggregation_key(attempt: &Value) -> String {
+    serde_json::json!([
+        attempt["phase"],
+        attempt["host"],
+        attempt["registry"]["pattern"],
+        attempt["cgroup"]["id"],
+        attempt["process"]["comm"],
+        attempt["process"]["exe"],
+        attempt["process"]["cmdline"],
+    ])
+    .to_string()
+}
+
+/// Every entry `snapshot` holds in `cgroup` to `host` is in `report` exactly
+/// once, and has only grown since: count no lower, first seen no later
+/// (an event read late may have happened earlier), last seen no earlier.
+fn assert_held_once(report: &Value, snapshot: &Value, cgroup: &TestCgroup, host: &str) {
+    let later = attempts_to(report, cgroup, host);
+    for seen in attempts_to(snapshot, cgroup, host) {
+        let same: Vec<&Value> = later
+            .iter()
+            .filter(|a| aggregation_key(a) == aggregation_key(&seen))
+            .collect();
+        assert_eq!(
+            same.len(),
+            1,
+            "the snapshot's attempt {seen:#} once in the later report: {later:#?}"
+        );
+        // RFC 3339 UTC with milliseconds: ordered as strings.
+        let time = |a: &Value, field: &str| a[field].as_str().map(String::from);
+        assert!(
+            same[0]["count"].as_u64() >= seen["count"].as_u64()
+                && time(same[0], "first_seen") <= time(&seen, "first_seen")
+                && time(same[0], "last_seen") >= time(&seen, "last_seen"),
+            "an attempt only grows after a snapshot: {seen:#} then {:#}",
+            same[0]
+        );
+    }
 }
 
 /// One run through three phases, with every output read by its consumer.
@@ -506,6 +631,126 @@ fn events_file_rotates_by_size() {
     assert!(name(0).is_some() && name(1).is_some());
     let report = read_report(&out.report);
     assert!(attempts_in(&report, &cgroup).len() >= 8, "{report:#}");
+}
+
+/// `GET /report` while the agent runs: a snapshot holds the attempt seen so
+/// far and says it is a snapshot; the agent observes on, a later snapshot
+/// holds the next attempt too, and the report written at exit holds both,
+/// each once, with counts no lower than the snapshots', and says nothing of
+/// snapshots.
+///
+/// Real: the agent and its kernel programs, the testbed's dnsmasq and TLS
+/// registry, getent and skopeo in the testbed's network namespace and in
+/// cgroups of their own, curl as the HTTP client, Python's jsonschema as
+/// the validator of every snapshot and of the final report. Nothing is
+/// mocked.
+#[test]
+fn a_snapshot_from_the_running_agent_holds_what_it_saw_and_the_final_report_holds_everything() {
+    let testbed = setup();
+    let out = Outputs::new(&testbed, "snapshot");
+    let agent = Agent::start(&strs(&out.args(&[])));
+
+    // Attempt 1: a failed lookup of a registry name.
+    let first = TestCgroup::create("snapshot-first");
+    failed_lookup(&testbed, &first, "registry.redhat.io");
+    let early = snapshot_until(
+        &testbed,
+        &out,
+        "snapshot-early",
+        "getent's lookup of registry.redhat.io",
+        |s| !attempts_to(s, &first, "registry.redhat.io").is_empty(),
+    );
+    let observer = &early["observer"];
+    assert!(observer["started_at"].is_string(), "{observer:#}");
+    let attempts = early["attempts"].as_array().unwrap();
+    assert_eq!(
+        early["summary"]["attempts"].as_u64(),
+        Some(attempts.len() as u64),
+        "a whole report, summary included: {early:#}"
+    );
+    // On whose behalf is decided only when the run ends.
+    assert!(
+        attempts.iter().all(|a| a["on_behalf_of"].is_null()),
+        "{attempts:#?}"
+    );
+    // Only the method GET is served; serving writes no report file.
+    let (status, body) = curl(&["-X", "DELETE", &out.url("/report")]);
+    assert_eq!(status, 405, "{body}");
+    assert!(
+        !out.report.exists(),
+        "a snapshot is served, the report file is written only at exit"
+    );
+
+    // The agent observes on: attempt 2, another host in another cgroup.
+    assert_eq!(curl(&[&out.url("/healthz")]).0, 200);
+    let second = TestCgroup::create("snapshot-second");
+    skopeo_inspect(&testbed, &second);
+    let late = snapshot_until(
+        &testbed,
+        &out,
+        "snapshot-late",
+        "getent's lookup and skopeo's contact of quay.io",
+        |s| {
+            !attempts_to(s, &first, "registry.redhat.io").is_empty()
+                && !attempts_to(s, &second, "quay.io").is_empty()
+        },
+    );
+    assert_eq!(late["observer"]["started_at"], observer["started_at"]);
+    assert!(
+        late["observer"]["ended_at"].as_str() > observer["ended_at"].as_str(),
+        "ended_at is when each snapshot was taken: {} then {}",
+        observer["ended_at"],
+        late["observer"]["ended_at"]
+    );
+    assert_held_once(&late, &early, &first, "registry.redhat.io");
+    assert!(
+        late["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["on_behalf_of"].is_null()),
+        "skopeo's on_behalf_of is decided at exit, not in a snapshot: {late:#}"
+    );
+
+    let output = agent.stop();
+    assert!(output.status.success(), "{output:?}");
+    assert_valid_report(&out.report);
+    let report = read_report(&out.report);
+    assert_eq!(
+        report["observer"].get("snapshot"),
+        None,
+        "the report written at exit is final: {:#}",
+        report["observer"]
+    );
+    assert_eq!(report["observer"]["started_at"], observer["started_at"]);
+    assert!(
+        report["observer"]["ended_at"].as_str() > late["observer"]["ended_at"].as_str(),
+        "{:#}",
+        report["observer"]
+    );
+    // Attempt 1 once, not doubled by the snapshots, its counts grown or
+    // kept; attempt 2 there too; no entry twice.
+    assert_held_once(&report, &early, &first, "registry.redhat.io");
+    assert_held_once(&report, &late, &first, "registry.redhat.io");
+    assert_held_once(&report, &late, &second, "quay.io");
+    assert!(
+        !attempts_to(&report, &second, "quay.io").is_empty(),
+        "{report:#}"
+    );
+    let mut keys: Vec<String> = report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(aggregation_key)
+        .collect();
+    let all = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        all,
+        "an attempt twice in the report: {report:#}"
+    );
 }
 
 /// Two real runs, then `report merge` and `report diff` on their reports.

@@ -5,16 +5,20 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
 
-use crate::{
-    UsageError,
-    agent::{self, KubernetesOptions, MetricsAddr, RunOptions},
-    attribute::component_rules::ComponentRule,
-    classify::Pattern,
-    config::{self, Config},
-    control, http, load,
-    phase::PhaseName,
-    preflight,
-};
+use crate::UsageError;
+use crate::bpf::load;
+use crate::control::http;
+use crate::control::socket;
+use crate::pipeline::attribute::component_rules::ComponentRule;
+use crate::pipeline::classify::Pattern;
+use crate::pipeline::phase::PhaseName;
+use crate::run as agent;
+use crate::run::KubernetesOptions;
+use crate::run::MetricsAddr;
+use crate::run::RunOptions;
+use crate::setup::config;
+use crate::setup::config::Config;
+use crate::setup::preflight;
 
 /// Used when neither `--report` nor the config's `outputs.report` is given.
 const DEFAULT_REPORT: &str = "registry-report.json";
@@ -28,7 +32,7 @@ pub struct MarkArgs {
     pub name: PhaseName,
 
     /// The agent's control socket (its --control-socket).
-    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = socket::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }
 
@@ -99,7 +103,7 @@ pub struct RunArgs {
     /// Control socket for `registry-observer mark` (root only). If another
     /// agent holds the default one, this run goes on without a socket (with
     /// a warning); a path given here must be free.
-    #[arg(long, value_name = "PATH", default_value_t = control::DEFAULT_SOCKET.to_string())]
+    #[arg(long, value_name = "PATH", default_value_t = socket::DEFAULT_SOCKET.to_string())]
     pub control_socket: String,
 
     /// Ring buffer size in bytes (power of two, whole pages). For tests
@@ -137,6 +141,15 @@ pub struct RunArgs {
     /// are reported by uid only and the report's observer.cri says why.
     #[arg(long = "cri-socket", value_name = "PATH")]
     pub cri_sockets: Vec<PathBuf>,
+
+    /// Where the host's root filesystem is, for an agent in a container that
+    /// mounts it (e.g. a hostPath volume of / at /host): the host's /proc,
+    /// cgroup2 mount, default CRI sockets and registries.conf are looked up
+    /// under it. The agent still needs the host's PID and cgroup namespaces
+    /// (hostPID: true). --cri-socket and the config's paths are taken as
+    /// given.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_root: PathBuf,
 
     /// Name a component: `CONDITIONS:COMPONENT`, where CONDITIONS are
     /// comma-separated `namespace=NS`, `pod_name_prefix=P`, `unit=U`,
@@ -217,7 +230,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub(super) fn mark(args: &MarkArgs) -> ExitCode {
-    match control::mark(&args.socket, &args.name) {
+    match socket::mark(&args.socket, &args.name) {
         Ok(reply) => {
             println!("{reply}");
             ExitCode::SUCCESS
@@ -237,7 +250,7 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
             .parse()
             .expect("the default address parses"),
     );
-    let control_socket = (args.control_socket != control::DEFAULT_SOCKET)
+    let control_socket = (args.control_socket != socket::DEFAULT_SOCKET)
         .then(|| PathBuf::from(&args.control_socket));
     RunOptions {
         report: args
@@ -256,6 +269,7 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
             }),
         resolve_interval: args.catalog_resolve_interval,
         cri_sockets: args.cri_sockets,
+        host_root: args.host_root,
         component_rules: args.component_rules,
         kubernetes: KubernetesOptions {
             kubeconfig: args
@@ -565,7 +579,7 @@ mod tests {
             panic!("not mark")
         };
         assert_eq!(args.name.as_str(), "upgrade");
-        assert_eq!(args.socket, PathBuf::from(control::DEFAULT_SOCKET));
+        assert_eq!(args.socket, PathBuf::from(socket::DEFAULT_SOCKET));
         assert!(Cli::try_parse_from(["registry-observer", "mark", "Bad Name"]).is_err());
     }
 }

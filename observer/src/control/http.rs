@@ -1,0 +1,263 @@
+//! The HTTP endpoint on `--metrics-addr`: `GET /metrics`, `GET /healthz`
+//! (the process answers), `GET /readyz` (200 once the kernel programs are
+//! attached, naming any hook this kernel refused; else 503), `POST /phase`
+//! (body: a phase name, or `{"phase": NAME}`) and `GET /report` (the node
+//! report as of now, `observer.snapshot: true`, while the agent goes on
+//! observing; 503 before the programs are attached and while stopping).
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{ACCEPT, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::watch};
+
+use observer_exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
+use observer_report::Report;
+
+use crate::outputs::metrics::HealthSnapshot;
+use crate::outputs::metrics::Metrics;
+use crate::pipeline::input::PipelineHandle;
+use crate::pipeline::phase::PhaseSource;
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9669";
+/// A phase request is a name or a tiny JSON object.
+const MAX_BODY_BYTES: usize = 1024;
+
+/// Why there is no report to serve now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportUnavailable {
+    #[error("no report yet: the kernel programs are not attached yet")]
+    NotAttached,
+    #[error("no report: the agent is stopping; its report file is being written")]
+    ShuttingDown,
+}
+
+/// A report as of now, when asked for.
+pub type ReportFuture = Pin<Box<dyn Future<Output = Result<Report, ReportUnavailable>> + Send>>;
+
+/// What the handlers read.
+pub struct Endpoint {
+    pub metrics: Arc<Metrics>,
+    /// Current absolute health counts, gathered at each scrape.
+    pub health: Box<dyn Fn() -> HealthSnapshot + Send + Sync>,
+    /// Set once the programs are attached: the /readyz answer.
+    pub ready: Arc<OnceLock<String>>,
+    pub pipeline: PipelineHandle,
+    /// Builds the report served by `GET /report`.
+    pub report: Box<dyn Fn() -> ReportFuture + Send + Sync>,
+}
+
+/// Binds now (so a taken or invalid address is an error before anything is
+/// attached); serve with [`serve`].
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| {
+            format!("cannot listen on {addr} ({e}); choose another --metrics-addr, or `--metrics-addr off`")
+        })?;
+    TcpListener::from_std(listener).map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: Arc<Endpoint>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let endpoint = Arc::clone(&endpoint);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let endpoint = Arc::clone(&endpoint);
+                        async move { Ok::<_, Infallible>(handle(&endpoint, request).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+async fn handle(endpoint: &Endpoint, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_string();
+    match (request.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            endpoint.metrics.mirror_health(&(endpoint.health)());
+            if wants_openmetrics(&request) {
+                text(
+                    StatusCode::OK,
+                    OPENMETRICS_CONTENT_TYPE,
+                    endpoint.metrics.encode_openmetrics(),
+                )
+            } else {
+                text(
+                    StatusCode::OK,
+                    PROMETHEUS_TEXT_CONTENT_TYPE,
+                    endpoint.metrics.encode_prometheus_text(),
+                )
+            }
+        }
+        (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => match endpoint.ready.get() {
+            Some(answer) => plain(StatusCode::OK, answer),
+            None => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the kernel programs are not attached yet\n",
+            ),
+        },
+        (&Method::GET, "/report") => match (endpoint.report)().await {
+            Ok(report) => match serde_json::to_string_pretty(&report) {
+                Ok(mut json) => {
+                    json.push('\n');
+                    text(StatusCode::OK, "application/json", json)
+                }
+                Err(e) => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot serialize the report: {e}\n"),
+                ),
+            },
+            Err(unavailable) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{unavailable}\n")),
+        },
+        (&Method::POST, "/phase") => {
+            let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    return plain(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the body is a phase name or {\"phase\": NAME}, at most 1 KiB\n",
+                    );
+                }
+            };
+            let name = match phase_from_body(&body) {
+                Ok(name) => name,
+                Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+            };
+            match endpoint
+                .pipeline
+                .switch_phase(&name, PhaseSource::Http)
+                .await
+            {
+                Ok(reply) => plain(StatusCode::OK, &format!("{reply}\n")),
+                Err(e) if e.contains("shutting down") => {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"))
+                }
+                Err(e) => plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/report" | "/phase") => plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET /metrics, /healthz, /readyz, /report; POST /phase\n",
+        ),
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found; try GET /metrics, /healthz, /readyz, /report or POST /phase\n",
+        ),
+    }
+}
+
+/// Prometheus asks for OpenMetrics in its Accept header; everything else
+/// gets the classic text format.
+fn wants_openmetrics<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+/// `upgrade` or `{"phase": "upgrade"}`.
+pub fn phase_from_body(body: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+    let text = text.trim();
+    if text.starts_with('{') {
+        #[derive(serde::Deserialize)]
+        struct PhaseRequest {
+            phase: String,
+        }
+        serde_json::from_str::<PhaseRequest>(text)
+            .map(|r| r.phase)
+            .map_err(|e| format!("the body is not {{\"phase\": NAME}}: {e}"))
+    } else if text.is_empty() {
+        Err(
+            "empty body: send the phase name, e.g. `curl -d upgrade http://127.0.0.1:9669/phase`"
+                .into(),
+        )
+    } else {
+        Ok(text.to_string())
+    }
+}
+
+fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    text(status, "text/plain; charset=utf-8", body.to_string())
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_bodies() {
+        assert_eq!(phase_from_body(b"upgrade\n"), Ok("upgrade".into()));
+        assert_eq!(
+            phase_from_body(br#"{"phase": "post-upgrade"}"#),
+            Ok("post-upgrade".into())
+        );
+        assert!(
+            phase_from_body(br#"{"name": "x"}"#)
+                .unwrap_err()
+                .contains("{\"phase\": NAME}")
+        );
+        assert!(phase_from_body(b"  ").unwrap_err().contains("empty body"));
+        assert!(phase_from_body(&[0xff]).is_err());
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked() {
+        let ask = |accept: Option<&str>| {
+            let mut builder = Request::builder().uri("/metrics");
+            if let Some(accept) = accept {
+                builder = builder.header(ACCEPT, accept);
+            }
+            wants_openmetrics(&builder.body(()).unwrap())
+        };
+        assert!(ask(Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(!ask(Some("*/*")));
+        assert!(!ask(None));
+    }
+}

@@ -1,0 +1,70 @@
+//! Where observations go as they happen: one human line per attempt
+//! (`console`), the JSONL trail (`events_log`) and the Prometheus registry
+//! (`metrics`). The report file is written by `run` from a snapshot, with
+//! `observer_report`.
+
+pub mod console;
+pub mod events_log;
+pub mod metrics;
+
+use std::{sync::Arc, time::SystemTime};
+
+use observer_report::{
+    Attempt, PhaseMarker,
+    observer::{AttributionStats, PayloadStats},
+};
+
+use crate::{
+    outputs::{
+        console::Console,
+        events_log::{EventsLog, Line},
+        metrics::Metrics,
+    },
+    pipeline::{Outputs, attribute::Origin, classify::Match},
+};
+
+/// The outputs of `registry-observer run`, fed by the pipeline.
+pub struct Live {
+    pub console: Console,
+    pub metrics: Arc<Metrics>,
+    pub events_log: EventsLog,
+}
+
+impl Outputs for Live {
+    fn event_received(&mut self, at: SystemTime) {
+        self.metrics.event_received(at);
+    }
+
+    fn parse_error(&mut self, parser: &'static str) {
+        self.metrics.parse_error(parser);
+    }
+
+    fn payload_parsers(&mut self, stats: &PayloadStats) {
+        self.metrics.payload_parsers(stats);
+    }
+
+    fn attribution(&mut self, stats: &AttributionStats) {
+        self.metrics
+            .attribution(stats.process_gone, stats.cgroup_unknown);
+    }
+
+    fn attempt(&mut self, at: SystemTime, matched: &Match, origin: &Origin, attempt: &Attempt) {
+        self.console
+            .line(&console::format_line(at, matched, origin));
+        self.metrics.record_event(attempt, &matched.evidence);
+        if self.events_log.enabled() {
+            self.events_log.send(Line::Attempt {
+                time: at,
+                attempt: Box::new(attempt.clone()),
+            });
+        }
+    }
+
+    fn phase(&mut self, at: SystemTime, marker: &PhaseMarker) {
+        self.console.line(&console::format_phase_line(marker));
+        self.events_log.send(Line::Phase {
+            time: at,
+            marker: marker.clone(),
+        });
+    }
+}

@@ -1,0 +1,113 @@
+//! What flows into the pipeline, in one queue, in order: kernel records,
+//! resolved addresses, reloaded settings, phase changes, and requests for a
+//! snapshot of its state. One queue means a phase change or a snapshot
+//! lands behind every event read before it was asked for.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    clock,
+    pipeline::{
+        attribute::component_rules::ComponentRule,
+        classify::{Catalog, registries_conf::RegistriesConf},
+        phase::{PhaseChange, PhaseName, PhaseSource},
+        snapshot::PipelineSnapshot,
+        verdict::Policy,
+    },
+    sources::resolver::Resolved,
+};
+
+#[derive(Debug)]
+pub enum Input {
+    /// One raw ring-buffer record.
+    Kernel(Bytes),
+    /// The agent resolved a catalog name itself.
+    Resolved(Resolved),
+    /// Reloaded settings (SIGHUP): new catalog and policy; what was
+    /// recorded so far stays.
+    Reload(Box<Settings>),
+    /// `mark NAME` or `POST /phase`: later events belong to a new phase.
+    Phase(PhaseChange),
+    /// `GET /report`: a copy of the state for a report, taken now.
+    Snapshot(oneshot::Sender<PipelineSnapshot>),
+}
+
+impl From<Bytes> for Input {
+    fn from(record: Bytes) -> Input {
+        Input::Kernel(record)
+    }
+}
+
+impl From<Resolved> for Input {
+    fn from(resolved: Resolved) -> Input {
+        Input::Resolved(resolved)
+    }
+}
+
+/// What the pipeline runs with, built from the config file and the command
+/// line (`setup::config`); rebuilt on reload.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub catalog: Catalog,
+    pub policy: Policy,
+    /// None when the import is turned off.
+    pub registries_conf: Option<RegistriesConf>,
+    /// `--component-rule`s first, then the config's: first match wins, so
+    /// the command line can override a shared file for one run.
+    pub component_rules: Vec<ComponentRule>,
+}
+
+/// Why a request did not reach the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the agent is shutting down")]
+pub struct ShuttingDown;
+
+/// Sends requests into the running pipeline; shared by the control socket
+/// and the HTTP endpoint. It holds a weak sender: an idle HTTP keep-alive
+/// connection must not keep the pipeline's queue open at shutdown.
+#[derive(Clone)]
+pub struct PipelineHandle {
+    queue: mpsc::WeakSender<Input>,
+}
+
+impl PipelineHandle {
+    pub fn new(queue: mpsc::WeakSender<Input>) -> PipelineHandle {
+        PipelineHandle { queue }
+    }
+
+    /// Queues a phase change behind the events already read; returns the
+    /// reply text. Events stamped before now stay in the previous phase.
+    pub async fn switch_phase(&self, name: &str, source: PhaseSource) -> Result<String, String> {
+        let name = PhaseName::parse(name.trim())?;
+        let at = SystemTime::now();
+        let change = PhaseChange {
+            name: name.clone(),
+            source,
+            boot_ns: clock::boot_ns(),
+            at,
+        };
+        self.send(Input::Phase(change))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "phase {name} started at {}",
+            humantime::format_rfc3339_millis(at)
+        ))
+    }
+
+    /// A copy of the pipeline's state, taken behind the events already
+    /// read; the pipeline goes on observing.
+    pub async fn snapshot(&self) -> Result<PipelineSnapshot, ShuttingDown> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Input::Snapshot(reply)).await?;
+        answer.await.map_err(|_| ShuttingDown)
+    }
+
+    async fn send(&self, input: Input) -> Result<(), ShuttingDown> {
+        let queue = self.queue.upgrade().ok_or(ShuttingDown)?;
+        queue.send(input).await.map_err(|_| ShuttingDown)
+    }
+}

@@ -1,0 +1,230 @@
+//! The stages between the reader and the report, run on one thread, in
+//! import order: decode -> join (`connections`, with `payload`'s parsers,
+//! and process lineage in `attribute`) -> `classify` -> `scope` ->
+//! `attribute` -> `record` -> `verdict`; `phase` says which phase an event
+//! belongs to. `input` is what the queue carries; `snapshot` copies the
+//! state a report is built from, at any time.
+//!
+//! The pipeline hands every event to an [`Outputs`] it is given (console,
+//! events file, metrics: `outputs`), so it never imports where its results
+//! go.
+
+pub mod attribute;
+pub mod classify;
+pub mod connections;
+pub mod decode;
+pub mod input;
+pub mod payload;
+pub mod phase;
+pub mod record;
+pub mod scope;
+pub mod snapshot;
+pub mod verdict;
+
+use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
+
+use hickory_proto::op::ResponseCode;
+use observer_report::{
+    Attempt, PhaseMarker,
+    observer::{AttributionStats, PayloadStats},
+};
+use tokio::sync::mpsc;
+
+use crate::{
+    clock::Clock,
+    pipeline::{
+        attribute::{Attributor, Origin},
+        classify::{Classifier, Match, registries_conf::RegistriesConf},
+        connections::{Connections, Joined},
+        decode::Observation,
+        input::Input,
+        phase::PhaseTimeline,
+        record::Recorder,
+        scope::Scope,
+        verdict::Policy,
+    },
+};
+
+/// Where the pipeline's results go as they happen. Implemented by
+/// `outputs::Live`; a test or a benchmark can count instead.
+pub trait Outputs {
+    /// A kernel record arrived (decoded or not).
+    fn event_received(&mut self, at: SystemTime);
+    /// A record or a DNS payload did not parse.
+    fn parse_error(&mut self, parser: &'static str);
+    /// The payload parsers' counts changed.
+    fn payload_parsers(&mut self, stats: &PayloadStats);
+    /// The attribution stage's counts after an attempt.
+    fn attribution(&mut self, stats: &AttributionStats);
+    /// An attempt was recorded and judged: `attempt` is the merged entry,
+    /// `evidence` this event's own.
+    fn attempt(&mut self, at: SystemTime, matched: &Match, origin: &Origin, attempt: &Attempt);
+    /// A new phase began.
+    fn phase(&mut self, at: SystemTime, marker: &PhaseMarker);
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Records that did not decode, by parser (`record`, `dns`; TLS, HTTP
+    /// and DNS over TCP are counted in the connection stage's stats).
+    pub parse_errors: BTreeMap<&'static str, u64>,
+    /// Registry events outside the observed command (mode `command`).
+    pub out_of_scope: u64,
+}
+
+const IPPROTO_TCP: u32 = 6;
+
+pub struct Pipeline<O: Outputs> {
+    pub connections: Connections,
+    pub classifier: Classifier,
+    pub attributor: Attributor,
+    pub recorder: Recorder,
+    pub scope: Option<Scope>,
+    pub clock: Clock,
+    pub phases: PhaseTimeline,
+    pub policy: Policy,
+    /// What the catalog imported from registries.conf, for the report.
+    pub registries_conf: Option<RegistriesConf>,
+    pub outputs: O,
+    pub stats: PipelineStats,
+}
+
+impl<O: Outputs> Pipeline<O> {
+    /// Runs until every sender of `queue` is gone, then hands itself back
+    /// so the caller can build the report.
+    pub fn run(mut self, mut queue: mpsc::Receiver<Input>) -> Pipeline<O> {
+        while let Some(input) = queue.blocking_recv() {
+            self.handle(input);
+        }
+        self
+    }
+
+    pub fn handle(&mut self, input: Input) {
+        match input {
+            Input::Kernel(bytes) => {
+                self.outputs.event_received(SystemTime::now());
+                match decode::decode(&bytes) {
+                    Ok(Some(observation)) => self.join(observation),
+                    Ok(None) => {}
+                    Err(error) => self.count_error(&error),
+                }
+            }
+            Input::Resolved(resolved) => self.classifier.learn_resolved(
+                &resolved.name,
+                &resolved.addresses,
+                resolved.boot_ns,
+            ),
+            Input::Reload(settings) => {
+                let settings = *settings;
+                self.classifier.set_catalog(settings.catalog);
+                self.policy = settings.policy;
+                self.registries_conf = settings.registries_conf;
+                self.attributor.set_rules(settings.component_rules);
+            }
+            Input::Phase(change) => {
+                let marker = self.phases.switch(&change).clone();
+                self.outputs.phase(change.at, &marker);
+            }
+            Input::Snapshot(reply) => {
+                // The asker may have given up (a closed connection): the
+                // copy is then simply dropped.
+                let _ = reply.send(self.snapshot(SystemTime::now()));
+            }
+        }
+    }
+
+    fn count_error(&mut self, error: &decode::DecodeError) {
+        *self.stats.parse_errors.entry(error.parser()).or_default() += 1;
+        self.outputs.parse_error(error.parser());
+    }
+
+    /// Events that describe a process or a connection rather than an
+    /// attempt feed their tables; payload findings come back as
+    /// observations of the connecting process.
+    fn join(&mut self, observation: Observation) {
+        match &observation {
+            Observation::Exec { .. } | Observation::Fork { .. } | Observation::Exit { .. } => {
+                self.attributor.follow(&observation);
+            }
+            Observation::TcpPayload { .. } => {
+                let joined = self.connections.segment(&observation);
+                self.outputs.payload_parsers(self.connections.stats());
+                match joined {
+                    Joined::Observation(derived) => self.observe(&derived),
+                    Joined::DnsError(error) => self.count_error(&error),
+                    Joined::Nothing => {}
+                }
+            }
+            Observation::ConnectDone {
+                cookie, outcome, ..
+            } => {
+                self.connections.ended_handshake(*cookie, *outcome);
+                self.recorder.connection_outcome(*cookie, &outcome.name());
+            }
+            Observation::Connect {
+                actor,
+                dest,
+                port,
+                cookie,
+                sendmsg: false,
+                protocol: IPPROTO_TCP,
+            } => {
+                self.connections
+                    .opened(*cookie, actor, SocketAddr::new(*dest, *port));
+                // Opening may evict a connection whose stream is judged then.
+                self.outputs.payload_parsers(self.connections.stats());
+                self.observe(&observation);
+            }
+            _ => self.observe(&observation),
+        }
+    }
+
+    fn observe(&mut self, observation: &Observation) {
+        if let Observation::DnsResponse {
+            actor, name, rcode, ..
+        } = observation
+            && self.classifier.is_registry(name)
+        {
+            self.recorder.dns_answered(actor.cgroup_id, name);
+            if *rcode != ResponseCode::NoError {
+                self.recorder
+                    .dns_outcome(actor.cgroup_id, name, &decode::dns_outcome_name(*rcode));
+            }
+        }
+        let Some(matched) = self.classifier.classify(observation) else {
+            return;
+        };
+        let actor = observation.actor();
+        if let Some(scope) = &self.scope
+            && actor.cgroup_id != scope.cgroup_id
+        {
+            let path = self.attributor.cgroup_path(actor.cgroup_id, None);
+            if !scope.contains(actor.cgroup_id, path.as_deref()) {
+                self.stats.out_of_scope += 1;
+                return;
+            }
+        }
+        let origin = self.attributor.attribute(actor);
+        self.outputs.attribution(self.attributor.stats());
+        let at = self.clock.wall(actor.boot_ns);
+        // Recorded under the phase in force when the event happened, not
+        // when it was processed. The handshake may have ended before the
+        // payload that named the registry arrived.
+        let phase = self.phases.phase_at(actor.boot_ns);
+        let handshake_outcome = matched
+            .cookie
+            .and_then(|cookie| self.connections.outcome(cookie))
+            .map(|outcome| outcome.name());
+        let attempt = self.recorder.record_with_outcome(
+            &matched,
+            &origin,
+            phase,
+            at,
+            handshake_outcome.as_deref(),
+        );
+        // Judged before it is output: metrics and the events file carry
+        // the verdict.
+        self.policy.judge(attempt);
+        self.outputs.attempt(at, &matched, &origin, attempt);
+    }
+}

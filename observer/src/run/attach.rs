@@ -1,0 +1,135 @@
+//! Stage 2 of a run: the kernel programs loaded and attached to the cgroup2
+//! root (each hook on its own: one this kernel refuses is named, and the
+//! run goes on with the rest), and the command's cgroup created.
+
+use std::{path::Path, time::SystemTime};
+
+use anyhow::Context;
+use observer_report::HookMissing;
+
+use crate::{
+    UsageError,
+    bpf::load::{self, Maps, MissingHook, Probes},
+    pipeline::scope::CommandCgroup,
+    run::{RunOptions, report::RunFacts},
+};
+
+pub struct Attached {
+    /// Drop to detach.
+    pub probes: Probes,
+    pub maps: Maps,
+    /// `run -- COMMAND`: the cgroup the command runs in.
+    pub command_cgroup: Option<CommandCgroup>,
+}
+
+pub async fn attach(cgroup_root: &Path, options: &RunOptions) -> anyhow::Result<Attached> {
+    let root = cgroup_root.to_path_buf();
+    let ring_buffer_bytes = options.ring_buffer_bytes;
+    let refuse = options.refuse_programs.clone();
+    let (probes, maps) = tokio::task::spawn_blocking(move || {
+        load::load_and_attach(&load::LoadRequest {
+            cgroup_root: &root,
+            ring_buffer_bytes,
+            refuse: &refuse,
+        })
+    })
+    .await
+    .context("the loader task failed")?
+    .map_err(|e| UsageError(format!("{e:#}")))?;
+    let command_cgroup = if options.command.is_empty() {
+        None
+    } else {
+        Some(CommandCgroup::create(cgroup_root).with_context(|| {
+            format!(
+                "creating a cgroup for the command under {}",
+                cgroup_root.display()
+            )
+        })?)
+    };
+    warn_missing_hooks(&probes.missing, options.verbose);
+    if let Some(why) = &probes.dns_sender_why {
+        eprintln!(
+            "registry-observer: note: {why}; a DNS query's sender is the socket's owner as the connect/sendmsg hooks saw it (queries on sockets connected before the agent started count as dns_sender_unknown)"
+        );
+    }
+    Ok(Attached {
+        probes,
+        maps,
+        command_cgroup,
+    })
+}
+
+impl Attached {
+    /// The run's fixed facts for its reports.
+    pub fn facts(
+        &self,
+        started_at: SystemTime,
+        options: &RunOptions,
+        cgroup_root: &Path,
+    ) -> RunFacts {
+        RunFacts {
+            started_at,
+            command: self
+                .command_cgroup
+                .is_some()
+                .then(|| options.command.clone()),
+            command_cgroup: self
+                .command_cgroup
+                .as_ref()
+                .map(|c| c.relative_path().to_string()),
+            cgroup2_mount: cgroup_root.display().to_string(),
+            hooks: self.probes.attached.iter().map(|h| h.to_string()).collect(),
+            dns_sender: self.probes.dns_sender.as_str().to_string(),
+            hooks_missing: self
+                .probes
+                .missing
+                .iter()
+                .map(|missing| HookMissing {
+                    hook: missing.hook.to_string(),
+                    reason: missing.reason.clone(),
+                    evidence: Some(missing.evidence.to_string()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One warning per program this kernel refused: why, and what evidence the
+/// run lacks as a result; with `verbose`, the verifier's whole log.
+fn warn_missing_hooks(missing: &[MissingHook], verbose: bool) {
+    for hook in missing {
+        eprintln!(
+            "registry-observer: warning: hook {} is not attached: {}; missing as a result: {}",
+            hook.hook, hook.reason, hook.evidence
+        );
+        match (&hook.verifier_log, verbose) {
+            (Some(log), true) => eprintln!(
+                "--- verifier log of {} ---\n{}\n--- end of verifier log ---",
+                hook.hook,
+                log.trim_end()
+            ),
+            (Some(_), false) => {
+                eprintln!("registry-observer: (run with --verbose for the verifier's whole log)")
+            }
+            (None, _) => {}
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "registry-observer: warning: the observation is incomplete (observer.hooks_missing in the report)"
+        );
+    }
+}
+
+/// The /readyz answer once the programs are attached.
+pub fn readiness(missing: &[MissingHook]) -> String {
+    if missing.is_empty() {
+        "ready: every hook is attached\n".to_string()
+    } else {
+        let hooks: Vec<&str> = missing.iter().map(|missing| missing.hook).collect();
+        format!(
+            "ready, but incomplete: hook(s) not attached: {}\n",
+            hooks.join(", ")
+        )
+    }
+}

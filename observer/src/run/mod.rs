@@ -1,0 +1,515 @@
+//! `registry-observer run`, in stages, each in its own module and each
+//! handing the next what it needs: `prepare` (what the user must fix, exit
+//! 2) -> the `endpoints` (up before the slow load) and the sources ->
+//! `attach` (the kernel programs) -> the reader and the pipeline ->
+//! `observe` (until the end is asked for) -> `stop` (detach, drain,
+//! correlate) -> the report, built by `report` from a snapshot of the
+//! pipeline: the same function serves `GET /report` while the agent runs.
+
+mod attach;
+mod endpoints;
+mod observe;
+mod prepare;
+pub mod report;
+mod stop;
+
+use std::{
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use aya::maps::{MapData, PerCpuArray};
+use observer_report::{self as report_file, Report, junit, text};
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    bpf::read::{self, ReadCounters},
+    clock::Clock,
+    outputs::{Live, console::Console, metrics::Metrics},
+    pipeline::{
+        Pipeline, PipelineStats,
+        attribute::{Attributor, component_rules::ComponentRule},
+        classify::{AddressBook, Classifier, Pattern},
+        connections::{Connections, MAX_CONNECTIONS},
+        input::{PipelineHandle, Settings},
+        phase::{PhaseName, PhaseTimeline},
+        record::Recorder,
+        scope::CommandCgroup,
+    },
+    run::{
+        attach::Attached, endpoints::Endpoints, prepare::Prepared, report::StageCounts,
+        stop::Running,
+    },
+    setup::config::Config,
+    sources::{
+        cri::{self, CriWatcher},
+        kubernetes::{self, KubernetesSource},
+        pull_intent::{self, INTENT_QUEUE, IntentLog, intent_channel},
+        resolver,
+    },
+};
+
+pub struct RunOptions {
+    pub report: PathBuf,
+    pub registries: Vec<Pattern>,
+    pub duration: Option<Duration>,
+    pub fail_on_violation: bool,
+    pub allow_incomplete: bool,
+    pub phase: PhaseName,
+    pub resolve_interval: Duration,
+    /// Empty: the default CRI sockets that exist (under `host_root`).
+    pub cri_sockets: Vec<PathBuf>,
+    /// The host's root filesystem as the agent sees it (`/` unless it runs
+    /// in a container that mounts it elsewhere).
+    pub host_root: PathBuf,
+    pub component_rules: Vec<ComponentRule>,
+    pub kubernetes: KubernetesOptions,
+    pub metrics_addr: MetricsAddr,
+    /// None: the default path, where another agent's socket is a warning.
+    pub control_socket: Option<PathBuf>,
+    pub events: Option<PathBuf>,
+    pub events_max_bytes: u64,
+    pub junit: Option<PathBuf>,
+    pub ring_buffer_bytes: u32,
+    /// Test-only: programs the kernel is made to refuse.
+    pub refuse_programs: Vec<String>,
+    /// Print refused programs' whole verifier logs.
+    pub verbose: bool,
+    pub command: Vec<String>,
+    /// The `--config` file, re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Its contents (the defaults without one).
+    pub config: Config,
+}
+
+/// The Kubernetes API source (`kubernetes/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesOptions {
+    /// `--kubeconfig`, else the config's.
+    pub kubeconfig: Option<PathBuf>,
+    /// The config's `kubernetes.enabled`: false keeps in-cluster use off.
+    pub enabled: bool,
+    /// Whose kubelet events count.
+    pub node_name: String,
+}
+
+/// Where the HTTP endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    /// The default loopback address: if it is taken (another agent, another
+    /// service) the run goes on without the endpoint, with a warning.
+    Default(SocketAddr),
+    /// Given with --metrics-addr: failing to listen is an error.
+    Explicit(SocketAddr),
+}
+
+/// Bounds the address book; far above the registry addresses any node sees.
+const ADDRESS_BOOK_CAPACITY: usize = 65_536;
+/// See `AddressBook::min_retention_ns`.
+const MIN_ADDRESS_RETENTION: Duration = Duration::from_secs(600);
+
+/// Runs the observer; returns the process exit code.
+pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
+    let Prepared {
+        settings,
+        cgroup_root,
+        events_log,
+        kubernetes: kubernetes_prepared,
+    } = prepare::prepare(&options).await?;
+    let Settings {
+        catalog,
+        policy,
+        registries_conf,
+        component_rules,
+    } = settings;
+    let exact_names: Vec<String> = catalog.exact_names().map(String::from).collect();
+
+    let (queue_tx, queue_rx) = mpsc::channel(read::QUEUE_CAPACITY);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pipeline_handle = PipelineHandle::new(queue_tx.downgrade());
+    let metrics = Arc::new(Metrics::new());
+    let ready: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let live: Arc<OnceLock<endpoints::Live>> = Arc::new(OnceLock::new());
+    let endpoints = Endpoints::start(
+        &options,
+        Arc::clone(&metrics),
+        pipeline_handle,
+        Arc::clone(&ready),
+        Arc::clone(&live),
+        stop_rx.clone(),
+    )?;
+
+    // Pull intents (a pod needs an image now) from every source go through
+    // one bounded queue into a log read at report time, off the event path.
+    // Each source gets a clone of the sink (the Kubernetes API source too).
+    let (intent_sink, intent_feed) = intent_channel(INTENT_QUEUE);
+    let (stop_intents, intents_stopped) = tokio::sync::oneshot::channel();
+    let intent_collector = tokio::spawn(pull_intent::collect(
+        intent_feed,
+        IntentLog::default(),
+        intents_stopped,
+    ));
+    // Started before the (slow) load so the first pod listing is in before
+    // events flow.
+    let (cri_watcher, pod_source) = CriWatcher::spawn(
+        cri::choose_sockets(&options.cri_sockets, &options.host_root, Path::exists),
+        format!(
+            "no CRI socket found (looked for {}); give one with --cri-socket PATH",
+            cri::DEFAULT_SOCKETS.join(", ")
+        ),
+        {
+            // A departed pod's attempt series go, so churn cannot grow them.
+            let metrics = Arc::clone(&metrics);
+            Box::new(move |uid: &str| metrics.forget_pod(uid))
+        },
+        intent_sink.clone(),
+    );
+    let started_at = SystemTime::now();
+    // Started before the (slow) load, like the CRI watcher, so the initial
+    // list is in when events flow.
+    let kubernetes_source = KubernetesSource::spawn(
+        kubernetes_prepared,
+        options.kubernetes.node_name.clone(),
+        intent_sink,
+        started_at.checked_sub(kubernetes::LOOKBACK),
+    );
+    let clock = Clock::now();
+    let phases = PhaseTimeline::starting(&options.phase, started_at);
+
+    let attached = attach::attach(&cgroup_root, &options).await?;
+    let facts = attached.facts(started_at, &options, &cgroup_root);
+    let Attached {
+        probes,
+        maps,
+        command_cgroup,
+    } = attached;
+    let read_counters = Arc::new(ReadCounters::default());
+    let kernel_counters: Arc<OnceLock<PerCpuArray<MapData, u64>>> =
+        Arc::new(OnceLock::from(maps.counters));
+    let reader = tokio::spawn(read::run_reader(
+        maps.events,
+        queue_tx.clone(),
+        stop_rx.clone(),
+        Arc::clone(&read_counters),
+    ));
+    let _ = live.set(endpoints::Live {
+        facts: facts.clone(),
+        counts: {
+            let kernel_counters = Arc::clone(&kernel_counters);
+            let cri_status = cri_watcher.status_reader();
+            let kubernetes_status = kubernetes_source.status_reader();
+            let events_file_dropped = events_log.dropped_counter();
+            Box::new(move || StageCounts {
+                read: read_counters.snapshot(),
+                kernel: kernel_counters
+                    .get()
+                    .map(read::kernel_counters)
+                    .unwrap_or_default(),
+                events_file_dropped: events_file_dropped.load(std::sync::atomic::Ordering::Relaxed),
+                cri: cri_status(),
+                kubernetes: kubernetes_status(),
+                ..StageCounts::default()
+            })
+        },
+    });
+    // Missing hooks do not stop the agent (what is attached still sees
+    // evidence), but the run will be incomplete: say so where it is asked.
+    let _ = ready.set(attach::readiness(&probes.missing));
+    let command_mode = command_cgroup.is_some();
+    // Live lines go to stdout when watching the machine; with a command they
+    // go to stderr so the command's own stdout stays its own.
+    let live_output: Box<dyn io::Write + Send> = if command_mode {
+        Box::new(io::stderr())
+    } else {
+        Box::new(io::stdout())
+    };
+    let pipeline = Pipeline {
+        connections: Connections::new(MAX_CONNECTIONS),
+        classifier: Classifier::new(
+            catalog,
+            AddressBook::new(
+                ADDRESS_BOOK_CAPACITY,
+                MIN_ADDRESS_RETENTION.as_nanos() as u64,
+            ),
+        ),
+        attributor: Attributor::new(options.host_root.join("proc"), cgroup_root.clone())
+            .with_pods(pod_source)
+            .with_rules(component_rules),
+        recorder: Recorder::default(),
+        scope: command_cgroup.as_ref().map(CommandCgroup::scope),
+        clock,
+        phases,
+        policy,
+        registries_conf,
+        outputs: Live {
+            console: Console::new(live_output),
+            metrics: Arc::clone(&metrics),
+            events_log,
+        },
+        stats: PipelineStats::default(),
+    };
+    let processor = tokio::task::spawn_blocking(move || pipeline.run(queue_rx));
+    let resolver = (!options.resolve_interval.is_zero()).then(|| {
+        tokio::spawn(resolver::resolve_catalog(
+            exact_names,
+            options.resolve_interval,
+            queue_tx.clone(),
+        ))
+    });
+    // The reloader holds a sender too; it is stopped before the pipeline
+    // is awaited.
+    let reloader = tokio::spawn(observe::reload_on_hangup(
+        options.config_path.clone(),
+        options.host_root.clone(),
+        options.registries.clone(),
+        options.component_rules.clone(),
+        queue_tx.clone(),
+    ));
+    // From here the reader and the resolver hold the only strong senders:
+    // when they end, the pipeline drains and ends (phase and snapshot
+    // requests hold weak ones, which do not keep it open).
+    drop(queue_tx);
+
+    print_observing(&options, &facts, &endpoints, command_cgroup.as_ref());
+
+    let command_status = match &command_cgroup {
+        Some(cgroup) => Some(observe::run_command(&options.command, cgroup).await),
+        None => {
+            observe::wait_for_stop(options.duration).await?;
+            None
+        }
+    };
+    let command_exit_code = command_status.as_ref().map(|status| {
+        let (code, error) = observe::command_result(status);
+        if let Some(error) = error {
+            eprintln!(
+                "registry-observer: cannot run `{}`: {error}",
+                options.command[0]
+            );
+        }
+        code
+    });
+
+    let running = Running {
+        probes,
+        stop: stop_tx,
+        reader,
+        resolver,
+        reloader,
+        endpoints,
+        pipeline: processor,
+        cri: cri_watcher,
+        kubernetes: kubernetes_source,
+        stop_intents,
+        intents: intent_collector,
+        kernel_counters,
+    };
+    let report = stop::stop(running, &facts, command_exit_code).await?;
+    drop(command_cgroup);
+    write_outputs(&options, &report)?;
+    Ok(conclude(&options, &report))
+}
+
+/// The line that says the agent is observing, and what and where.
+fn print_observing(
+    options: &RunOptions,
+    facts: &report::RunFacts,
+    endpoints: &Endpoints,
+    command_cgroup: Option<&CommandCgroup>,
+) {
+    let what = match command_cgroup {
+        Some(cgroup) => format!(
+            "`{}` in cgroup {}",
+            options.command.join(" "),
+            cgroup.relative_path()
+        ),
+        None => "the whole machine".to_string(),
+    };
+    let mut observing = format!(
+        "registry-observer: observing {what} (hooks: {}); phase: {}; report: {}",
+        facts.hooks.join(", "),
+        options.phase,
+        options.report.display()
+    );
+    if let Some(url) = &endpoints.metrics_url {
+        observing.push_str(&format!("; metrics: {url}"));
+    }
+    if let Some(path) = &endpoints.control_path {
+        observing.push_str(&format!("; control socket: {path}"));
+    }
+    if command_cgroup.is_some() {
+        eprintln!("{observing}");
+    } else {
+        println!("{observing}");
+    }
+}
+
+/// The report file and the JUnit file.
+fn write_outputs(options: &RunOptions, report: &Report) -> anyhow::Result<()> {
+    report_file::write(&options.report, report)?;
+    if let Some(path) = &options.junit {
+        let xml = junit::to_junit(report).context("writing JUnit XML")?;
+        report_file::write_atomically(path, xml.as_bytes())
+            .with_context(|| format!("writing the JUnit file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Says how the run went on stderr; returns the exit code.
+fn conclude(options: &RunOptions, report: &Report) -> i32 {
+    let summary = &report.summary;
+    let allow_entries = report.policy.iter().flat_map(|p| p.allow.iter());
+    for (index, entry) in allow_entries.enumerate() {
+        if entry.matched_after_expiry > 0 {
+            eprintln!(
+                "registry-observer: allow entry {index} ({:?}) expired on {}; the {} attempt(s) it matched are violations",
+                entry.reason,
+                entry.expires.as_deref().unwrap_or("?"),
+                entry.matched_after_expiry
+            );
+        }
+    }
+    let mut judged = String::new();
+    if summary.allowed > 0 {
+        judged.push_str(&format!(", {} allowed", summary.allowed));
+    }
+    if summary.not_enforced > 0 {
+        judged.push_str(&format!(", {} not enforced", summary.not_enforced));
+    }
+    eprintln!(
+        "registry-observer: {} registry attempt(s), {} violation(s){judged}, by {}; report written to {}",
+        summary.attempts,
+        summary.violations,
+        if summary.components.is_empty() {
+            "no component".to_string()
+        } else {
+            summary.components.join(", ")
+        },
+        options.report.display()
+    );
+    eprint!("{}", text::summarize(report, text::Format::Table));
+    let observer = report.observer.as_ref().expect("a node report");
+    let incompleteness = observer.incompleteness();
+    if let Some(reason) = &incompleteness {
+        eprintln!(
+            "registry-observer: warning: the observation is incomplete: {reason}{}",
+            if options.allow_incomplete {
+                " (--allow-incomplete: not failing the run)"
+            } else {
+                "; exiting 3 (--allow-incomplete to accept)"
+            }
+        );
+    }
+    exit_code(
+        ExitPolicy {
+            fail_on_violation: options.fail_on_violation,
+            allow_incomplete: options.allow_incomplete,
+        },
+        Outcome {
+            violations: summary.violations,
+            incomplete: incompleteness.is_some(),
+            command: observer.command_exit_code,
+        },
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ExitPolicy {
+    pub fail_on_violation: bool,
+    pub allow_incomplete: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub violations: usize,
+    /// Events were lost, the events file has gaps, or a hook was missing.
+    pub incomplete: bool,
+    /// The wrapped command's exit code.
+    pub command: Option<i32>,
+}
+
+/// Precedence: 2 (usage or config, decided before a run starts) > 3
+/// (incomplete: a lossy run proves nothing, even its violations may be
+/// partial) > 1 (violations, with --fail-on-violation) > the wrapped
+/// command's code > 0.
+pub fn exit_code(policy: ExitPolicy, outcome: Outcome) -> i32 {
+    if outcome.incomplete && !policy.allow_incomplete {
+        3
+    } else if policy.fail_on_violation && outcome.violations > 0 {
+        1
+    } else {
+        outcome.command.unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(
+        fail_on_violation: bool,
+        allow_incomplete: bool,
+        violations: usize,
+        incomplete: bool,
+        command: Option<i32>,
+    ) -> i32 {
+        exit_code(
+            ExitPolicy {
+                fail_on_violation,
+                allow_incomplete,
+            },
+            Outcome {
+                violations,
+                incomplete,
+                command,
+            },
+        )
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(code(false, false, 3, false, None), 0);
+        assert_eq!(code(true, false, 3, false, None), 1);
+        assert_eq!(code(true, false, 0, false, None), 0);
+        assert_eq!(code(false, false, 3, false, Some(5)), 5);
+        assert_eq!(code(true, false, 1, false, Some(5)), 1);
+        assert_eq!(code(true, false, 0, false, Some(5)), 5);
+    }
+
+    fn missing_hook(hook: &'static str) -> crate::bpf::load::MissingHook {
+        crate::bpf::load::MissingHook {
+            hook,
+            reason: "EINVAL".into(),
+            evidence: "some evidence",
+            verifier_log: None,
+            permission_denied: false,
+        }
+    }
+
+    #[test]
+    fn readiness_names_the_hooks_this_kernel_refused() {
+        assert_eq!(attach::readiness(&[]), "ready: every hook is attached\n");
+        assert_eq!(
+            attach::readiness(&[missing_hook("sendmsg4"), missing_hook("process_exec")]),
+            "ready, but incomplete: hook(s) not attached: sendmsg4, process_exec\n"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_run_never_passes_silently() {
+        // Clean but lossy: 3, whatever else happened.
+        assert_eq!(code(false, false, 0, true, None), 3);
+        assert_eq!(code(true, false, 2, true, None), 3);
+        assert_eq!(code(false, false, 0, true, Some(0)), 3);
+        assert_eq!(code(false, false, 0, true, Some(9)), 3);
+        // Accepted explicitly: the usual rules apply.
+        assert_eq!(code(false, true, 0, true, None), 0);
+        assert_eq!(code(true, true, 2, true, None), 1);
+        assert_eq!(code(false, true, 0, true, Some(9)), 9);
+    }
+}

@@ -1,0 +1,261 @@
+//! The node report, from the pipeline's snapshot and the other stages'
+//! counts: one function for the report served while the agent runs
+//! (`GET /report`) and for the file written when it stops.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use observer_common::Counter;
+use observer_report::{
+    self as report, HookMissing, Losses, ObserverSection, Report,
+    observer::{CriStatus, KubernetesStatus, OnBehalfOfStats},
+};
+
+use crate::{
+    bpf::read::ReadStats,
+    pipeline::{snapshot::PipelineSnapshot, verdict},
+    setup::preflight,
+};
+
+/// What is known of the run once its programs are attached; fixed until
+/// it ends.
+#[derive(Clone, Debug)]
+pub struct RunFacts {
+    pub started_at: SystemTime,
+    /// `run -- COMMAND`'s argv; None when watching the machine.
+    pub command: Option<Vec<String>>,
+    /// The command's cgroup, relative to the cgroup2 mount.
+    pub command_cgroup: Option<String>,
+    pub cgroup2_mount: String,
+    pub hooks: Vec<String>,
+    pub dns_sender: String,
+    pub hooks_missing: Vec<HookMissing>,
+}
+
+/// The counts kept outside the pipeline, as read when the report is built.
+#[derive(Clone, Debug, Default)]
+pub struct StageCounts {
+    pub read: ReadStats,
+    /// The kernel's counters (losses and truncations).
+    pub kernel: Vec<(Counter, u64)>,
+    /// JSONL lines the events file could not take.
+    pub events_file_dropped: u64,
+    pub cri: CriStatus,
+    pub kubernetes: KubernetesStatus,
+    /// Decided when the run ends; empty in a snapshot.
+    pub on_behalf_of: OnBehalfOfStats,
+    /// The command's exit code, once it has exited.
+    pub command_exit_code: Option<i32>,
+}
+
+/// A final report, or one taken while the agent goes on observing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    WhileRunning,
+    AtTheEnd,
+}
+
+/// Builds the node report. Attempts are judged again by the policy in
+/// force when the snapshot was taken (a reload may have changed it, a late
+/// pod name may match another entry), so verdicts, the policy section, the
+/// summary and the JUnit file agree.
+pub fn node_report(
+    facts: &RunFacts,
+    snapshot: PipelineSnapshot,
+    counts: StageCounts,
+    taken: Taken,
+) -> Report {
+    let PipelineSnapshot {
+        taken_at: ended_at,
+        mut attempts,
+        policy,
+        phases,
+        registries_conf,
+        parse_errors,
+        payload_parsers,
+        attribution,
+    } = snapshot;
+    for attempt in &mut attempts {
+        policy.judge(attempt);
+    }
+    let mut losses = Losses {
+        user_queue: counts.read.queue_full,
+        events_file: counts.events_file_dropped,
+        ..Losses::default()
+    };
+    let mut truncated = BTreeMap::new();
+    for (counter, value) in counts.kernel {
+        if counter.is_loss() {
+            losses.kernel.insert(counter.name().to_string(), value);
+        } else {
+            truncated.insert(counter.name().to_string(), value);
+        }
+    }
+    let kernel_lost: u64 = losses.kernel.values().sum();
+    let events_lost = kernel_lost + losses.user_queue;
+    let policy_report = verdict::report(&policy, &attempts, ended_at);
+    let summary = report::summarize(&attempts);
+    Report {
+        schema_version: report::SCHEMA_VERSION,
+        observer: Some(ObserverSection {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: preflight::hostname(),
+            kernel: preflight::kernel_release(),
+            started_at: facts.started_at,
+            ended_at,
+            mode: if facts.command.is_some() {
+                "command"
+            } else {
+                "machine"
+            }
+            .to_string(),
+            command: facts.command.clone(),
+            command_exit_code: counts.command_exit_code,
+            command_cgroup: facts.command_cgroup.clone(),
+            cgroup2_mount: facts.cgroup2_mount.clone(),
+            complete: events_lost == 0 && facts.hooks_missing.is_empty(),
+            hooks: facts.hooks.clone(),
+            dns_sender: Some(facts.dns_sender.clone()),
+            hooks_missing: facts.hooks_missing.clone(),
+            events_total: counts.read.records + kernel_lost,
+            events_lost,
+            losses,
+            parse_errors,
+            truncated,
+            payload_parsers,
+            attribution,
+            cri: counts.cri,
+            kubernetes: counts.kubernetes,
+            on_behalf_of: counts.on_behalf_of,
+            snapshot: taken == Taken::WhileRunning,
+        }),
+        nodes: vec![],
+        phases,
+        summary,
+        policy: Some(policy_report),
+        registries_conf,
+        attempts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_report::{Verdict, fixtures};
+
+    use super::*;
+
+    fn facts(hooks_missing: Vec<HookMissing>) -> RunFacts {
+        RunFacts {
+            started_at: fixtures::at(0),
+            command: None,
+            command_cgroup: None,
+            cgroup2_mount: "/sys/fs/cgroup".into(),
+            hooks: vec!["connect4".into()],
+            dns_sender: "current_task".into(),
+            hooks_missing,
+        }
+    }
+
+    fn snapshot(attempts: Vec<Attempt>) -> PipelineSnapshot {
+        PipelineSnapshot {
+            taken_at: fixtures::at(60),
+            attempts,
+            policy: Policy::default(),
+            phases: vec![],
+            registries_conf: None,
+            parse_errors: BTreeMap::from([("dns".to_string(), 2)]),
+            payload_parsers: Default::default(),
+            attribution: Default::default(),
+        }
+    }
+
+    use crate::pipeline::verdict::Policy;
+    use observer_report::Attempt;
+
+    #[test]
+    fn a_snapshot_says_so_and_the_final_report_does_not() {
+        let attempts = vec![fixtures::attempt("boot", "kubelet", "quay.io", 10)];
+        let running = node_report(
+            &facts(vec![]),
+            snapshot(attempts.clone()),
+            StageCounts::default(),
+            Taken::WhileRunning,
+        );
+        let done = node_report(
+            &facts(vec![]),
+            snapshot(attempts),
+            StageCounts::default(),
+            Taken::AtTheEnd,
+        );
+        let (running, done) = (running.observer.unwrap(), done.observer.unwrap());
+        assert!(running.snapshot);
+        assert!(!done.snapshot);
+        assert_eq!(running.ended_at, fixtures::at(60));
+        assert_eq!(running.parse_errors.get("dns"), Some(&2));
+    }
+
+    #[test]
+    fn attempts_are_judged_by_the_snapshots_policy_and_summarized_from_that() {
+        // Recorded as a violation under an earlier policy; the policy in
+        // force does not enforce phase "upgrade".
+        let mut recorded = fixtures::attempt("upgrade", "kubelet", "quay.io", 10);
+        recorded.verdict = Verdict::Violation;
+        let mut pipeline = snapshot(vec![recorded]);
+        pipeline.policy.enforce_phases = vec!["boot".into()];
+        let report = node_report(
+            &facts(vec![]),
+            pipeline,
+            StageCounts::default(),
+            Taken::AtTheEnd,
+        );
+        assert_eq!(report.attempts[0].verdict, Verdict::NotEnforced);
+        assert_eq!(report.summary.violations, 0);
+        assert_eq!(report.summary.not_enforced, 1);
+    }
+
+    #[test]
+    fn kernel_losses_and_truncations_land_apart_and_losses_make_it_incomplete() {
+        let lossy = StageCounts {
+            read: ReadStats {
+                records: 100,
+                queue_full: 3,
+            },
+            kernel: Counter::ALL.iter().map(|c| (*c, 1)).collect(),
+            events_file_dropped: 4,
+            ..StageCounts::default()
+        };
+        let losses_in_kernel = Counter::ALL.iter().filter(|c| c.is_loss()).count() as u64;
+        let observer = node_report(&facts(vec![]), snapshot(vec![]), lossy, Taken::WhileRunning)
+            .observer
+            .unwrap();
+        assert_eq!(observer.losses.kernel.len() as u64, losses_in_kernel);
+        assert_eq!(
+            observer.truncated.len(),
+            Counter::ALL.len() - losses_in_kernel as usize
+        );
+        assert_eq!(observer.losses.user_queue, 3);
+        assert_eq!(observer.losses.events_file, 4);
+        assert_eq!(observer.events_lost, losses_in_kernel + 3);
+        assert_eq!(observer.events_total, 100 + losses_in_kernel);
+        assert!(!observer.complete);
+
+        let clean = node_report(
+            &facts(vec![]),
+            snapshot(vec![]),
+            StageCounts::default(),
+            Taken::WhileRunning,
+        );
+        assert!(clean.observer.unwrap().complete);
+        let missing = HookMissing {
+            hook: "sendmsg4".into(),
+            reason: "EINVAL".into(),
+            evidence: Some("unconnected UDP".into()),
+        };
+        let refused = node_report(
+            &facts(vec![missing]),
+            snapshot(vec![]),
+            StageCounts::default(),
+            Taken::WhileRunning,
+        );
+        assert!(!refused.observer.unwrap().complete);
+    }
+}

@@ -1,0 +1,133 @@
+//! Stage 4 of a run: detach, drain, stop the sources, decide what is
+//! decided only at the end (late pod names, on whose behalf), and build
+//! the final report with the same function as the snapshots.
+
+use std::{sync::Arc, time::SystemTime};
+
+use anyhow::Context;
+use aya::maps::{MapData, PerCpuArray};
+use observer_report::Report;
+use tokio::{
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    bpf::{
+        load::Probes,
+        read::{self, ReadStats},
+    },
+    correlate,
+    outputs::Live,
+    pipeline::Pipeline,
+    run::{
+        endpoints::Endpoints,
+        report::{RunFacts, StageCounts, Taken, node_report},
+    },
+    sources::{
+        cri::{self, CriFinal, CriWatcher},
+        kubernetes::{KubernetesSource, KubernetesState},
+        pull_intent::IntentLog,
+    },
+};
+
+/// Everything running while the agent observes, in the order it stops.
+pub struct Running {
+    pub probes: Probes,
+    pub stop: watch::Sender<bool>,
+    pub reader: JoinHandle<ReadStats>,
+    pub resolver: Option<JoinHandle<()>>,
+    pub reloader: JoinHandle<()>,
+    pub endpoints: Endpoints,
+    pub pipeline: JoinHandle<Pipeline<Live>>,
+    pub cri: CriWatcher,
+    pub kubernetes: KubernetesSource,
+    pub stop_intents: oneshot::Sender<()>,
+    pub intents: JoinHandle<(IntentLog, u64)>,
+    pub kernel_counters: Arc<std::sync::OnceLock<PerCpuArray<MapData, u64>>>,
+}
+
+/// Stops everything and returns the final report. Detaches first, then
+/// drains: nothing can arrive after the final drain.
+pub async fn stop(
+    running: Running,
+    facts: &RunFacts,
+    command_exit_code: Option<i32>,
+) -> anyhow::Result<Report> {
+    let Running {
+        probes,
+        stop,
+        reader,
+        resolver,
+        reloader,
+        endpoints,
+        pipeline,
+        cri,
+        kubernetes,
+        stop_intents,
+        intents,
+        kernel_counters,
+    } = running;
+    drop(probes);
+    let _ = stop.send(true);
+    let read_stats = reader.await.context("the ring-buffer reader failed")?;
+    if let Some(resolver) = resolver {
+        resolver.abort();
+        let _ = resolver.await;
+    }
+    reloader.abort();
+    let _ = reloader.await;
+    endpoints.stopped().await;
+    let mut pipeline = pipeline.await.context("the pipeline failed")?;
+    let CriFinal {
+        directory: pod_directory,
+        images,
+        status: cri_status,
+    } = cri.finish().await;
+    let kubernetes_status = kubernetes.finish().await;
+    if kubernetes_status.state == KubernetesState::Unavailable {
+        eprintln!(
+            "registry-observer: warning: the Kubernetes API was unavailable ({}); pulls are not \
+             joined to kubelet events or pod specs",
+            kubernetes_status
+                .reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
+        );
+    }
+    // Both sources' final intents are queued: take them, and stop.
+    let _ = stop_intents.send(());
+    let (intent_log, intents_dropped) =
+        intents.await.context("the pull-intent collector failed")?;
+    // Before the policy judges again in the report: a pod named late can
+    // change the component and namespace an allow entry matches.
+    correlate::name_pods_late(
+        &mut pipeline,
+        &pod_directory,
+        cri_status.state == cri::CriState::Connected,
+    );
+    // After the final listing, so containers created after a pull count.
+    let on_behalf_of = correlate::decide_on_behalf_of(
+        &mut pipeline,
+        &intent_log,
+        intents_dropped,
+        &images,
+        &pod_directory,
+    );
+    let kernel = kernel_counters
+        .get()
+        .map(read::kernel_counters)
+        .unwrap_or_default();
+    let snapshot = pipeline.snapshot(SystemTime::now());
+    let events_file_dropped = pipeline.outputs.events_log.finish();
+    let counts = StageCounts {
+        read: read_stats,
+        kernel,
+        events_file_dropped,
+        cri: cri_status,
+        kubernetes: kubernetes_status,
+        on_behalf_of,
+        command_exit_code,
+    };
+    Ok(node_report(facts, snapshot, counts, Taken::AtTheEnd))
+}
