@@ -12,7 +12,7 @@
 pub mod finding;
 pub mod input;
 pub mod outcome;
-pub mod policy;
+pub mod pull_policy;
 pub mod reference;
 pub mod render;
 pub mod walk;
@@ -28,7 +28,7 @@ use clap::Args;
 
 pub use finding::{Finding, Rule, Severity};
 pub use outcome::FailLevel;
-pub use policy::{PullPolicy, default_pull_policy};
+pub use pull_policy::{PullPolicy, default_pull_policy};
 pub use reference::ImageReference;
 pub use render::Format;
 pub use walk::{CheckedContainer, check_object, check_pod_spec};

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{
     finding::{Container, ContainerList, Finding, JsonPath, Workload},
-    policy::check_container,
+    pull_policy::check_container,
 };
 
 /// Lists inside lists are unusual; this bounds recursion on hostile input.

@@ -14,7 +14,7 @@
 //!
 //! The policy behind a pod's pull comes from the pod spec when a source
 //! read it (the Kubernetes API); else it is inferred from the image
-//! reference with Kubernetes' defaulting (`lint::policy`).
+//! reference with Kubernetes' defaulting (`observer_lint::pull_policy`).
 
 use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 
@@ -32,7 +32,7 @@ use crate::{
     },
 };
 use observer_lint::{
-    policy::{PullPolicy, default_pull_policy},
+    pull_policy::{PullPolicy, default_pull_policy},
     reference::ImageReference,
 };
 

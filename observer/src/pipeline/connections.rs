@@ -20,12 +20,12 @@ use crate::pipeline::decode::Actor;
 use crate::pipeline::decode::ConnectOutcome;
 use crate::pipeline::decode::DecodeError;
 use crate::pipeline::decode::Observation;
-use crate::pipeline::payload::Finding;
 use crate::pipeline::payload::Mode;
 use crate::pipeline::payload::PayloadStats;
 use crate::pipeline::payload::Progress;
 use crate::pipeline::payload::Segment;
 use crate::pipeline::payload::StreamAssembler;
+use crate::pipeline::payload::StreamFinding;
 
 const DNS_PORT: u16 = 53;
 
@@ -294,28 +294,34 @@ impl Connections {
 }
 
 /// A finding as an observation by the connecting process.
-fn derive(finding: Finding, actor: Actor, cookie: u64, dest: SocketAddr, egress: bool) -> Joined {
+fn derive(
+    finding: StreamFinding,
+    actor: Actor,
+    cookie: u64,
+    dest: SocketAddr,
+    egress: bool,
+) -> Joined {
     let observation = match finding {
-        Finding::Tls { sni: Some(sni) } => Observation::TlsHello {
+        StreamFinding::Tls { sni: Some(sni) } => Observation::TlsHello {
             actor,
             cookie,
             dest,
             sni,
         },
-        Finding::HttpConnect { host, port } => Observation::ProxyConnect {
+        StreamFinding::HttpConnect { host, port } => Observation::ProxyConnect {
             actor,
             cookie,
             proxy: dest,
             host,
             port,
         },
-        Finding::HttpRequest { host: Some(host) } => Observation::HttpRequest {
+        StreamFinding::HttpRequest { host: Some(host) } => Observation::HttpRequest {
             actor,
             cookie,
             dest,
             host,
         },
-        Finding::DnsMessage { message, .. } => {
+        StreamFinding::DnsMessage { message, .. } => {
             let server: IpAddr = dest.ip();
             return match decode::decode_dns_message(&message, actor, egress, server, true) {
                 Ok(Some(observation)) => Joined::Observation(observation),
@@ -323,10 +329,10 @@ fn derive(finding: Finding, actor: Actor, cookie: u64, dest: SocketAddr, egress:
                 Err(error) => Joined::DnsError(error),
             };
         }
-        Finding::Tls { sni: None }
-        | Finding::HttpRequest { host: None }
-        | Finding::Unparsed { .. }
-        | Finding::NotRecognized => return Joined::Nothing,
+        StreamFinding::Tls { sni: None }
+        | StreamFinding::HttpRequest { host: None }
+        | StreamFinding::Unparsed { .. }
+        | StreamFinding::NotRecognized => return Joined::Nothing,
     };
     Joined::Observation(observation)
 }

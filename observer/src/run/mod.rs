@@ -410,7 +410,7 @@ fn conclude(options: &RunOptions, report: &Report) -> i32 {
             fail_on_violation: options.fail_on_violation,
             allow_incomplete: options.allow_incomplete,
         },
-        Outcome {
+        RunOutcome {
             violations: summary.violations,
             incomplete: incompleteness.is_some(),
             command: observer.command_exit_code,
@@ -425,7 +425,7 @@ pub struct ExitPolicy {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct Outcome {
+pub struct RunOutcome {
     pub violations: usize,
     /// Events were lost, the events file has gaps, or a hook was missing.
     pub incomplete: bool,
@@ -437,7 +437,7 @@ pub struct Outcome {
 /// (incomplete: a lossy run proves nothing, even its violations may be
 /// partial) > 1 (violations, with --fail-on-violation) > the wrapped
 /// command's code > 0.
-pub fn exit_code(policy: ExitPolicy, outcome: Outcome) -> i32 {
+pub fn exit_code(policy: ExitPolicy, outcome: RunOutcome) -> i32 {
     if outcome.incomplete && !policy.allow_incomplete {
         3
     } else if policy.fail_on_violation && outcome.violations > 0 {
@@ -463,7 +463,7 @@ mod tests {
                 fail_on_violation,
                 allow_incomplete,
             },
-            Outcome {
+            RunOutcome {
                 violations,
                 incomplete,
                 command,

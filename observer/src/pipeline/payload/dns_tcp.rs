@@ -2,7 +2,7 @@
 //! length as two bytes, big-endian. The message itself is parsed by the
 //! decode stage's DNS decoder, as UDP payloads are.
 
-use super::{Outcome, UnparsedReason};
+use super::{ParseStep, UnparsedReason};
 
 const LENGTH_PREFIX_LEN: usize = 2;
 /// A DNS message has at least its 12-byte header (RFC 1035 §4.1.1).
@@ -11,16 +11,16 @@ const DNS_HEADER_LEN: usize = 12;
 /// The first whole message of the stream, without its length prefix.
 /// The prefix is a u16, so no message can exceed 65535 bytes; one shorter
 /// than a DNS header (including zero) is rejected at once.
-pub fn first_message(prefix: &[u8]) -> Outcome<&[u8]> {
+pub fn first_message(prefix: &[u8]) -> ParseStep<&[u8]> {
     let Some(message_len) = declared_len(prefix) else {
-        return Outcome::NeedMore;
+        return ParseStep::NeedMore;
     };
     if message_len < DNS_HEADER_LEN {
-        return Outcome::Failed(UnparsedReason::BadLength);
+        return ParseStep::Failed(UnparsedReason::BadLength);
     }
     match prefix.get(LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + message_len) {
-        Some(message) => Outcome::Done(message),
-        None => Outcome::NeedMore,
+        Some(message) => ParseStep::Done(message),
+        None => ParseStep::NeedMore,
     }
 }
 
@@ -49,7 +49,7 @@ mod tests {
     fn whole_message_is_returned_without_its_prefix() {
         let query = dns_query("quay.io.");
         let stream = length_prefixed(&query);
-        assert_eq!(first_message(&stream), Outcome::Done(query.as_slice()));
+        assert_eq!(first_message(&stream), ParseStep::Done(query.as_slice()));
     }
 
     #[test]
@@ -58,7 +58,7 @@ mod tests {
         for cut in 0..stream.len() {
             assert_eq!(
                 first_message(&stream[..cut]),
-                Outcome::NeedMore,
+                ParseStep::NeedMore,
                 "cut {cut}"
             );
         }
@@ -69,7 +69,7 @@ mod tests {
         let first = dns_query("quay.io.");
         let mut stream = length_prefixed(&first);
         stream.extend(length_prefixed(&dns_query("docker.io.")));
-        assert_eq!(first_message(&stream), Outcome::Done(first.as_slice()));
+        assert_eq!(first_message(&stream), ParseStep::Done(first.as_slice()));
     }
 
     #[test]
@@ -78,7 +78,7 @@ mod tests {
             let stream = declared.to_be_bytes();
             assert_eq!(
                 first_message(&stream),
-                Outcome::Failed(UnparsedReason::BadLength),
+                ParseStep::Failed(UnparsedReason::BadLength),
                 "length {declared}"
             );
             assert_eq!(partial_message(&stream), None);
@@ -89,7 +89,7 @@ mod tests {
     fn a_maximal_length_waits_and_a_cut_message_keeps_its_header() {
         let mut stream = u16::MAX.to_be_bytes().to_vec();
         stream.extend(dns_response("quay.io.", 2));
-        assert_eq!(first_message(&stream), Outcome::NeedMore);
+        assert_eq!(first_message(&stream), ParseStep::NeedMore);
         assert_eq!(partial_message(&stream), Some(&stream[2..]));
         // Header not yet complete: nothing usable.
         assert_eq!(partial_message(&stream[..2 + 11]), None);

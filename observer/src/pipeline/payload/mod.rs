@@ -12,10 +12,10 @@
 //! Parsing is done by maintained crates (tls-parser, httparse); this module
 //! only joins segments, and `tls` only joins record fragments.
 
+pub mod client_hello;
 pub mod dns_tcp;
-pub mod http;
+pub mod http_request;
 pub mod stats;
-pub mod tls;
 
 #[cfg(test)]
 pub mod testing;
@@ -44,7 +44,7 @@ pub struct Segment<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Recognize TLS or HTTP from the first bytes; anything else is
-    /// [`Finding::NotRecognized`].
+    /// [`StreamFinding::NotRecognized`].
     Auto,
     /// DNS over TCP (the caller saw port 53): length-prefixed messages, in
     /// either direction.
@@ -93,7 +93,7 @@ pub enum UnparsedReason {
     /// The server name, authority or Host is not a valid host name or IP
     /// address (non-ASCII, over-long label, bad port, ...).
     InvalidHost,
-    /// More HTTP header fields than [`http::MAX_HEADERS`].
+    /// More HTTP header fields than [`http_request::MAX_HEADERS`].
     TooManyHeaders,
 }
 
@@ -116,7 +116,7 @@ impl UnparsedReason {
 
 /// What a stream's first bytes said.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Finding {
+pub enum StreamFinding {
     /// A ClientHello parsed; `sni` is lower-case, `None` when the client sent
     /// no server name (e.g. it connected to an IP address).
     Tls { sni: Option<String> },
@@ -147,26 +147,26 @@ pub enum Progress {
     /// Undecided: feed the next segment, or call `finish`.
     NeedMore,
     /// Decided. Later segments are ignored.
-    Done(Finding),
+    Done(StreamFinding),
     /// A finding was already returned; this segment was ignored.
     AlreadyDone,
 }
 
-/// The verdict of one parser over a stream prefix.
+/// Where one parser stands over a stream prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome<T> {
+pub enum ParseStep<T> {
     /// The prefix is consistent so far but ends before the message does.
     NeedMore,
     Done(T),
     Failed(UnparsedReason),
 }
 
-impl<T> Outcome<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+impl<T> ParseStep<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> ParseStep<U> {
         match self {
-            Outcome::NeedMore => Outcome::NeedMore,
-            Outcome::Done(value) => Outcome::Done(f(value)),
-            Outcome::Failed(reason) => Outcome::Failed(reason),
+            ParseStep::NeedMore => ParseStep::NeedMore,
+            ParseStep::Done(value) => ParseStep::Done(f(value)),
+            ParseStep::Failed(reason) => ParseStep::Failed(reason),
         }
     }
 }
@@ -288,7 +288,7 @@ impl StreamAssembler {
     /// No more segments will come (the budget is spent or the connection
     /// closed). Turns an undecided stream into a finding; `None` when a
     /// finding was already returned or the stream carried no bytes.
-    pub fn finish(&mut self) -> Option<Finding> {
+    pub fn finish(&mut self) -> Option<StreamFinding> {
         if self.done || self.base_seq.is_none() {
             self.done = true;
             return None;
@@ -309,7 +309,7 @@ impl StreamAssembler {
             Some(Protocol::Http) => Parser::Http,
             Some(Protocol::DnsTcp) => {
                 if let Some(message) = dns_tcp::partial_message(prefix) {
-                    return Progress::Done(Finding::DnsMessage {
+                    return Progress::Done(StreamFinding::DnsMessage {
                         message: message.to_vec(),
                         complete: false,
                     });
@@ -319,51 +319,56 @@ impl StreamAssembler {
             // Too few bytes to recognize anything: name the parser the first
             // byte points to, or none if nothing was captured at all.
             None => match prefix.first() {
-                None => return Progress::Done(Finding::NotRecognized),
-                Some(&tls::RECORD_TYPE_HANDSHAKE) => Parser::Tls,
+                None => return Progress::Done(StreamFinding::NotRecognized),
+                Some(&client_hello::RECORD_TYPE_HANDSHAKE) => Parser::Tls,
                 Some(_) => Parser::Http,
             },
         };
-        Progress::Done(Finding::Unparsed { parser, reason })
+        Progress::Done(StreamFinding::Unparsed { parser, reason })
     }
 }
 
 /// Recognizes the protocol once, then runs its parser over the prefix.
 /// `None` while the prefix is too short to decide.
-fn evaluate(recognized: &mut Option<Protocol>, prefix: &[u8]) -> Option<Finding> {
+fn evaluate(recognized: &mut Option<Protocol>, prefix: &[u8]) -> Option<StreamFinding> {
     let protocol = match *recognized {
         Some(protocol) => protocol,
-        None => match (tls::recognize(prefix), http::recognize(prefix)) {
+        None => match (
+            client_hello::recognize(prefix),
+            http_request::recognize(prefix),
+        ) {
             (Recognition::Yes, _) => *recognized.insert(Protocol::Tls),
             (_, Recognition::Yes) => *recognized.insert(Protocol::Http),
-            (Recognition::No, Recognition::No) => return Some(Finding::NotRecognized),
+            (Recognition::No, Recognition::No) => return Some(StreamFinding::NotRecognized),
             _ => return None,
         },
     };
     let (parser, outcome) = match protocol {
         Protocol::Tls => (
             Parser::Tls,
-            tls::server_name(prefix).map(|sni| Finding::Tls { sni }),
+            client_hello::server_name(prefix).map(|sni| StreamFinding::Tls { sni }),
         ),
         Protocol::Http => (
             Parser::Http,
-            http::parse_request(prefix).map(|target| match target {
-                http::Target::Connect { host, port } => Finding::HttpConnect { host, port },
-                http::Target::Request { host } => Finding::HttpRequest { host },
+            http_request::parse_request(prefix).map(|target| match target {
+                http_request::Target::Connect { host, port } => {
+                    StreamFinding::HttpConnect { host, port }
+                }
+                http_request::Target::Request { host } => StreamFinding::HttpRequest { host },
             }),
         ),
         Protocol::DnsTcp => (
             Parser::DnsTcp,
-            dns_tcp::first_message(prefix).map(|message| Finding::DnsMessage {
+            dns_tcp::first_message(prefix).map(|message| StreamFinding::DnsMessage {
                 message: message.to_vec(),
                 complete: true,
             }),
         ),
     };
     match outcome {
-        Outcome::NeedMore => None,
-        Outcome::Done(finding) => Some(finding),
-        Outcome::Failed(reason) => Some(Finding::Unparsed { parser, reason }),
+        ParseStep::NeedMore => None,
+        ParseStep::Done(finding) => Some(finding),
+        ParseStep::Failed(reason) => Some(StreamFinding::Unparsed { parser, reason }),
     }
 }
 
@@ -402,14 +407,14 @@ mod tests {
     /// MSS of a 1500-byte Ethernet path with TCP timestamps.
     const MSS: usize = 1448;
 
-    fn tls(sni: &str) -> Finding {
-        Finding::Tls {
+    fn tls(sni: &str) -> StreamFinding {
+        StreamFinding::Tls {
             sni: Some(sni.into()),
         }
     }
 
-    fn unparsed(parser: Parser, reason: UnparsedReason) -> Finding {
-        Finding::Unparsed { parser, reason }
+    fn unparsed(parser: Parser, reason: UnparsedReason) -> StreamFinding {
+        StreamFinding::Unparsed { parser, reason }
     }
 
     fn segment(seq: u32, bytes: &[u8]) -> Segment<'_> {
@@ -494,7 +499,7 @@ mod tests {
             let expected = if index == 4 {
                 // The stream starts at the first segment seen: its bytes are
                 // not a record header, and that is all that can be said.
-                Finding::NotRecognized
+                StreamFinding::NotRecognized
             } else {
                 tls("quay.io")
             };
@@ -522,7 +527,7 @@ mod tests {
         assert_eq!(assembler.buffer, stream[..20]);
         assert_eq!(
             assembler.push(segment(base + 20, &stream[20..])),
-            Progress::Done(Finding::DnsMessage {
+            Progress::Done(StreamFinding::DnsMessage {
                 message: query,
                 complete: true
             })
@@ -574,7 +579,7 @@ mod tests {
         };
         assert_eq!(
             assembler.push(short),
-            Progress::Done(Finding::HttpConnect {
+            Progress::Done(StreamFinding::HttpConnect {
                 host: "quay.io".into(),
                 port: 443
             })
@@ -623,7 +628,7 @@ mod tests {
         };
         assert_eq!(
             nothing_captured.push(empty),
-            Progress::Done(Finding::NotRecognized)
+            Progress::Done(StreamFinding::NotRecognized)
         );
     }
 
@@ -633,7 +638,7 @@ mod tests {
         let mut assembler = StreamAssembler::new(Mode::Auto);
         assert!(matches!(
             assembler.push(segment(0, request)),
-            Progress::Done(Finding::HttpConnect { .. })
+            Progress::Done(StreamFinding::HttpConnect { .. })
         ));
         assert_eq!(assembler.buffer.capacity(), 0);
         let mut assembler = StreamAssembler::new(Mode::Auto);
@@ -646,14 +651,14 @@ mod tests {
         let get = b"GET /v2/ HTTP/1.1\r\nHost: quay.io\r\nAccept: */*\r\n\r\n";
         assert_eq!(
             assemble(Mode::Auto, &split(get, 5, 0)),
-            Finding::HttpRequest {
+            StreamFinding::HttpRequest {
                 host: Some("quay.io".into())
             }
         );
         let connect = b"CONNECT registry.redhat.io:443 HTTP/1.1\r\n\r\n";
         assert_eq!(
             assemble(Mode::Auto, &split(connect, 1, 0)),
-            Finding::HttpConnect {
+            StreamFinding::HttpConnect {
                 host: "registry.redhat.io".into(),
                 port: 443
             }
@@ -670,7 +675,7 @@ mod tests {
         ] {
             assert_eq!(
                 assemble(Mode::Auto, &split(first_bytes, 3, 0)),
-                Finding::NotRecognized,
+                StreamFinding::NotRecognized,
                 "{first_bytes:?}"
             );
         }
@@ -698,7 +703,7 @@ mod tests {
     fn dns_over_tcp_first_message_is_reassembled() {
         let query = dns_query("quay.io.");
         let stream = length_prefixed(&query);
-        let Finding::DnsMessage { message, complete } =
+        let StreamFinding::DnsMessage { message, complete } =
             assemble(Mode::DnsTcp, &split(&stream, 1, 77))
         else {
             panic!("no DNS message");
@@ -714,7 +719,7 @@ mod tests {
         let mut assembler = StreamAssembler::new(Mode::DnsTcp);
         assert_eq!(
             assembler.push(segment(0, &two)),
-            Progress::Done(Finding::DnsMessage {
+            Progress::Done(StreamFinding::DnsMessage {
                 message: query,
                 complete: true
             })
@@ -734,7 +739,7 @@ mod tests {
         let mut assembler = StreamAssembler::new(Mode::DnsTcp);
         assert_eq!(
             assembler.push(cut),
-            Progress::Done(Finding::DnsMessage {
+            Progress::Done(StreamFinding::DnsMessage {
                 message: response[..2046].to_vec(),
                 complete: false
             })
@@ -795,15 +800,15 @@ mod tests {
             let finding = finding.expect("a stream with bytes yields a finding");
             assert_eq!(assembler.finish(), None, "one finding per stream");
             match &finding {
-                Finding::Tls { sni: Some(name) } => {
+                StreamFinding::Tls { sni: Some(name) } => {
                     assert_eq!(host_name(name.as_bytes()).as_ref(), Ok(name));
                 }
-                Finding::HttpConnect { host, .. }
-                | Finding::HttpRequest {
+                StreamFinding::HttpConnect { host, .. }
+                | StreamFinding::HttpRequest {
                     host: Some(host), ..
                 } => {
                     assert!(
-                        http::authority(host).is_ok() || host.contains(':'),
+                        http_request::authority(host).is_ok() || host.contains(':'),
                         "{host}"
                     );
                 }

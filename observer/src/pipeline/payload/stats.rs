@@ -3,26 +3,28 @@
 
 pub use observer_report::observer::{ParserStats, PayloadStats};
 
-use super::{Finding, Parser};
+use super::{Parser, StreamFinding};
 
 /// Counts one finding under its parser (and reason, when unparsed).
-pub fn count(stats: &mut PayloadStats, finding: &Finding) {
+pub fn count(stats: &mut PayloadStats, finding: &StreamFinding) {
     match finding {
-        Finding::Tls { .. } => stats.tls.parsed += 1,
-        Finding::HttpConnect { .. } | Finding::HttpRequest { .. } => stats.http.parsed += 1,
-        Finding::DnsMessage { complete, .. } => {
+        StreamFinding::Tls { .. } => stats.tls.parsed += 1,
+        StreamFinding::HttpConnect { .. } | StreamFinding::HttpRequest { .. } => {
+            stats.http.parsed += 1
+        }
+        StreamFinding::DnsMessage { complete, .. } => {
             stats.dns_tcp.parsed += 1;
             if !complete {
                 stats.dns_tcp_partial += 1;
             }
         }
-        Finding::Unparsed { parser, reason } => {
+        StreamFinding::Unparsed { parser, reason } => {
             *parser_mut(stats, *parser)
                 .unparsed
                 .entry(reason.as_str().to_string())
                 .or_default() += 1;
         }
-        Finding::NotRecognized => stats.not_recognized += 1,
+        StreamFinding::NotRecognized => stats.not_recognized += 1,
     }
 }
 
@@ -52,31 +54,31 @@ mod tests {
     fn counts_each_finding_under_its_parser_and_reason() {
         let mut stats = PayloadStats::default();
         let findings = [
-            Finding::Tls {
+            StreamFinding::Tls {
                 sni: Some("quay.io".into()),
             },
-            Finding::Tls { sni: None },
-            Finding::HttpConnect {
+            StreamFinding::Tls { sni: None },
+            StreamFinding::HttpConnect {
                 host: "quay.io".into(),
                 port: 443,
             },
-            Finding::DnsMessage {
+            StreamFinding::DnsMessage {
                 message: vec![0; 12],
                 complete: false,
             },
-            Finding::Unparsed {
+            StreamFinding::Unparsed {
                 parser: Parser::Tls,
                 reason: UnparsedReason::Gap,
             },
-            Finding::Unparsed {
+            StreamFinding::Unparsed {
                 parser: Parser::Tls,
                 reason: UnparsedReason::Gap,
             },
-            Finding::Unparsed {
+            StreamFinding::Unparsed {
                 parser: Parser::Http,
                 reason: UnparsedReason::TooManyHeaders,
             },
-            Finding::NotRecognized,
+            StreamFinding::NotRecognized,
         ];
         for finding in &findings {
             count(&mut stats, finding);

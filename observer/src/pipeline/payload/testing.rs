@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, ClientConnection, RootCertStore, pki_types::ServerName};
 
-use super::{Finding, Mode, Progress, Segment, StreamAssembler};
+use super::{Mode, Progress, Segment, StreamAssembler, StreamFinding};
 
 /// The bytes rustls writes to start a handshake with `server` (a name, or an
 /// IP address, which rustls sends no SNI for). rustls 0.23's aws-lc-rs
@@ -66,7 +66,7 @@ pub fn split(stream: &[u8], size: usize, base_seq: u32) -> Vec<(u32, &[u8])> {
 
 /// Pushes whole segments in order until the stream is decided, then
 /// finishes it: the one finding the stream yields.
-pub fn assemble(mode: Mode, segments: &[(u32, &[u8])]) -> Finding {
+pub fn assemble(mode: Mode, segments: &[(u32, &[u8])]) -> StreamFinding {
     let mut assembler = StreamAssembler::new(mode);
     for &(seq, bytes) in segments {
         let segment = Segment {

@@ -19,7 +19,7 @@
 
 pub mod cache;
 pub mod events;
-pub mod policy;
+pub mod pull_policy;
 
 use std::{
     error::Error as StdError,
@@ -327,7 +327,7 @@ impl Worker {
                     .container
                     .as_ref()
                     .map(|(list, name)| (*list, name.as_str()));
-                let join = policy::join(&pod, container, &pulling.image, owner);
+                let join = pull_policy::join(&pod, container, &pulling.image, owner);
                 if join.is_none() {
                     *lock(&self.status)
                         .failures
@@ -353,7 +353,7 @@ impl Worker {
     /// is gone or could not be read (counted either way).
     async fn pod(&mut self, pod: &IntentPod) -> Option<Arc<Value>> {
         let key = (pod.namespace.clone(), pod.name.clone());
-        let same_pod = |found: &Value| match (&pod.uid, policy::uid_of(found)) {
+        let same_pod = |found: &Value| match (&pod.uid, pull_policy::uid_of(found)) {
             (Some(wanted), Some(uid)) => wanted == uid,
             _ => true,
         };
@@ -406,7 +406,7 @@ impl Worker {
     /// controller (its Deployment) when one GET finds it, since the
     /// Deployment's template is the line to change.
     async fn owner_of(&mut self, namespace: &str, pod: &Value) -> Option<String> {
-        let owner = policy::controller_of(pod)?;
+        let owner = pull_policy::controller_of(pod)?;
         if owner.kind != "ReplicaSet" {
             return Some(owner.display());
         }
@@ -430,7 +430,7 @@ impl Worker {
             }
             Ok(Ok(replica_set)) => serde_json::to_value(&replica_set)
                 .ok()
-                .and_then(|value| policy::controller_of(&value))
+                .and_then(|value| pull_policy::controller_of(&value))
                 .filter(|controller| controller.kind == "Deployment")
                 .map_or_else(|| owner.display(), |deployment| deployment.display()),
         };

@@ -19,7 +19,7 @@ use serde_json::Value;
 use observer_lint::{
     self as lint, ImageReference, PullPolicy,
     finding::{ContainerList, JsonPath, Rule, Segment, Workload},
-    policy::check_container,
+    pull_policy::check_container,
 };
 
 use crate::sources::pull_intent::PolicyJoin;

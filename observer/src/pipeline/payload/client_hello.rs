@@ -13,7 +13,7 @@ use tls_parser::{
     parse_tls_handshake_client_hello, parse_tls_record_header,
 };
 
-use super::{Outcome, PREFIX_LIMIT, Recognition, UnparsedReason, host_name};
+use super::{PREFIX_LIMIT, ParseStep, Recognition, UnparsedReason, host_name};
 
 /// ContentType `handshake` (RFC 8446 §5.1): the first byte of a ClientHello.
 pub const RECORD_TYPE_HANDSHAKE: u8 = 0x16;
@@ -49,26 +49,26 @@ pub fn recognize(prefix: &[u8]) -> Recognition {
 
 /// The server name of the ClientHello the prefix starts with: `Done(None)`
 /// when the client sent no SNI, `NeedMore` while the message is incomplete.
-pub fn server_name(prefix: &[u8]) -> Outcome<Option<String>> {
+pub fn server_name(prefix: &[u8]) -> ParseStep<Option<String>> {
     let mut rest = prefix;
     // The handshake message, borrowed while one record holds it (a classic
     // ClientHello), copied once it spans records.
     let mut handshake: Cow<'_, [u8]> = Cow::Borrowed(&[]);
     loop {
         if rest.len() < RECORD_HEADER_LEN {
-            return Outcome::NeedMore;
+            return ParseStep::NeedMore;
         }
         let Ok((after_header, header)) = parse_tls_record_header(rest) else {
-            return Outcome::Failed(UnparsedReason::Malformed);
+            return ParseStep::Failed(UnparsedReason::Malformed);
         };
         if header.record_type != TlsRecordType::Handshake || header.version.0 >> 8 != 3 {
             // An alert or data record inside the ClientHello.
-            return Outcome::Failed(UnparsedReason::Malformed);
+            return ParseStep::Failed(UnparsedReason::Malformed);
         }
         let record_len = usize::from(header.len);
         // RFC 8446 §5.1: zero-length handshake fragments must not be sent.
         if record_len == 0 || record_len > MAX_PLAINTEXT_RECORD_LEN {
-            return Outcome::Failed(UnparsedReason::BadLength);
+            return ParseStep::Failed(UnparsedReason::BadLength);
         }
         let available = after_header.len().min(record_len);
         let fragment = &after_header[..available];
@@ -81,7 +81,7 @@ pub fn server_name(prefix: &[u8]) -> Outcome<Option<String>> {
 
         if handshake.len() >= HANDSHAKE_HEADER_LEN {
             if handshake[0] != HANDSHAKE_TYPE_CLIENT_HELLO {
-                return Outcome::Failed(UnparsedReason::NotClientHello);
+                return ParseStep::Failed(UnparsedReason::NotClientHello);
             }
             let body_len = usize::from(handshake[1]) << 16
                 | usize::from(handshake[2]) << 8
@@ -89,7 +89,7 @@ pub fn server_name(prefix: &[u8]) -> Outcome<Option<String>> {
             // Reject at once what could never fit, rather than waiting for
             // segments that only fill the buffer.
             if body_len > PREFIX_LIMIT {
-                return Outcome::Failed(UnparsedReason::TooLong);
+                return ParseStep::Failed(UnparsedReason::TooLong);
             }
             if let Some(body) = handshake.get(HANDSHAKE_HEADER_LEN..HANDSHAKE_HEADER_LEN + body_len)
             {
@@ -97,18 +97,18 @@ pub fn server_name(prefix: &[u8]) -> Outcome<Option<String>> {
             }
         }
         if available < record_len {
-            return Outcome::NeedMore;
+            return ParseStep::NeedMore;
         }
     }
 }
 
 /// SNI from a complete ClientHello body (after the handshake header).
-fn client_hello_server_name(body: &[u8]) -> Outcome<Option<String>> {
+fn client_hello_server_name(body: &[u8]) -> ParseStep<Option<String>> {
     let Ok((_, hello)) = parse_tls_handshake_client_hello(body) else {
-        return Outcome::Failed(UnparsedReason::Malformed);
+        return ParseStep::Failed(UnparsedReason::Malformed);
     };
     let Some(mut extensions) = hello.ext else {
-        return Outcome::Done(None);
+        return ParseStep::Done(None);
     };
     // Walk the extensions generically and decode only the server name, so a
     // quirk in an extension we do not need cannot hide the SNI.
@@ -116,28 +116,28 @@ fn client_hello_server_name(body: &[u8]) -> Outcome<Option<String>> {
         let Ok((next, TlsExtension::Unknown(extension_type, data))) =
             parse_tls_extension_unknown(extensions)
         else {
-            return Outcome::Failed(UnparsedReason::Malformed);
+            return ParseStep::Failed(UnparsedReason::Malformed);
         };
         extensions = next;
         if extension_type.0 != EXTENSION_SERVER_NAME {
             continue;
         }
         let Ok((_, TlsExtension::SNI(names))) = parse_tls_extension_sni_content(data) else {
-            return Outcome::Failed(UnparsedReason::Malformed);
+            return ParseStep::Failed(UnparsedReason::Malformed);
         };
         // RFC 6066: at most one name per type; host_name is the only type.
         return match names
             .iter()
             .find(|(name_type, _)| name_type.0 == SERVER_NAME_TYPE_HOST_NAME)
         {
-            None => Outcome::Done(None),
+            None => ParseStep::Done(None),
             Some((_, name)) => match host_name(name) {
-                Ok(name) => Outcome::Done(Some(name)),
-                Err(reason) => Outcome::Failed(reason),
+                Ok(name) => ParseStep::Done(Some(name)),
+                Err(reason) => ParseStep::Failed(reason),
             },
         };
     }
-    Outcome::Done(None)
+    ParseStep::Done(None)
 }
 
 #[cfg(test)]
@@ -207,7 +207,7 @@ mod tests {
                 .any(|entry| entry == [0x11, 0xec, 0x04, 0xc0])
         );
         assert_eq!(recognize(&hello), Recognition::Yes);
-        assert_eq!(server_name(&hello), Outcome::Done(Some("quay.io".into())));
+        assert_eq!(server_name(&hello), ParseStep::Done(Some("quay.io".into())));
     }
 
     #[test]
@@ -216,7 +216,7 @@ mod tests {
         for cut in 0..hello.len() {
             let prefix = &hello[..cut];
             assert_ne!(recognize(prefix), Recognition::No, "cut {cut}");
-            assert_eq!(server_name(prefix), Outcome::NeedMore, "cut {cut}");
+            assert_eq!(server_name(prefix), ParseStep::NeedMore, "cut {cut}");
         }
     }
 
@@ -227,12 +227,12 @@ mod tests {
             let records = refragment(&hello, fragment_len);
             assert_eq!(
                 server_name(&records),
-                Outcome::Done(Some("cdn01.quay.io".into())),
+                ParseStep::Done(Some("cdn01.quay.io".into())),
                 "fragments of {fragment_len}"
             );
             assert_eq!(
                 server_name(&records[..records.len() - 1]),
-                Outcome::NeedMore
+                ParseStep::NeedMore
             );
         }
     }
@@ -240,8 +240,11 @@ mod tests {
     #[test]
     fn connecting_to_an_address_sends_no_sni() {
         let hello = rustls_client_hello("198.18.0.1");
-        assert_eq!(server_name(&hello), Outcome::Done(None));
-        assert_eq!(server_name(&client_hello_record(&[])), Outcome::Done(None));
+        assert_eq!(server_name(&hello), ParseStep::Done(None));
+        assert_eq!(
+            server_name(&client_hello_record(&[])),
+            ParseStep::Done(None)
+        );
     }
 
     #[test]
@@ -249,7 +252,7 @@ mod tests {
         let record = client_hello_record(&sni_extension(b"Registry.Access.RedHat.COM."));
         assert_eq!(
             server_name(&record),
-            Outcome::Done(Some("registry.access.redhat.com".into()))
+            ParseStep::Done(Some("registry.access.redhat.com".into()))
         );
     }
 
@@ -271,7 +274,7 @@ mod tests {
         for name in cases {
             assert_eq!(
                 server_name(&client_hello_record(&sni_extension(name))),
-                Outcome::Failed(UnparsedReason::InvalidHost),
+                ParseStep::Failed(UnparsedReason::InvalidHost),
                 "{name:?}"
             );
         }
@@ -281,7 +284,10 @@ mod tests {
     fn bytes_after_the_client_hello_are_ignored() {
         let mut stream = rustls_client_hello("quay.io");
         stream.extend([0x17, 3, 3, 0xff, 0xff, 1, 2, 3]);
-        assert_eq!(server_name(&stream), Outcome::Done(Some("quay.io".into())));
+        assert_eq!(
+            server_name(&stream),
+            ParseStep::Done(Some("quay.io".into()))
+        );
     }
 
     #[test]
@@ -289,16 +295,16 @@ mod tests {
         // Record longer than 2^14, and an empty record.
         assert_eq!(
             server_name(&[0x16, 3, 1, 0x40, 0x01, 1]),
-            Outcome::Failed(UnparsedReason::BadLength)
+            ParseStep::Failed(UnparsedReason::BadLength)
         );
         assert_eq!(
             server_name(&[0x16, 3, 1, 0, 0, 1]),
-            Outcome::Failed(UnparsedReason::BadLength)
+            ParseStep::Failed(UnparsedReason::BadLength)
         );
         // A 16 MiB ClientHello announced in its first nine bytes.
         assert_eq!(
             server_name(&[0x16, 3, 1, 0x40, 0x00, 1, 0xff, 0xff, 0xff]),
-            Outcome::Failed(UnparsedReason::TooLong)
+            ParseStep::Failed(UnparsedReason::TooLong)
         );
     }
 
@@ -310,7 +316,7 @@ mod tests {
         assert_eq!(recognize(&server_hello), Recognition::No);
         assert_eq!(
             server_name(&server_hello),
-            Outcome::Failed(UnparsedReason::NotClientHello)
+            ParseStep::Failed(UnparsedReason::NotClientHello)
         );
         for not_tls in [
             b"\x17\x03\x03".as_slice(),
@@ -325,7 +331,7 @@ mod tests {
         records[105] = 0x15;
         assert_eq!(
             server_name(&records),
-            Outcome::Failed(UnparsedReason::Malformed)
+            ParseStep::Failed(UnparsedReason::Malformed)
         );
     }
 
@@ -335,7 +341,7 @@ mod tests {
         let record = client_hello_record(&[0, 0, 0, 9, 0]);
         assert_eq!(
             server_name(&record),
-            Outcome::Failed(UnparsedReason::Malformed)
+            ParseStep::Failed(UnparsedReason::Malformed)
         );
         // A ClientHello body cut inside its cipher suites.
         // Record of 39 bytes: handshake header and a 35-byte body (version,
@@ -345,7 +351,7 @@ mod tests {
         short.push(0);
         assert_eq!(
             server_name(&short),
-            Outcome::Failed(UnparsedReason::Malformed)
+            ParseStep::Failed(UnparsedReason::Malformed)
         );
     }
 
@@ -361,14 +367,14 @@ mod tests {
                 mutated[at] = prng.next_u64() as u8;
             }
             match server_name(&mutated) {
-                Outcome::NeedMore => outcomes[0] += 1,
-                Outcome::Done(name) => {
+                ParseStep::NeedMore => outcomes[0] += 1,
+                ParseStep::Done(name) => {
                     outcomes[1] += 1;
                     if let Some(name) = name {
                         assert_eq!(host_name(name.as_bytes()), Ok(name.clone()));
                     }
                 }
-                Outcome::Failed(_) => outcomes[2] += 1,
+                ParseStep::Failed(_) => outcomes[2] += 1,
             }
         }
         // Most single-byte changes land in random or key-share bytes and
@@ -388,9 +394,9 @@ mod tests {
             stream.extend(&(body_len as u32).to_be_bytes()[1..]);
             stream.extend(prng.bytes(body_len));
             match server_name(&stream) {
-                Outcome::NeedMore => panic!("a complete message left undecided: {stream:?}"),
-                Outcome::Done(Some(name)) => assert_eq!(host_name(name.as_bytes()), Ok(name)),
-                Outcome::Done(None) | Outcome::Failed(_) => {}
+                ParseStep::NeedMore => panic!("a complete message left undecided: {stream:?}"),
+                ParseStep::Done(Some(name)) => assert_eq!(host_name(name.as_bytes()), Ok(name)),
+                ParseStep::Done(None) | ParseStep::Failed(_) => {}
             }
         }
     }

@@ -8,7 +8,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{Outcome, Recognition, UnparsedReason, host_name};
+use super::{ParseStep, Recognition, UnparsedReason, host_name};
 
 /// Header fields read before giving up: real requests send about ten, a
 /// stream with more is not one worth reading.
@@ -51,15 +51,15 @@ pub fn recognize(prefix: &[u8]) -> Recognition {
 }
 
 /// The target of the request the prefix starts with.
-pub fn parse_request(prefix: &[u8]) -> Outcome<Target> {
+pub fn parse_request(prefix: &[u8]) -> ParseStep<Target> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let status = match request.parse(prefix) {
         Ok(status) => status,
         Err(httparse::Error::TooManyHeaders) => {
-            return Outcome::Failed(UnparsedReason::TooManyHeaders);
+            return ParseStep::Failed(UnparsedReason::TooManyHeaders);
         }
-        Err(_) => return Outcome::Failed(UnparsedReason::Malformed),
+        Err(_) => return ParseStep::Failed(UnparsedReason::Malformed),
     };
     // httparse fills method, path and version as it reads them, so a
     // request line is usable before the headers are complete.
@@ -69,34 +69,34 @@ pub fn parse_request(prefix: &[u8]) -> Outcome<Target> {
         return outcome;
     }
     if status.is_partial() {
-        return Outcome::NeedMore;
+        return ParseStep::NeedMore;
     }
     let mut hosts = request
         .headers
         .iter()
         .filter(|header| header.name.eq_ignore_ascii_case("host"));
     let host = match (hosts.next(), hosts.next()) {
-        (None, _) => return Outcome::Done(Target::Request { host: None }),
+        (None, _) => return ParseStep::Done(Target::Request { host: None }),
         (Some(host), None) => host,
         // RFC 9112 §3.2: a request with more than one Host is invalid.
-        (Some(_), Some(_)) => return Outcome::Failed(UnparsedReason::InvalidHost),
+        (Some(_), Some(_)) => return ParseStep::Failed(UnparsedReason::InvalidHost),
     };
     match std::str::from_utf8(host.value)
         .ok()
         .and_then(|value| authority(value.trim()).ok())
     {
-        Some((host, _port)) => Outcome::Done(Target::Request { host: Some(host) }),
-        None => Outcome::Failed(UnparsedReason::InvalidHost),
+        Some((host, _port)) => ParseStep::Done(Target::Request { host: Some(host) }),
+        None => ParseStep::Failed(UnparsedReason::InvalidHost),
     }
 }
 
 /// The target when the request line names the host: `CONNECT` (authority
 /// form) or an absolute URI. `None` for origin form (`/path`, `*`).
-fn target_from_request_line(method: &str, path: &str) -> Option<Outcome<Target>> {
+fn target_from_request_line(method: &str, path: &str) -> Option<ParseStep<Target>> {
     if method == "CONNECT" {
         return Some(match authority(path) {
-            Ok((host, Some(port))) => Outcome::Done(Target::Connect { host, port }),
-            Ok((_, None)) | Err(_) => Outcome::Failed(UnparsedReason::InvalidHost),
+            Ok((host, Some(port))) => ParseStep::Done(Target::Connect { host, port }),
+            Ok((_, None)) | Err(_) => ParseStep::Failed(UnparsedReason::InvalidHost),
         });
     }
     // RFC 9112 §3.2.2: with an absolute-form target the URI's host wins
@@ -107,8 +107,8 @@ fn target_from_request_line(method: &str, path: &str) -> Option<Outcome<Target>>
         .next()
         .unwrap_or_default();
     Some(match authority(authority_text) {
-        Ok((host, _port)) => Outcome::Done(Target::Request { host: Some(host) }),
-        Err(reason) => Outcome::Failed(reason),
+        Ok((host, _port)) => ParseStep::Done(Target::Request { host: Some(host) }),
+        Err(reason) => ParseStep::Failed(reason),
     })
 }
 
@@ -167,15 +167,15 @@ mod tests {
         User-Agent: containers/5.32.2 (github.com/containers/image)\r\n\
         Accept-Encoding: gzip\r\n\r\n";
 
-    fn connect(host: &str, port: u16) -> Outcome<Target> {
-        Outcome::Done(Target::Connect {
+    fn connect(host: &str, port: u16) -> ParseStep<Target> {
+        ParseStep::Done(Target::Connect {
             host: host.into(),
             port,
         })
     }
 
-    fn request(host: Option<&str>) -> Outcome<Target> {
-        Outcome::Done(Target::Request {
+    fn request(host: Option<&str>) -> ParseStep<Target> {
+        ParseStep::Done(Target::Request {
             host: host.map(Into::into),
         })
     }
@@ -207,7 +207,7 @@ mod tests {
             let expected = if cut >= line_end {
                 connect("quay.io", 443)
             } else {
-                Outcome::NeedMore
+                ParseStep::NeedMore
             };
             assert_eq!(parse_request(&CURL_CONNECT[..cut]), expected, "cut {cut}");
         }
@@ -247,7 +247,7 @@ mod tests {
         for cut in 0..GET_WITH_HOST.len() {
             assert_eq!(
                 parse_request(&GET_WITH_HOST[..cut]),
-                Outcome::NeedMore,
+                ParseStep::NeedMore,
                 "cut {cut}"
             );
         }
@@ -275,14 +275,14 @@ mod tests {
             let line = format!("CONNECT {target} HTTP/1.1\r\n\r\n");
             assert_eq!(
                 parse_request(line.as_bytes()),
-                Outcome::Failed(UnparsedReason::InvalidHost),
+                ParseStep::Failed(UnparsedReason::InvalidHost),
                 "{target}"
             );
         }
         let long = format!("CONNECT {}.io:443 HTTP/1.1\r\n\r\n", "a".repeat(250));
         assert_eq!(
             parse_request(long.as_bytes()),
-            Outcome::Failed(UnparsedReason::InvalidHost)
+            ParseStep::Failed(UnparsedReason::InvalidHost)
         );
     }
 
@@ -297,7 +297,7 @@ mod tests {
         ] {
             assert_eq!(
                 parse_request(head),
-                Outcome::Failed(UnparsedReason::InvalidHost),
+                ParseStep::Failed(UnparsedReason::InvalidHost),
                 "{}",
                 String::from_utf8_lossy(head)
             );
@@ -313,7 +313,7 @@ mod tests {
         flood.extend(b"Host: quay.io\r\n\r\n");
         assert_eq!(
             parse_request(&flood),
-            Outcome::Failed(UnparsedReason::TooManyHeaders)
+            ParseStep::Failed(UnparsedReason::TooManyHeaders)
         );
         // Exactly the bound still parses.
         let mut at_bound = b"GET / HTTP/1.1\r\nHost: quay.io\r\n".to_vec();
@@ -334,7 +334,7 @@ mod tests {
         ] {
             assert_eq!(
                 parse_request(head),
-                Outcome::Failed(UnparsedReason::Malformed),
+                ParseStep::Failed(UnparsedReason::Malformed),
                 "{}",
                 String::from_utf8_lossy(head)
             );
