@@ -119,6 +119,11 @@ pub struct Losses {
     /// write: the attempts are all in the report, the trail has gaps.
     #[serde(default)]
     pub events_file: u64,
+    /// Registry events kept in no attempt because the attempts table was
+    /// full (`--max-attempts`): their contacts are counted here only, so
+    /// the run is incomplete.
+    #[serde(default)]
+    pub attempts_table: u64,
 }
 
 impl ObserverSection {
@@ -136,6 +141,12 @@ impl ObserverSection {
             reasons.push(format!(
                 "hook(s) not attached: {} (see observer.hooks_missing)",
                 hooks.join(", ")
+            ));
+        }
+        if self.losses.attempts_table > 0 {
+            reasons.push(format!(
+                "{} registry event(s) in no attempt: the attempts table was full (raise --max-attempts)",
+                self.losses.attempts_table
             ));
         }
         if self.losses.events_file > 0 {

@@ -936,6 +936,68 @@ for _ in range(3000): s.sendto(query, ('{}', 53))\n\"",
     }
 }
 
+/// A bounded attempts table: with `--max-attempts 1`, the second distinct
+/// attempt is in no attempt, but it is counted in the report, on /metrics
+/// and on its live line, and the run is incomplete (exit 3). Real lookups
+/// from two cgroups in the testbed's namespace.
+#[test]
+fn a_full_attempts_table_is_counted_and_makes_the_run_incomplete() {
+    let testbed = setup();
+    let out = Outputs::new(&testbed, "full-table");
+    let agent = Agent::start(&strs(&out.args(&["--max-attempts", "1"])));
+    let first = TestCgroup::create("table-first");
+    failed_lookup(&testbed, &first, "registry.redhat.io");
+    let second = TestCgroup::create("table-second");
+    failed_lookup(&testbed, &second, "registry.access.redhat.com");
+    assert!(
+        agent.wait_for_stdout("registry.access.redhat.com", Duration::from_secs(10)),
+        "{}",
+        agent.stdout_so_far()
+    );
+    let (status, metrics) = curl(&[&out.url("/metrics")]);
+    assert_eq!(status, 200);
+    let lost_in_metrics: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "registry_observer_events_lost_total{stage=\"record\",reason=\"attempts_table_full\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no attempts_table_full series:\n{metrics}"));
+    assert!(lost_in_metrics >= 1, "{metrics}");
+
+    let output = agent.stop();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert!(
+        output
+            .stdout
+            .lines()
+            .any(|l| l.contains("registry.access.redhat.com") && l.contains("not recorded")),
+        "{}",
+        output.stdout
+    );
+    assert!(
+        output.stderr.contains("the attempts table was full"),
+        "{}",
+        output.stderr
+    );
+    assert_valid_report(&out.report);
+    let report = read_report(&out.report);
+    let attempts = report["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    assert_eq!(attempts[0]["host"], "registry.redhat.io");
+    let observer = &report["observer"];
+    assert_eq!(observer["complete"], false, "{observer:#}");
+    // The scrape came before the last events may have been processed.
+    let lost_in_report = observer["losses"]["attempts_table"].as_u64().unwrap();
+    assert!(
+        lost_in_report >= lost_in_metrics,
+        "the report counts at least what /metrics had: {observer:#}"
+    );
+}
+
 /// `mark` without an agent: exit 2, naming the socket it tried.
 #[test]
 fn mark_without_an_agent_names_the_socket() {

@@ -12,6 +12,7 @@ use crate::control::socket;
 use crate::pipeline::attribute::component_rules::ComponentRule;
 use crate::pipeline::classify::Pattern;
 use crate::pipeline::phase::PhaseName;
+use crate::pipeline::record::DEFAULT_MAX_ATTEMPTS;
 use crate::run as agent;
 use crate::run::KubernetesOptions;
 use crate::run::MetricsAddr;
@@ -105,6 +106,14 @@ pub struct RunArgs {
     /// a warning); a path given here must be free.
     #[arg(long, value_name = "PATH", default_value_t = socket::DEFAULT_SOCKET.to_string())]
     pub control_socket: String,
+
+    /// Distinct attempts kept in memory (and in the report) at most. A
+    /// registry event that would start one more is counted in
+    /// observer.losses.attempts_table and on /metrics, and the run is
+    /// incomplete (exit 3): raise it rather than lose sight of a contact.
+    /// Repeats of kept attempts always merge into them.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(usize))]
+    pub max_attempts: usize,
 
     /// Ring buffer size in bytes (power of two, whole pages). For tests
     /// that must force losses.
@@ -292,6 +301,7 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
         events_max_bytes: args.events_max_size,
         junit: args.junit.or_else(|| config.outputs.junit.clone()),
         ring_buffer_bytes: args.ring_buffer_bytes,
+        max_attempts: args.max_attempts,
         refuse_programs: args.refuse_programs,
         verbose: args.verbose,
         command: args.command,

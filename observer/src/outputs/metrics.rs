@@ -80,6 +80,11 @@ struct VersionLabels {
 const KERNEL_RING: &str = "kernel_ring";
 /// The queue between the reader and the pipeline.
 const USER_QUEUE: &str = "user_queue";
+/// Registry events the record stage kept in no attempt (`--max-attempts`).
+const ATTEMPTS_TABLE_FULL: LossLabels = LossLabels {
+    stage: "record",
+    reason: "attempts_table_full",
+};
 /// Parsers as `DecodeError::parser` names them.
 const PARSERS: [&str; 2] = ["record", "dns"];
 /// The payload parsers, as `payload::Parser::as_str` names them.
@@ -227,6 +232,7 @@ impl Metrics {
                 reason: "queue_full",
             },
         );
+        create_series(&lost, &ATTEMPTS_TABLE_FULL);
         for counter in observer_common::Counter::ALL {
             let labels = LossLabels {
                 stage: KERNEL_RING,
@@ -294,6 +300,11 @@ impl Metrics {
         for labels in series {
             self.attempts.remove(&labels);
         }
+    }
+
+    /// A registry event in no attempt: the table was full.
+    pub fn attempt_not_recorded(&self) {
+        self.lost.get_or_create(&ATTEMPTS_TABLE_FULL).inc();
     }
 
     pub fn parse_error(&self, parser: &'static str) {

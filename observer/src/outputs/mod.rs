@@ -60,6 +60,14 @@ impl Outputs for Live {
         }
     }
 
+    fn not_recorded(&mut self, at: SystemTime, matched: &Match, origin: &Origin) {
+        self.console.line(&format!(
+            "{} (not recorded: the attempts table is full, see --max-attempts)",
+            console::format_line(at, matched, origin)
+        ));
+        self.metrics.attempt_not_recorded();
+    }
+
     fn phase(&mut self, at: SystemTime, marker: &PhaseMarker) {
         self.console.line(&console::format_phase_line(marker));
         self.events_log.send(Line::Phase {

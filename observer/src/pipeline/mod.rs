@@ -59,6 +59,9 @@ pub trait Outputs {
     /// An attempt was recorded and judged: `attempt` is the merged entry,
     /// `evidence` this event's own.
     fn attempt(&mut self, at: SystemTime, matched: &Match, origin: &Origin, attempt: &Attempt);
+    /// A registry event that would have started an attempt beyond the
+    /// table's bound: it is in no attempt, only counted.
+    fn not_recorded(&mut self, at: SystemTime, matched: &Match, origin: &Origin);
     /// A new phase began.
     fn phase(&mut self, at: SystemTime, marker: &PhaseMarker);
 }
@@ -215,13 +218,16 @@ impl<O: Outputs> Pipeline<O> {
             .cookie
             .and_then(|cookie| self.connections.outcome(cookie))
             .map(|outcome| outcome.name());
-        let attempt = self.recorder.record_with_outcome(
+        let Some(attempt) = self.recorder.record_with_outcome(
             &matched,
             &origin,
             phase,
             at,
             handshake_outcome.as_deref(),
-        );
+        ) else {
+            self.outputs.not_recorded(at, &matched, &origin);
+            return;
+        };
         // Judged before it is output: metrics and the events file carry
         // the verdict.
         self.policy.judge(attempt);

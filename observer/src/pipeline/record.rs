@@ -43,9 +43,17 @@ struct Joined {
     outcome_counted: bool,
 }
 
-#[derive(Default)]
+/// How many distinct attempts a run keeps by default. An attempt is a few
+/// hundred bytes to a few KiB (argv, ancestors, pod labels), so this bounds
+/// the table at tens of MiB; a node rarely has more than hundreds.
+pub const DEFAULT_MAX_ATTEMPTS: usize = 20_000;
+
 pub struct Recorder {
     attempts: Vec<Attempt>,
+    /// Distinct attempts kept at most; a match that would start one more is
+    /// counted in `not_recorded` instead (repeats of kept ones still merge).
+    max_attempts: usize,
+    not_recorded: u64,
     index: HashMap<AttemptKey, usize>,
     connections: HashMap<u64, Joined>,
     /// Registry queries not answered yet, by (cgroup id, host): the attempt
@@ -63,16 +71,40 @@ struct UnansweredDns {
 /// (resolvers retry after 5 s by default: resolv.conf(5) `timeout`).
 pub const DNS_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+impl Default for Recorder {
+    fn default() -> Recorder {
+        Recorder::with_max_attempts(DEFAULT_MAX_ATTEMPTS)
+    }
+}
+
 impl Recorder {
+    pub fn with_max_attempts(max_attempts: usize) -> Recorder {
+        Recorder {
+            attempts: Vec::new(),
+            max_attempts,
+            not_recorded: 0,
+            index: HashMap::new(),
+            connections: HashMap::new(),
+            unanswered_dns: HashMap::new(),
+        }
+    }
+
+    /// Matches that would have started an attempt beyond `max_attempts`:
+    /// their contacts are in no attempt, so the run is incomplete.
+    pub fn not_recorded(&self) -> u64 {
+        self.not_recorded
+    }
+
     /// Records one match; returns the attempt it was merged into, for the
-    /// policy to judge (its verdict starts as a violation).
+    /// policy to judge (its verdict starts as a violation), or None when the
+    /// table is full and the match is only counted.
     pub fn record(
         &mut self,
         matched: &Match,
         origin: &Origin,
         phase: &str,
         at: SystemTime,
-    ) -> &mut Attempt {
+    ) -> Option<&mut Attempt> {
         self.record_with_outcome(matched, origin, phase, at, None)
     }
 
@@ -86,8 +118,11 @@ impl Recorder {
         phase: &str,
         at: SystemTime,
         handshake_outcome: Option<&str>,
-    ) -> &mut Attempt {
-        let index = self.merge(matched, origin, phase, at);
+    ) -> Option<&mut Attempt> {
+        let Some(index) = self.merge(matched, origin, phase, at) else {
+            self.not_recorded += 1;
+            return None;
+        };
         if let (Some(cookie), Some(outcome)) = (matched.cookie, handshake_outcome) {
             self.connection_outcome(cookie, outcome);
         }
@@ -106,7 +141,7 @@ impl Recorder {
             pending.queries += 1;
             pending.last_query = pending.last_query.max(at);
         }
-        &mut self.attempts[index]
+        Some(&mut self.attempts[index])
     }
 
     /// A DNS response for `host` reached a socket in `cgroup_id`: one query
@@ -142,8 +177,15 @@ impl Recorder {
         attempts
     }
 
-    /// Merges the match into its attempt; returns the attempt's index.
-    fn merge(&mut self, matched: &Match, origin: &Origin, phase: &str, at: SystemTime) -> usize {
+    /// Merges the match into its attempt; returns the attempt's index, or
+    /// None when it would start one beyond `max_attempts`.
+    fn merge(
+        &mut self,
+        matched: &Match,
+        origin: &Origin,
+        phase: &str,
+        at: SystemTime,
+    ) -> Option<usize> {
         let key = AttemptKey {
             phase: phase.to_string(),
             host: matched.host.clone(),
@@ -169,6 +211,7 @@ impl Recorder {
                 }
                 index
             }
+            None if self.attempts.len() >= self.max_attempts => return None,
             None => {
                 self.attempts.push(Attempt {
                     host: matched.host.clone(),
@@ -213,7 +256,7 @@ impl Recorder {
                 outcome_counted: false,
             });
         }
-        index
+        Some(index)
     }
 
     /// Counts how the TCP connection `cookie` ended, once, on the attempt it
@@ -354,6 +397,7 @@ mod tests {
                 "boot",
                 t0 + Duration::from_millis(5),
             )
+            .unwrap()
             .clone();
         assert_eq!(recorder.attempts().len(), 1);
         assert_eq!(attempt.count, 3);
@@ -428,7 +472,9 @@ mod tests {
             "/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/{id}"
         ));
         o.pod = Some(Pod::uid_only("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
-        let a = recorder.record(&query(), &o, "boot", SystemTime::now());
+        let a = recorder
+            .record(&query(), &o, "boot", SystemTime::now())
+            .unwrap();
         assert_eq!(
             a.pod.as_ref().unwrap().uid,
             "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -457,12 +503,12 @@ mod tests {
         mirrored.entry.mirrored = true;
         mirrored.entry.blocked = true;
         for phase in ["boot", "upgrade"] {
-            let attempt = recorder.record(&mirrored, &origin(7, 1), phase, t);
+            let attempt = recorder.record(&mirrored, &origin(7, 1), phase, t).unwrap();
             policy.judge(attempt);
         }
         let mut other = origin(8, 2);
         other.component = "podman".into();
-        let attempt = recorder.record(&query(), &other, "upgrade", t);
+        let attempt = recorder.record(&query(), &other, "upgrade", t).unwrap();
         policy.judge(attempt);
         let attempts = recorder.attempts();
         assert_eq!(attempts[0].verdict, Verdict::NotEnforced);
@@ -503,5 +549,37 @@ mod tests {
             ),
             (1, 1, 1, 2)
         );
+    }
+
+    #[test]
+    fn a_full_table_counts_new_attempts_and_still_merges_kept_ones() {
+        let mut recorder = Recorder::with_max_attempts(2);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert!(
+            recorder
+                .record(&query(), &origin(7, 1), "boot", t)
+                .is_some()
+        );
+        assert!(
+            recorder
+                .record(&query(), &origin(7, 2), "boot", t)
+                .is_some()
+        );
+        // A third distinct attempt: counted, not kept.
+        assert!(
+            recorder
+                .record(&query(), &origin(7, 3), "boot", t)
+                .is_none()
+        );
+        assert!(
+            recorder
+                .record(&query(), &origin(7, 3), "upgrade", t)
+                .is_none()
+        );
+        // A repeat of a kept one still merges.
+        let kept = recorder.record(&query(), &origin(7, 1), "boot", t).unwrap();
+        assert_eq!(kept.count, 2);
+        assert_eq!(recorder.attempts().len(), 2);
+        assert_eq!(recorder.not_recorded(), 2);
     }
 }

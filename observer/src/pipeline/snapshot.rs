@@ -29,6 +29,8 @@ pub struct PipelineSnapshot {
     pub parse_errors: BTreeMap<String, u64>,
     pub payload_parsers: PayloadStats,
     pub attribution: AttributionStats,
+    /// Registry events in no attempt: the table was full.
+    pub not_recorded: u64,
 }
 
 impl<O: Outputs> Pipeline<O> {
@@ -49,6 +51,7 @@ impl<O: Outputs> Pipeline<O> {
                 .collect(),
             payload_parsers: self.connections.stats().clone(),
             attribution: self.attributor.stats().clone(),
+            not_recorded: self.recorder.not_recorded(),
         }
     }
 }

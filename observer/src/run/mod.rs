@@ -75,6 +75,8 @@ pub struct RunOptions {
     pub events_max_bytes: u64,
     pub junit: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
+    /// Bound of the attempts table (`Recorder`).
+    pub max_attempts: usize,
     /// Test-only: programs the kernel is made to refuse.
     pub refuse_programs: Vec<String>,
     /// Print refused programs' whole verifier logs.
@@ -240,7 +242,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         attributor: Attributor::new(options.host_root.join("proc"), cgroup_root.clone())
             .with_pods(pod_source)
             .with_rules(component_rules),
-        recorder: Recorder::default(),
+        recorder: Recorder::with_max_attempts(options.max_attempts),
         scope: command_cgroup.as_ref().map(CommandCgroup::scope),
         clock,
         phases,

@@ -73,6 +73,7 @@ pub fn node_report(
         parse_errors,
         payload_parsers,
         attribution,
+        not_recorded,
     } = snapshot;
     for attempt in &mut attempts {
         policy.judge(attempt);
@@ -80,6 +81,7 @@ pub fn node_report(
     let mut losses = Losses {
         user_queue: counts.read.queue_full,
         events_file: counts.events_file_dropped,
+        attempts_table: not_recorded,
         ..Losses::default()
     };
     let mut truncated = BTreeMap::new();
@@ -112,7 +114,7 @@ pub fn node_report(
             command_exit_code: counts.command_exit_code,
             command_cgroup: facts.command_cgroup.clone(),
             cgroup2_mount: facts.cgroup2_mount.clone(),
-            complete: events_lost == 0 && facts.hooks_missing.is_empty(),
+            complete: events_lost == 0 && facts.hooks_missing.is_empty() && not_recorded == 0,
             hooks: facts.hooks.clone(),
             dns_sender: Some(facts.dns_sender.clone()),
             hooks_missing: facts.hooks_missing.clone(),
@@ -165,6 +167,7 @@ mod tests {
             parse_errors: BTreeMap::from([("dns".to_string(), 2)]),
             payload_parsers: Default::default(),
             attribution: Default::default(),
+            not_recorded: 0,
         }
     }
 
@@ -257,5 +260,28 @@ mod tests {
             Taken::WhileRunning,
         );
         assert!(!refused.observer.unwrap().complete);
+    }
+
+    #[test]
+    fn events_in_no_attempt_are_a_loss_and_make_it_incomplete() {
+        let mut full = snapshot(vec![fixtures::attempt("boot", "kubelet", "quay.io", 10)]);
+        full.not_recorded = 4;
+        let observer = node_report(
+            &facts(vec![]),
+            full,
+            StageCounts::default(),
+            Taken::AtTheEnd,
+        )
+        .observer
+        .unwrap();
+        assert_eq!(observer.losses.attempts_table, 4);
+        assert!(!observer.complete);
+        assert!(
+            observer
+                .incompleteness()
+                .is_some_and(|why| why.contains("attempts table was full")),
+            "{:?}",
+            observer.incompleteness()
+        );
     }
 }
