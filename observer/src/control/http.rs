@@ -34,6 +34,9 @@ use crate::pipeline::input::PipelineHandle;
 use crate::pipeline::phase::PhaseSource;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9669";
+/// How long a scrape waits for the pipeline's counters (Prometheus's
+/// default scrape timeout is 10 s).
+const COUNTERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// A phase request is a name or a tiny JSON object.
 const MAX_BODY_BYTES: usize = 1024;
 
@@ -103,6 +106,15 @@ async fn handle(endpoint: &Endpoint, request: Request<Incoming>) -> Response<Ful
     match (request.method(), path.as_str()) {
         (&Method::GET, "/metrics") => {
             endpoint.metrics.mirror_health(&(endpoint.health)());
+            // The pipeline runs once the programs are attached. Behind a
+            // burst it may be slow to answer: the scrape then has its
+            // previous counts (they only grow) rather than stalling.
+            if endpoint.ready.get().is_some()
+                && let Ok(Ok(counters)) =
+                    tokio::time::timeout(COUNTERS_TIMEOUT, endpoint.pipeline.counters()).await
+            {
+                endpoint.metrics.mirror_pipeline(&counters);
+            }
             if wants_openmetrics(&request) {
                 text(
                     StatusCode::OK,

@@ -23,6 +23,7 @@ use crate::pipeline::classify::Evidence;
 use crate::pipeline::payload::PayloadStats;
 use crate::pipeline::record::Attempt;
 use crate::pipeline::record::Verdict;
+use crate::pipeline::snapshot::PipelineCounters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
@@ -307,14 +308,28 @@ impl Metrics {
         self.lost.get_or_create(&ATTEMPTS_TABLE_FULL).inc();
     }
 
-    pub fn parse_error(&self, parser: &'static str) {
-        self.parse_errors
-            .get_or_create(&ParserLabels { parser })
-            .inc();
+    /// Brings the pipeline's series up to its counters, read at scrape
+    /// time (the pipeline does not touch them per event).
+    pub fn mirror_pipeline(&self, counters: &PipelineCounters) {
+        let _serialized = self.mirror_lock.lock().expect("metrics lock");
+        for (&parser, &value) in &counters.parse_errors {
+            mirror(
+                &self.parse_errors.get_or_create(&ParserLabels { parser }),
+                value,
+            );
+        }
+        self.attribution(
+            counters.attribution.process_gone,
+            counters.attribution.cgroup_unknown,
+        );
+        self.payload_parsers(&counters.payload_parsers);
+        if let Some(at) = counters.last_event_at {
+            self.event_received(at);
+        }
     }
 
     /// Mirrors the attributor's absolute counts.
-    pub fn attribution(&self, process_gone: u64, cgroup_unknown: u64) {
+    fn attribution(&self, process_gone: u64, cgroup_unknown: u64) {
         for (reason, value) in [
             ("process_gone", process_gone),
             ("cgroup_unknown", cgroup_unknown),
@@ -330,7 +345,7 @@ impl Metrics {
 
     /// Mirrors the connection stage's absolute parser counts. Unparsed
     /// series appear with their first stream: reasons are many and rare.
-    pub fn payload_parsers(&self, stats: &PayloadStats) {
+    fn payload_parsers(&self, stats: &PayloadStats) {
         for (parser, parser_stats) in [
             ("tls", &stats.tls),
             ("http", &stats.http),
@@ -353,7 +368,7 @@ impl Metrics {
         mirror(&self.payload_not_recognized, stats.not_recognized);
     }
 
-    pub fn event_received(&self, at: SystemTime) {
+    fn event_received(&self, at: SystemTime) {
         let seconds = at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -609,9 +624,13 @@ mod tests {
         }
         health.read.records = 150;
         metrics.mirror_health(&health);
-        metrics.parse_error("dns");
-        metrics.attribution(4, 1);
-        metrics.attribution(4, 1);
+        let mut counters = PipelineCounters::default();
+        counters.parse_errors.insert("dns", 1);
+        counters.attribution.process_gone = 4;
+        counters.attribution.cgroup_unknown = 1;
+        metrics.mirror_pipeline(&counters);
+        // The same counters at the next scrape add nothing.
+        metrics.mirror_pipeline(&counters);
         let text = metrics.encode_openmetrics();
         assert!(text.contains("{stage=\"kernel_ring\"} 155\n"), "{text}");
         assert!(
@@ -653,10 +672,16 @@ mod tests {
         stats.tls.parsed = 3;
         stats.tls.unparsed.insert("gap".into(), 2);
         stats.not_recognized = 4;
-        metrics.payload_parsers(&stats);
-        metrics.payload_parsers(&stats);
+        let scrape = |stats: &PayloadStats| {
+            metrics.mirror_pipeline(&PipelineCounters {
+                payload_parsers: stats.clone(),
+                ..PipelineCounters::default()
+            })
+        };
+        scrape(&stats);
+        scrape(&stats);
         stats.tls.parsed = 5;
-        metrics.payload_parsers(&stats);
+        scrape(&stats);
         let text = metrics.encode_openmetrics();
         for expected in [
             "registry_observer_payload_streams_parsed_total{parser=\"tls\"} 5\n",

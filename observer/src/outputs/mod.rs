@@ -9,10 +9,7 @@ pub mod metrics;
 
 use std::{sync::Arc, time::SystemTime};
 
-use observer_report::{
-    Attempt, PhaseMarker,
-    observer::{AttributionStats, PayloadStats},
-};
+use observer_report::{Attempt, PhaseMarker};
 
 use crate::{
     outputs::{
@@ -31,23 +28,6 @@ pub struct Live {
 }
 
 impl Outputs for Live {
-    fn event_received(&mut self, at: SystemTime) {
-        self.metrics.event_received(at);
-    }
-
-    fn parse_error(&mut self, parser: &'static str) {
-        self.metrics.parse_error(parser);
-    }
-
-    fn payload_parsers(&mut self, stats: &PayloadStats) {
-        self.metrics.payload_parsers(stats);
-    }
-
-    fn attribution(&mut self, stats: &AttributionStats) {
-        self.metrics
-            .attribution(stats.process_gone, stats.cgroup_unknown);
-    }
-
     fn attempt(&mut self, at: SystemTime, matched: &Match, origin: &Origin, attempt: &Attempt) {
         self.console
             .line(&console::format_line(at, matched, origin));

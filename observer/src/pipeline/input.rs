@@ -14,7 +14,7 @@ use crate::{
         attribute::component_rules::ComponentRule,
         classify::{Catalog, registries_conf::RegistriesConf},
         phase::{PhaseChange, PhaseName, PhaseSource},
-        snapshot::PipelineSnapshot,
+        snapshot::{PipelineCounters, PipelineSnapshot},
         verdict::Policy,
     },
     sources::resolver::Resolved,
@@ -33,6 +33,8 @@ pub enum Input {
     Phase(PhaseChange),
     /// `GET /report`: a copy of the state for a report, taken now.
     Snapshot(oneshot::Sender<PipelineSnapshot>),
+    /// `GET /metrics`: the stages' counters, read now.
+    Counters(oneshot::Sender<PipelineCounters>),
 }
 
 impl From<Bytes> for Input {
@@ -103,6 +105,13 @@ impl PipelineHandle {
     pub async fn snapshot(&self) -> Result<PipelineSnapshot, ShuttingDown> {
         let (reply, answer) = oneshot::channel();
         self.send(Input::Snapshot(reply)).await?;
+        answer.await.map_err(|_| ShuttingDown)
+    }
+
+    /// The pipeline's counters, read behind the events already read.
+    pub async fn counters(&self) -> Result<PipelineCounters, ShuttingDown> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Input::Counters(reply)).await?;
         answer.await.map_err(|_| ShuttingDown)
     }
 

@@ -24,10 +24,7 @@ pub mod verdict;
 use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
 
 use hickory_proto::op::ResponseCode;
-use observer_report::{
-    Attempt, PhaseMarker,
-    observer::{AttributionStats, PayloadStats},
-};
+use observer_report::{Attempt, PhaseMarker};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -47,15 +44,9 @@ use crate::{
 
 /// Where the pipeline's results go as they happen. Implemented by
 /// `outputs::Live`; a test or a benchmark can count instead.
+/// Counters (parse errors, payload parsers, attribution) are not output
+/// per event: `/metrics` reads them at scrape time (`Input::Counters`).
 pub trait Outputs {
-    /// A kernel record arrived (decoded or not).
-    fn event_received(&mut self, at: SystemTime);
-    /// A record or a DNS payload did not parse.
-    fn parse_error(&mut self, parser: &'static str);
-    /// The payload parsers' counts changed.
-    fn payload_parsers(&mut self, stats: &PayloadStats);
-    /// The attribution stage's counts after an attempt.
-    fn attribution(&mut self, stats: &AttributionStats);
     /// An attempt was recorded and judged: `attempt` is the merged entry,
     /// `evidence` this event's own.
     fn attempt(&mut self, at: SystemTime, matched: &Match, origin: &Origin, attempt: &Attempt);
@@ -73,6 +64,8 @@ pub struct PipelineStats {
     pub parse_errors: BTreeMap<&'static str, u64>,
     /// Registry events outside the observed command (mode `command`).
     pub out_of_scope: u64,
+    /// When the latest kernel record arrived.
+    pub last_event_at: Option<SystemTime>,
 }
 
 const IPPROTO_TCP: u32 = 6;
@@ -105,7 +98,7 @@ impl<O: Outputs> Pipeline<O> {
     pub fn handle(&mut self, input: Input) {
         match input {
             Input::Kernel(bytes) => {
-                self.outputs.event_received(SystemTime::now());
+                self.stats.last_event_at = Some(SystemTime::now());
                 match decode::decode(&bytes) {
                     Ok(Some(observation)) => self.join(observation),
                     Ok(None) => {}
@@ -133,12 +126,14 @@ impl<O: Outputs> Pipeline<O> {
                 // copy is then simply dropped.
                 let _ = reply.send(self.snapshot(SystemTime::now()));
             }
+            Input::Counters(reply) => {
+                let _ = reply.send(self.counters());
+            }
         }
     }
 
     fn count_error(&mut self, error: &decode::DecodeError) {
         *self.stats.parse_errors.entry(error.parser()).or_default() += 1;
-        self.outputs.parse_error(error.parser());
     }
 
     /// Events that describe a process or a connection rather than an
@@ -151,7 +146,6 @@ impl<O: Outputs> Pipeline<O> {
             }
             Observation::TcpPayload { .. } => {
                 let joined = self.connections.segment(&observation);
-                self.outputs.payload_parsers(self.connections.stats());
                 match joined {
                     Joined::Observation(derived) => self.observe(&derived),
                     Joined::DnsError(error) => self.count_error(&error),
@@ -175,7 +169,6 @@ impl<O: Outputs> Pipeline<O> {
                 self.connections
                     .opened(*cookie, actor, SocketAddr::new(*dest, *port));
                 // Opening may evict a connection whose stream is judged then.
-                self.outputs.payload_parsers(self.connections.stats());
                 self.observe(&observation);
             }
             _ => self.observe(&observation),
@@ -208,7 +201,6 @@ impl<O: Outputs> Pipeline<O> {
             }
         }
         let origin = self.attributor.attribute(actor);
-        self.outputs.attribution(self.attributor.stats());
         let at = self.clock.wall(actor.boot_ns);
         // Recorded under the phase in force when the event happened, not
         // when it was processed. The handshake may have ended before the

@@ -33,7 +33,29 @@ pub struct PipelineSnapshot {
     pub not_recorded: u64,
 }
 
+/// The pipeline's own counters, for `/metrics` at scrape time: cheaper
+/// than a snapshot (no attempts), and the pipeline updates no metric per
+/// event but the attempts themselves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineCounters {
+    /// Records that did not decode, by parser.
+    pub parse_errors: BTreeMap<&'static str, u64>,
+    pub payload_parsers: PayloadStats,
+    pub attribution: AttributionStats,
+    /// When the latest kernel record arrived.
+    pub last_event_at: Option<SystemTime>,
+}
+
 impl<O: Outputs> Pipeline<O> {
+    pub fn counters(&self) -> PipelineCounters {
+        PipelineCounters {
+            parse_errors: self.stats.parse_errors.clone(),
+            payload_parsers: self.connections.stats().clone(),
+            attribution: self.attributor.stats().clone(),
+            last_event_at: self.stats.last_event_at,
+        }
+    }
+
     /// Copies the state a report needs; changes nothing, so observing goes
     /// on as if it had not been taken.
     pub fn snapshot(&self, now: SystemTime) -> PipelineSnapshot {
