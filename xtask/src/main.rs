@@ -355,13 +355,39 @@ enum Needs {
     Test,
 }
 
-fn setup(needs: Needs) -> anyhow::Result<()> {
-    setup_rust_src()?;
-    setup_apt_packages(needs)?;
-    setup_bpf_linker()?;
-    setup_bpffs()?;
+/// One thing `setup` installs or checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    RustSrc,
+    AptPackages,
+    BpfLinker,
+    Bpffs,
+    PythonTools,
+}
+
+/// What `needs` installs, in order: running the agent needs no test tool.
+fn steps(needs: Needs) -> Vec<Step> {
+    let mut steps = vec![
+        Step::RustSrc,
+        Step::AptPackages,
+        Step::BpfLinker,
+        Step::Bpffs,
+    ];
     if needs == Needs::Test {
-        setup_python_tools()?;
+        steps.push(Step::PythonTools);
+    }
+    steps
+}
+
+fn setup(needs: Needs) -> anyhow::Result<()> {
+    for step in steps(needs) {
+        match step {
+            Step::RustSrc => setup_rust_src()?,
+            Step::AptPackages => setup_apt_packages(needs)?,
+            Step::BpfLinker => setup_bpf_linker()?,
+            Step::Bpffs => setup_bpffs()?,
+            Step::PythonTools => setup_python_tools()?,
+        }
     }
     Ok(())
 }
@@ -448,15 +474,20 @@ fn package_installed(name: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
+/// The Debian packages `needs` wants: building (and so running) needs only
+/// the toolchain's; the tests add the real components they drive.
+fn apt_packages(needs: Needs) -> Vec<&'static str> {
+    let mut packages = BUILD_PACKAGES.to_vec();
+    if needs == Needs::Test {
+        packages.extend(TEST_PACKAGES);
+        packages.extend(VM_PACKAGES);
+    }
+    packages
+}
+
 fn setup_apt_packages(needs: Needs) -> anyhow::Result<()> {
-    let for_tests: &[&str] = match needs {
-        Needs::Run => &[],
-        Needs::Test => &[TEST_PACKAGES, VM_PACKAGES].concat(),
-    };
-    let missing: Vec<&str> = BUILD_PACKAGES
-        .iter()
-        .chain(for_tests)
-        .copied()
+    let missing: Vec<&str> = apt_packages(needs)
+        .into_iter()
         .filter(|p| !package_installed(p))
         .collect();
     if missing.is_empty() {
@@ -590,7 +621,7 @@ fn run_checked(command: &mut Command) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::count_before;
+    use super::{BUILD_PACKAGES, Needs, Step, apt_packages, count_before, steps};
 
     #[test]
     fn sums_cargo_test_result_lines() {
@@ -602,5 +633,37 @@ mod tests {
         assert_eq!(count_before(failed, "passed"), 5);
         assert_eq!(count_before(failed, "failed"), 2);
         assert_eq!(count_before("garbage", "passed"), 0);
+    }
+
+    /// `cargo xtask run` (and `setup` without --test) installs no container
+    /// runtime, registry, Prometheus, VM tool or Python venv.
+    #[test]
+    fn running_installs_only_what_building_needs() {
+        let for_run = apt_packages(Needs::Run);
+        assert_eq!(for_run, BUILD_PACKAGES);
+        for test_only in [
+            "containerd",
+            "podman",
+            "runc",
+            "docker-registry",
+            "prometheus",
+            "skopeo",
+            "dnsmasq-base",
+            "qemu-system-x86",
+        ] {
+            assert!(
+                !for_run.iter().any(|p| p.starts_with(test_only)),
+                "{test_only}"
+            );
+            assert!(
+                apt_packages(Needs::Test)
+                    .iter()
+                    .any(|p| p.starts_with(test_only)),
+                "{test_only} is a test package"
+            );
+        }
+        assert!(!for_run.iter().any(|p| p.starts_with("python3")));
+        assert!(!steps(Needs::Run).contains(&Step::PythonTools));
+        assert!(steps(Needs::Test).contains(&Step::PythonTools));
     }
 }
