@@ -44,8 +44,36 @@ pub mod textfile;
 mod layering;
 
 /// An error that is the user's to fix (privileges, paths, the machine's
-/// setup): printed as one sentence, exit code 2.
+/// setup): printed as one sentence (its Display), exit code 2. It holds the
+/// typed error of the stage that refused, or a sentence.
 #[cfg(feature = "agent")]
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
+pub struct UsageError(Box<dyn std::error::Error + Send + Sync>);
+
+#[cfg(feature = "agent")]
+impl UsageError {
+    /// `.map_err(UsageError::new)?` on any error (or a `String`).
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> UsageError {
+        UsageError(error.into())
+    }
+
+    /// The error it holds, for `downcast_ref`.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+#[cfg(all(test, feature = "agent"))]
+mod tests {
+    use super::UsageError;
+
+    #[test]
+    fn a_usage_error_shows_and_keeps_what_it_holds() {
+        let io = std::io::Error::other("no such thing");
+        let usage = UsageError::new(io);
+        assert_eq!(usage.to_string(), "no such thing");
+        assert!(usage.get_ref().downcast_ref::<std::io::Error>().is_some());
+        assert_eq!(UsageError::new("a sentence").to_string(), "a sentence");
+    }
+}

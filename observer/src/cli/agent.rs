@@ -191,7 +191,7 @@ pub struct RunArgs {
 }
 
 fn parse_phase(text: &str) -> Result<PhaseName, String> {
-    PhaseName::parse(text)
+    PhaseName::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

@@ -30,6 +30,7 @@ use observer_report::Report;
 
 use crate::outputs::metrics::HealthSnapshot;
 use crate::outputs::metrics::Metrics;
+use crate::pipeline::input::PhaseRequestError;
 use crate::pipeline::input::PipelineHandle;
 use crate::pipeline::phase::PhaseSource;
 
@@ -49,6 +50,35 @@ pub enum ReportUnavailable {
     ShuttingDown,
 }
 
+/// Why the HTTP endpoint could not listen.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(
+        "cannot listen on {addr} ({error}); choose another --metrics-addr, or `--metrics-addr off`"
+    )]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The socket is bound but tokio cannot take it.
+    #[error("cannot listen on {addr}: {error}")]
+    Register {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// A `POST /phase` body that names no phase (400).
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseBodyError {
+    #[error("the body is not UTF-8")]
+    NotUtf8,
+    #[error("the body is not {{\"phase\": NAME}}: {0}")]
+    NotJson(serde_json::Error),
+    #[error("empty body: send the phase name, e.g. `curl -d upgrade http://127.0.0.1:9669/phase`")]
+    Empty,
+}
+
 /// A report as of now, when asked for.
 pub type ReportFuture = Pin<Box<dyn Future<Output = Result<Report, ReportUnavailable>> + Send>>;
 
@@ -66,13 +96,11 @@ pub struct Endpoint {
 
 /// Binds now (so a taken or invalid address is an error before anything is
 /// attached); serve with [`serve`].
-pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| {
-            format!("cannot listen on {addr} ({e}); choose another --metrics-addr, or `--metrics-addr off`")
-        })?;
-    TcpListener::from_std(listener).map_err(|e| format!("cannot listen on {addr}: {e}"))
+        .map_err(|error| ListenError::Bind { addr, error })?;
+    TcpListener::from_std(listener).map_err(|error| ListenError::Register { addr, error })
 }
 
 /// Serves until `stop` turns true.
@@ -163,21 +191,7 @@ async fn handle(endpoint: &Endpoint, request: Request<Incoming>) -> Response<Ful
                     );
                 }
             };
-            let name = match phase_from_body(&body) {
-                Ok(name) => name,
-                Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
-            };
-            match endpoint
-                .pipeline
-                .switch_phase(&name, PhaseSource::Http)
-                .await
-            {
-                Ok(reply) => plain(StatusCode::OK, &format!("{reply}\n")),
-                Err(e) if e.contains("shutting down") => {
-                    plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"))
-                }
-                Err(e) => plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
-            }
+            post_phase(&endpoint.pipeline, &body).await
         }
         (_, "/metrics" | "/healthz" | "/readyz" | "/report" | "/phase") => plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -201,9 +215,29 @@ fn wants_openmetrics<B>(request: &Request<B>) -> bool {
         .any(|v| v.contains("application/openmetrics-text"))
 }
 
+/// `POST /phase` with its body read: 200 with the new phase, 400 for a
+/// body or name the caller must fix, 503 while the agent stops.
+async fn post_phase(pipeline: &PipelineHandle, body: &[u8]) -> Response<Full<Bytes>> {
+    let name = match phase_from_body(body) {
+        Ok(name) => name,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    };
+    match pipeline.switch_phase(&name, PhaseSource::Http).await {
+        Ok(reply) => plain(StatusCode::OK, &format!("{reply}\n")),
+        Err(e) => plain(phase_refused_status(&e), &format!("{e}\n")),
+    }
+}
+
+fn phase_refused_status(error: &PhaseRequestError) -> StatusCode {
+    match error {
+        PhaseRequestError::InvalidName(_) => StatusCode::BAD_REQUEST,
+        PhaseRequestError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 /// `upgrade` or `{"phase": "upgrade"}`.
-pub fn phase_from_body(body: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+pub fn phase_from_body(body: &[u8]) -> Result<String, PhaseBodyError> {
+    let text = std::str::from_utf8(body).map_err(|_| PhaseBodyError::NotUtf8)?;
     let text = text.trim();
     if text.starts_with('{') {
         #[derive(serde::Deserialize)]
@@ -212,12 +246,9 @@ pub fn phase_from_body(body: &[u8]) -> Result<String, String> {
         }
         serde_json::from_str::<PhaseRequest>(text)
             .map(|r| r.phase)
-            .map_err(|e| format!("the body is not {{\"phase\": NAME}}: {e}"))
+            .map_err(PhaseBodyError::NotJson)
     } else if text.is_empty() {
-        Err(
-            "empty body: send the phase name, e.g. `curl -d upgrade http://127.0.0.1:9669/phase`"
-                .into(),
-        )
+        Err(PhaseBodyError::Empty)
     } else {
         Ok(text.to_string())
     }
@@ -243,18 +274,62 @@ mod tests {
 
     #[test]
     fn phase_bodies() {
-        assert_eq!(phase_from_body(b"upgrade\n"), Ok("upgrade".into()));
+        assert_eq!(phase_from_body(b"upgrade\n").unwrap(), "upgrade");
         assert_eq!(
-            phase_from_body(br#"{"phase": "post-upgrade"}"#),
-            Ok("post-upgrade".into())
+            phase_from_body(br#"{"phase": "post-upgrade"}"#).unwrap(),
+            "post-upgrade"
         );
+        let not_json = phase_from_body(br#"{"name": "x"}"#).unwrap_err();
+        assert!(matches!(not_json, PhaseBodyError::NotJson(_)));
         assert!(
-            phase_from_body(br#"{"name": "x"}"#)
-                .unwrap_err()
-                .contains("{\"phase\": NAME}")
+            not_json
+                .to_string()
+                .starts_with("the body is not {\"phase\": NAME}: "),
+            "{not_json}"
         );
-        assert!(phase_from_body(b"  ").unwrap_err().contains("empty body"));
-        assert!(phase_from_body(&[0xff]).is_err());
+        assert_eq!(
+            phase_from_body(b"  ").unwrap_err().to_string(),
+            "empty body: send the phase name, e.g. `curl -d upgrade http://127.0.0.1:9669/phase`"
+        );
+        assert!(matches!(
+            phase_from_body(&[0xff]),
+            Err(PhaseBodyError::NotUtf8)
+        ));
+    }
+
+    async fn body_text(response: Response<Full<Bytes>>) -> (StatusCode, String) {
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// The status says whose the problem is: 400 the caller's (body, name),
+    /// 503 the agent's (stopping).
+    #[tokio::test]
+    async fn phase_requests_answer_by_kind_of_refusal() {
+        let (queue, mut inputs) = tokio::sync::mpsc::channel(4);
+        let pipeline = PipelineHandle::new(queue.downgrade());
+
+        let (status, body) = body_text(post_phase(&pipeline, b"upgrade").await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.starts_with("phase upgrade started at "), "{body}");
+        assert!(inputs.recv().await.is_some());
+
+        let (status, body) = body_text(post_phase(&pipeline, b"").await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.starts_with("empty body"), "{body}");
+
+        let (status, body) = body_text(post_phase(&pipeline, b"Not A Phase").await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.starts_with("invalid phase name"), "{body}");
+
+        drop(queue);
+        let (status, body) = body_text(post_phase(&pipeline, b"upgrade").await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body, "the agent is shutting down\n");
+        // A bad name is still the caller's to fix while stopping.
+        let (status, _) = body_text(post_phase(&pipeline, b"Bad").await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -27,6 +27,61 @@ pub const DEFAULT_SOCKET: &str = "/run/registry-observer/control.sock";
 const MAX_REQUEST_BYTES: u64 = 256;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the control socket could not be set up. Each message carries its
+/// cause (so there is no `source()`: printed once, as one line).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlSocketError {
+    #[error(
+        "cannot create {} for the control socket ({error}); choose another place with --control-socket PATH",
+        dir.display()
+    )]
+    CreateDir { dir: PathBuf, error: io::Error },
+    #[error(
+        "another registry-observer is running with control socket {}; stop it, or give this one --control-socket PATH",
+        path.display()
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot replace the stale control socket {} ({error})", path.display())]
+    ReplaceStale { path: PathBuf, error: io::Error },
+    #[error(
+        "cannot create the control socket {} ({error}); choose another place with --control-socket PATH",
+        path.display()
+    )]
+    Bind { path: PathBuf, error: io::Error },
+    #[error("cannot restrict {} to root ({error})", path.display())]
+    Restrict { path: PathBuf, error: io::Error },
+}
+
+/// A request line that is not `mark NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown request {line:?}; send `mark NAME`")]
+pub struct UnknownRequest {
+    /// The line without its trailing whitespace.
+    pub line: String,
+}
+
+/// Why `registry-observer mark` got no `ok` from the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    #[error(
+        "no agent answers on {} ({error}): is `registry-observer run` running? (give the same --control-socket PATH to both)",
+        socket.display()
+    )]
+    NoAgent { socket: PathBuf, error: io::Error },
+    #[error("sending to {}: {error}", socket.display())]
+    Send { socket: PathBuf, error: io::Error },
+    #[error("no reply from {}: {error}", socket.display())]
+    NoReply { socket: PathBuf, error: io::Error },
+    /// The agent answered `error: REASON`.
+    #[error("{reason}")]
+    Refused { reason: String },
+    /// A reply line outside the protocol, shown as it came.
+    #[error("{reply}")]
+    Unexpected { reply: String },
+    #[error("the agent closed the connection without a reply")]
+    Closed,
+}
+
 /// The bound socket; removes its file when dropped.
 #[derive(Debug)]
 pub struct ControlSocket {
@@ -37,41 +92,38 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Binds `path` (creating its directory). A stale socket file left by a
     /// killed agent is replaced; a live agent's is not.
-    pub fn bind(path: &Path) -> Result<ControlSocket, String> {
+    pub fn bind(path: &Path) -> Result<ControlSocket, ControlSocketError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                format!(
-                    "cannot create {} for the control socket ({e}); choose another place with --control-socket PATH",
-                    dir.display()
-                )
+            std::fs::create_dir_all(dir).map_err(|error| ControlSocketError::CreateDir {
+                dir: dir.to_path_buf(),
+                error,
             })?;
         }
         if path.exists() {
             if StdUnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "another registry-observer is running with control socket {}; stop it, or give this one --control-socket PATH",
-                    path.display()
-                ));
+                return Err(ControlSocketError::InUse {
+                    path: path.to_path_buf(),
+                });
             }
-            std::fs::remove_file(path).map_err(|e| {
-                format!(
-                    "cannot replace the stale control socket {} ({e})",
-                    path.display()
-                )
+            std::fs::remove_file(path).map_err(|error| ControlSocketError::ReplaceStale {
+                path: path.to_path_buf(),
+                error,
             })?;
         }
-        let listener = UnixListener::bind(path).map_err(|e| {
-            format!(
-                "cannot create the control socket {} ({e}); choose another place with --control-socket PATH",
-                path.display()
-            )
+        let listener = UnixListener::bind(path).map_err(|error| ControlSocketError::Bind {
+            path: path.to_path_buf(),
+            error,
         })?;
         // Root only. Under the usual umask nobody else could connect (that
         // needs write permission) even before this.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot restrict {} to root ({e})", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |error| ControlSocketError::Restrict {
+                path: path.to_path_buf(),
+                error,
+            },
+        )?;
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
@@ -115,58 +167,61 @@ async fn answer(stream: UnixStream, switch: &PipelineHandle) -> io::Result<()> {
     )
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))??;
-    let reply = match parse_request(&line) {
-        Ok(name) => switch.switch_phase(name, PhaseSource::Mark).await,
-        Err(e) => Err(e),
-    };
-    let text = match reply {
-        Ok(text) => format!("ok {text}\n"),
+    let text = match parse_request(&line) {
+        Ok(name) => match switch.switch_phase(name, PhaseSource::Mark).await {
+            Ok(text) => format!("ok {text}\n"),
+            Err(e) => format!("error: {e}\n"),
+        },
         Err(e) => format!("error: {e}\n"),
     };
     write.write_all(text.as_bytes()).await
 }
 
 /// `mark NAME` -> NAME.
-fn parse_request(line: &str) -> Result<&str, String> {
+fn parse_request(line: &str) -> Result<&str, UnknownRequest> {
     match line.trim_end_matches(['\n', '\r']).split_once(' ') {
         Some(("mark", name)) => Ok(name),
-        _ => Err(format!(
-            "unknown request {:?}; send `mark NAME`",
-            line.trim_end()
-        )),
+        _ => Err(UnknownRequest {
+            line: line.trim_end().to_string(),
+        }),
     }
 }
 
 /// `registry-observer mark NAME`: asks the agent at `socket` to switch
 /// phase; returns its reply or a sentence saying why it could not.
-pub fn mark(socket: &Path, name: &PhaseName) -> Result<String, String> {
-    let mut stream = StdUnixStream::connect(socket).map_err(|e| {
-        format!(
-            "no agent answers on {} ({e}): is `registry-observer run` running? (give the same --control-socket PATH to both)",
-            socket.display()
-        )
+pub fn mark(socket: &Path, name: &PhaseName) -> Result<String, MarkError> {
+    let mut stream = StdUnixStream::connect(socket).map_err(|error| MarkError::NoAgent {
+        socket: socket.to_path_buf(),
+        error,
     })?;
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
         .and_then(|()| stream.write_all(format!("mark {name}\n").as_bytes()))
-        .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+        .map_err(|error| MarkError::Send {
+            socket: socket.to_path_buf(),
+            error,
+        })?;
     let mut reply = String::new();
     BufReader::new(stream)
         .read_line(&mut reply)
-        .map_err(|e| format!("no reply from {}: {e}", socket.display()))?;
+        .map_err(|error| MarkError::NoReply {
+            socket: socket.to_path_buf(),
+            error,
+        })?;
     let reply = reply.trim_end();
-    match reply.strip_prefix("ok ") {
-        Some(text) => Ok(text.to_string()),
-        None => Err(reply
-            .strip_prefix("error: ")
-            .unwrap_or(if reply.is_empty() {
-                "the agent closed the connection without a reply"
-            } else {
-                reply
-            })
-            .to_string()),
+    if let Some(text) = reply.strip_prefix("ok ") {
+        return Ok(text.to_string());
     }
+    Err(match reply.strip_prefix("error: ") {
+        Some(reason) => MarkError::Refused {
+            reason: reason.to_string(),
+        },
+        None if reply.is_empty() => MarkError::Closed,
+        None => MarkError::Unexpected {
+            reply: reply.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -180,10 +235,9 @@ mod tests {
     fn requests_are_mark_and_a_name() {
         assert_eq!(parse_request("mark upgrade\n"), Ok("upgrade"));
         assert_eq!(parse_request("mark upgrade\r\n"), Ok("upgrade"));
-        assert!(
-            parse_request("phase upgrade\n")
-                .unwrap_err()
-                .contains("mark NAME")
+        assert_eq!(
+            parse_request("phase upgrade\n").unwrap_err().to_string(),
+            "unknown request \"phase upgrade\"; send `mark NAME`"
         );
         assert!(parse_request("").is_err());
     }
@@ -197,10 +251,17 @@ mod tests {
         let socket = ControlSocket::bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let in_use = ControlSocket::bind(&path).unwrap_err();
         assert!(
-            ControlSocket::bind(&path)
-                .unwrap_err()
-                .contains("another registry-observer")
+            matches!(in_use, ControlSocketError::InUse { .. }),
+            "{in_use:?}"
+        );
+        assert_eq!(
+            in_use.to_string(),
+            format!(
+                "another registry-observer is running with control socket {}; stop it, or give this one --control-socket PATH",
+                path.display()
+            )
         );
 
         let (queue, mut inputs) = mpsc::channel(4);
@@ -233,10 +294,27 @@ mod tests {
         .unwrap();
         assert!(raw.starts_with("error: invalid phase name"), "{raw}");
 
+        // The pipeline has stopped: the agent's refusal reaches `mark`.
+        drop(queue);
+        let client_path = path.clone();
+        let refused = tokio::task::spawn_blocking(move || {
+            mark(&client_path, &PhaseName::parse("late").unwrap())
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            matches!(&refused, MarkError::Refused { reason } if reason == "the agent is shutting down"),
+            "{refused:?}"
+        );
+        assert_eq!(refused.to_string(), "the agent is shutting down");
+
         stop_tx.send(true).unwrap();
         server.await.unwrap();
         assert!(!path.exists(), "the socket file is removed on exit");
         let error = mark(&path, &PhaseName::parse("x").unwrap()).unwrap_err();
+        assert!(matches!(error, MarkError::NoAgent { .. }), "{error:?}");
+        let error = error.to_string();
         assert!(
             error.contains("is `registry-observer run` running?"),
             "{error}"

@@ -46,6 +46,18 @@ pub enum Line {
     },
 }
 
+/// Why `--events PATH` cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsLogError {
+    #[error(
+        "cannot write the events file {} ({error}); choose a writable location with --events PATH",
+        path.display()
+    )]
+    Open { path: PathBuf, error: io::Error },
+    #[error("cannot start the events file writer: {0}")]
+    Writer(io::Error),
+}
+
 /// The pipeline's handle: cheap, never blocks.
 pub struct EventsLog {
     lines: Option<SyncSender<Line>>,
@@ -56,12 +68,12 @@ pub struct EventsLog {
 impl EventsLog {
     /// Opens (appending to) `path` now, so a bad path is an error before
     /// anything is attached, and starts the writer thread.
-    pub fn open(path: &Path, max_bytes: u64) -> Result<EventsLog, String> {
-        let file = RotatingFile::open(path, max_bytes, ROTATED_FILES_KEPT).map_err(|e| {
-            format!(
-                "cannot write the events file {} ({e}); choose a writable location with --events PATH",
-                path.display()
-            )
+    pub fn open(path: &Path, max_bytes: u64) -> Result<EventsLog, EventsLogError> {
+        let file = RotatingFile::open(path, max_bytes, ROTATED_FILES_KEPT).map_err(|error| {
+            EventsLogError::Open {
+                path: path.to_path_buf(),
+                error,
+            }
         })?;
         let (lines, receiver) = mpsc::sync_channel(BACKLOG_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -69,7 +81,7 @@ impl EventsLog {
         let writer = std::thread::Builder::new()
             .name("events-log".into())
             .spawn(move || write_lines(file, receiver, &writer_dropped))
-            .map_err(|e| format!("cannot start the events file writer: {e}"))?;
+            .map_err(EventsLogError::Writer)?;
         Ok(EventsLog {
             lines: Some(lines),
             dropped,
@@ -287,7 +299,12 @@ mod tests {
         let error = EventsLog::open(Path::new("/nonexistent-dir/e.jsonl"), 10)
             .err()
             .unwrap();
-        assert!(error.contains("/nonexistent-dir/e.jsonl"), "{error}");
+        assert!(matches!(error, EventsLogError::Open { .. }), "{error:?}");
+        let error = error.to_string();
+        assert!(
+            error.starts_with("cannot write the events file /nonexistent-dir/e.jsonl ("),
+            "{error}"
+        );
         assert!(error.contains("--events PATH"), "{error}");
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     pipeline::{
         attribute::component_rules::ComponentRule,
         classify::{Catalog, registries_conf::RegistriesConf},
-        phase::{PhaseChange, PhaseName, PhaseSource},
+        phase::{PhaseChange, PhaseName, PhaseNameError, PhaseSource},
         snapshot::{PipelineCounters, PipelineSnapshot},
         verdict::Policy,
     },
@@ -67,6 +67,16 @@ pub struct Settings {
 #[error("the agent is shutting down")]
 pub struct ShuttingDown;
 
+/// Why a phase change was refused: the caller's mistake, or the agent's
+/// state (the HTTP endpoint answers 400 and 503).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PhaseRequestError {
+    #[error(transparent)]
+    InvalidName(#[from] PhaseNameError),
+    #[error(transparent)]
+    ShuttingDown(#[from] ShuttingDown),
+}
+
 /// Sends requests into the running pipeline; shared by the control socket
 /// and the HTTP endpoint. It holds a weak sender: an idle HTTP keep-alive
 /// connection must not keep the pipeline's queue open at shutdown.
@@ -82,7 +92,11 @@ impl PipelineHandle {
 
     /// Queues a phase change behind the events already read; returns the
     /// reply text. Events stamped before now stay in the previous phase.
-    pub async fn switch_phase(&self, name: &str, source: PhaseSource) -> Result<String, String> {
+    pub async fn switch_phase(
+        &self,
+        name: &str,
+        source: PhaseSource,
+    ) -> Result<String, PhaseRequestError> {
         let name = PhaseName::parse(name.trim())?;
         let at = SystemTime::now();
         let change = PhaseChange {
@@ -91,9 +105,7 @@ impl PipelineHandle {
             boot_ns: clock::boot_ns(),
             at,
         };
-        self.send(Input::Phase(change))
-            .await
-            .map_err(|e| e.to_string())?;
+        self.send(Input::Phase(change)).await?;
         Ok(format!(
             "phase {name} started at {}",
             humantime::format_rfc3339_millis(at)
@@ -118,5 +130,41 @@ impl PipelineHandle {
     async fn send(&self, input: Input) -> Result<(), ShuttingDown> {
         let queue = self.queue.upgrade().ok_or(ShuttingDown)?;
         queue.send(input).await.map_err(|_| ShuttingDown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn phase_requests_are_refused_by_kind() {
+        let (queue, mut inputs) = mpsc::channel(4);
+        let handle = PipelineHandle::new(queue.downgrade());
+        let reply = handle
+            .switch_phase(" upgrade\n", PhaseSource::Http)
+            .await
+            .unwrap();
+        assert!(reply.starts_with("phase upgrade started at "), "{reply}");
+        assert!(matches!(inputs.recv().await, Some(Input::Phase(_))));
+
+        let invalid = handle
+            .switch_phase("Not Valid", PhaseSource::Http)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&invalid, PhaseRequestError::InvalidName(e) if e.given == "Not Valid"),
+            "{invalid:?}"
+        );
+        assert!(invalid.to_string().starts_with("invalid phase name"));
+
+        // The pipeline is gone: its queue's last strong sender dropped.
+        drop(queue);
+        let stopping = handle
+            .switch_phase("upgrade", PhaseSource::Http)
+            .await
+            .unwrap_err();
+        assert_eq!(stopping, PhaseRequestError::ShuttingDown(ShuttingDown));
+        assert_eq!(stopping.to_string(), "the agent is shutting down");
     }
 }

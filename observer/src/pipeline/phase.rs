@@ -15,16 +15,25 @@ pub use observer_report::phase::{PhaseMarker, PhaseSource};
 #[serde(try_from = "String")]
 pub struct PhaseName(String);
 
+/// A name that [`PhaseName::parse`] refuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid phase name {given:?}: use 1 to 63 characters a-z, 0-9, '_' or '-', starting with a letter or digit (e.g. boot, upgrade, post-upgrade)"
+)]
+pub struct PhaseNameError {
+    pub given: String,
+}
+
 /// For config files (`phases.initial`): the same check as `--phase`.
 impl TryFrom<String> for PhaseName {
-    type Error = String;
-    fn try_from(text: String) -> Result<PhaseName, String> {
+    type Error = PhaseNameError;
+    fn try_from(text: String) -> Result<PhaseName, PhaseNameError> {
         PhaseName::parse(&text)
     }
 }
 
 impl PhaseName {
-    pub fn parse(text: &str) -> Result<PhaseName, String> {
+    pub fn parse(text: &str) -> Result<PhaseName, PhaseNameError> {
         let valid_first = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
         let valid_rest = |c: char| valid_first(c) || c == '_' || c == '-';
         let mut chars = text.chars();
@@ -32,9 +41,9 @@ impl PhaseName {
         if ok {
             Ok(PhaseName(text.to_string()))
         } else {
-            Err(format!(
-                "invalid phase name {text:?}: use 1 to 63 characters a-z, 0-9, '_' or '-', starting with a letter or digit (e.g. boot, upgrade, post-upgrade)"
-            ))
+            Err(PhaseNameError {
+                given: text.to_string(),
+            })
         }
     }
 
@@ -131,8 +140,13 @@ mod tests {
         }
         for bad in ["", "Boot", "-x", "_x", "a b", "a/b", "é", &"x".repeat(64)] {
             let error = PhaseName::parse(bad).unwrap_err();
-            assert!(error.contains("a-z, 0-9"), "{error}");
+            assert_eq!(error.given, bad);
+            assert!(error.to_string().contains("a-z, 0-9"), "{error}");
         }
+        assert_eq!(
+            PhaseName::parse("Boot").unwrap_err().to_string(),
+            "invalid phase name \"Boot\": use 1 to 63 characters a-z, 0-9, '_' or '-', starting with a letter or digit (e.g. boot, upgrade, post-upgrade)"
+        );
     }
 
     #[test]

@@ -161,6 +161,7 @@ pub struct Date {
 }
 
 impl Date {
+    /// Only serde's visitor calls it, and wants a Display error: a String.
     pub fn parse(text: &str) -> Result<Date, String> {
         let text = text.trim();
         let shape_ok = text.len() == 10

@@ -35,7 +35,7 @@ pub async fn attach(cgroup_root: &Path, options: &RunOptions) -> anyhow::Result<
     })
     .await
     .context("the loader task failed")?
-    .map_err(|e| UsageError(format!("{e:#}")))?;
+    .map_err(|e| UsageError::new(format!("{e:#}")))?;
     let command_cgroup = if options.command.is_empty() {
         None
     } else {

@@ -145,7 +145,7 @@ fn bind_metrics(
         MetricsAddr::Off => Ok(None),
         MetricsAddr::Explicit(addr) => http::bind(addr)
             .map(|l| Some((l, addr)))
-            .map_err(UsageError),
+            .map_err(UsageError::new),
         MetricsAddr::Default(addr) => match http::bind(addr) {
             Ok(listener) => Ok(Some((listener, addr))),
             Err(e) => {
@@ -158,7 +158,7 @@ fn bind_metrics(
 
 fn bind_control(explicit: Option<&Path>) -> Result<Option<ControlSocket>, UsageError> {
     match explicit {
-        Some(path) => ControlSocket::bind(path).map(Some).map_err(UsageError),
+        Some(path) => ControlSocket::bind(path).map(Some).map_err(UsageError::new),
         None => match ControlSocket::bind(Path::new(socket::DEFAULT_SOCKET)) {
             Ok(socket) => Ok(Some(socket)),
             Err(e) => {

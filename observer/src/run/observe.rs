@@ -108,9 +108,10 @@ pub async fn reload_on_hangup(
             Some(path) => config::load(path).map_err(|e| e.to_string()),
             None => Ok(Config::default()),
         };
-        match loaded
-            .and_then(|config| config::settings(&config, &host_root, &cli_registries, &cli_rules))
-        {
+        match loaded.and_then(|config| {
+            config::settings(&config, &host_root, &cli_registries, &cli_rules)
+                .map_err(|e| e.to_string())
+        }) {
             Ok(settings) => {
                 if queue.send(Input::Reload(Box::new(settings))).await.is_err() {
                     return;

@@ -26,20 +26,20 @@ pub struct Prepared {
 
 pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
     // Bad configuration first: it is the user's to fix on any machine.
-    preflight::check_host_root(&options.host_root).map_err(UsageError)?;
+    preflight::check_host_root(&options.host_root).map_err(UsageError::new)?;
     let settings = config::settings(
         &options.config,
         &options.host_root,
         &options.registries,
         &options.component_rules,
     )
-    .map_err(UsageError)?;
-    preflight::check_own_privileges().map_err(UsageError)?;
-    let cgroup_root = preflight::cgroup2_mount(&options.host_root).map_err(UsageError)?;
-    report::check_writable(&options.report).map_err(|e| UsageError(e.0))?;
+    .map_err(UsageError::new)?;
+    preflight::check_own_privileges().map_err(UsageError::new)?;
+    let cgroup_root = preflight::cgroup2_mount(&options.host_root).map_err(UsageError::new)?;
+    report::check_writable(&options.report).map_err(UsageError::new)?;
     if let Some(junit) = &options.junit {
         report::check_output_writable(junit, "JUnit file", "--junit", "junit.xml")
-            .map_err(|e| UsageError(e.0))?;
+            .map_err(UsageError::new)?;
     }
     // With --host-root, process details come from the host's /proc there.
     if options.host_root == Path::new("/")
@@ -51,7 +51,7 @@ pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
         );
     }
     let events_log = match &options.events {
-        Some(path) => EventsLog::open(path, options.events_max_bytes).map_err(UsageError)?,
+        Some(path) => EventsLog::open(path, options.events_max_bytes).map_err(UsageError::new)?,
         None => EventsLog::disabled(),
     };
     // A kubeconfig the user named must be usable (exit 2 otherwise); an
@@ -61,7 +61,9 @@ pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
         options.kubernetes.enabled,
         std::env::var(kubernetes::IN_CLUSTER_ENV).ok().as_deref(),
     );
-    let kubernetes = kubernetes::prepare(&access).await.map_err(UsageError)?;
+    let kubernetes = kubernetes::prepare(&access)
+        .await
+        .map_err(UsageError::new)?;
     Ok(Prepared {
         settings,
         cgroup_root,

@@ -186,6 +186,25 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Settings that cannot be built from a config that parsed: exit 2 at
+/// start; on a reload the running configuration stays.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// A registries.conf file the config imports (or its drop-ins).
+    #[error("registries.conf error: {0}{hint}", hint = registries_conf_hint(.0))]
+    RegistriesConf(FileError),
+}
+
+/// serde's own messages state the problem only; ours end with the fix
+/// after a semicolon.
+fn registries_conf_hint(error: &FileError) -> &'static str {
+    if error.problem.contains(';') {
+        ""
+    } else {
+        "; see containers-registries.conf(5)"
+    }
+}
+
 /// Parses config text; `file` only names it in errors.
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let format = Format::of(file).ok_or_else(|| {
@@ -216,7 +235,7 @@ pub fn settings(
     host_root: &Path,
     cli_registries: &[Pattern],
     cli_rules: &[ComponentRule],
-) -> Result<Settings, String> {
+) -> Result<Settings, SettingsError> {
     let mut catalog = Catalog::builtin();
     for pattern in cli_registries {
         catalog.add(
@@ -230,16 +249,7 @@ pub fn settings(
     }
     let registries_conf = match config.registries_conf.paths(host_root) {
         Some(paths) => {
-            let conf = registries_conf::load(&paths).map_err(|e| {
-                // serde's own messages state the problem only; ours end
-                // with the fix after a semicolon.
-                let hint = if e.problem.contains(';') {
-                    ""
-                } else {
-                    "; see containers-registries.conf(5)"
-                };
-                format!("registries.conf error: {e}{hint}")
-            })?;
+            let conf = registries_conf::load(&paths).map_err(SettingsError::RegistriesConf)?;
             conf.apply(&mut catalog);
             Some(conf)
         }
@@ -517,9 +527,21 @@ enabled = \"yes\"
         let yaml = "registries_conf:\n  file: /nonexistent/registries.conf\n";
         let config = parse(Path::new("c.yaml"), yaml).unwrap();
         let err = super::settings(&config, Path::new("/"), &[], &[]).unwrap_err();
+        let SettingsError::RegistriesConf(file_error) = &err;
+        assert_eq!(file_error.file, Path::new("/nonexistent/registries.conf"));
+        let err = err.to_string();
         assert!(
-            err.starts_with("registries.conf error: /nonexistent/registries.conf"),
+            err.starts_with(
+                "registries.conf error: /nonexistent/registries.conf: cannot read it ("
+            ),
             "{err}"
+        );
+        assert!(!err.ends_with("containers-registries.conf(5)"), "{err}");
+        // A problem without its own fix gets the manual page.
+        let bare = SettingsError::RegistriesConf(FileError::whole("r.conf", "bad"));
+        assert_eq!(
+            bare.to_string(),
+            "registries.conf error: r.conf: bad; see containers-registries.conf(5)"
         );
         // Turned off: not read at all.
         let config = parse(

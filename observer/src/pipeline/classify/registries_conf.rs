@@ -22,7 +22,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, Category, Pattern, Source};
+use super::{Catalog, Category, Pattern, PatternError, Source};
 pub use observer_report::policy::{MirroredSource, RegistriesConfReport};
 
 use crate::textfile::{self, FileError};
@@ -120,6 +120,7 @@ struct RawMirror {
     location: String,
 }
 
+// serde reports the error by its Display: a String suffices here.
 impl TryFrom<RawRegistryFields> for RawRegistry {
     type Error = String;
 
@@ -139,9 +140,10 @@ impl TryFrom<RawRegistryFields> for RawRegistry {
             &prefix
         } else {
             &location
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         for mirror in &raw.mirror {
-            registry_host(&mirror.location)?;
+            registry_host(&mirror.location).map_err(|e| e.to_string())?;
         }
         Ok(RawRegistry {
             prefix,
@@ -207,7 +209,8 @@ pub fn parse_file(file: &Path, text: &str, drop_in: bool) -> Result<ParsedFile, 
                 .flatten()
                 .flat_map(|l| &l.registries),
         ) {
-            registry_host(name).map_err(|problem| FileError::at_offset(file, text, at, problem))?;
+            registry_host(name)
+                .map_err(|problem| FileError::at_offset(file, text, at, problem.to_string()))?;
         }
         // v1 lists become one [[registry]] per name, as containers-image
         // converts them; a name in both lists is insecure and blocked.
@@ -327,9 +330,18 @@ fn read_error(path: &Path, error: &io::Error) -> FileError {
     )
 }
 
+/// A registries.conf location whose host is not a host pattern.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("registry location {location:?}: {error}")]
+pub struct RegistryHostError {
+    /// The location without its `https://` or `http://`.
+    pub location: String,
+    pub error: PatternError,
+}
+
 /// The host of a registries.conf location or prefix, as a catalog pattern:
 /// `host[:port][/path]`, `[v6]:port/path`, `*.example.com`, or an address.
-pub fn registry_host(location: &str) -> Result<Pattern, String> {
+pub fn registry_host(location: &str) -> Result<Pattern, RegistryHostError> {
     let location = location.trim();
     let location = location
         .strip_prefix("https://")
@@ -347,7 +359,10 @@ pub fn registry_host(location: &str) -> Result<Pattern, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(Pattern::Network(IpNet::from(ip)));
     }
-    Pattern::parse(host).map_err(|e| format!("registry location {location:?}: {e}"))
+    Pattern::parse(host).map_err(|error| RegistryHostError {
+        location: location.to_string(),
+        error,
+    })
 }
 
 impl RegistriesConf {
@@ -636,5 +651,15 @@ registries = ["docker.io", "evil.example"]
         assert_eq!(host("localhost").unwrap(), "localhost");
         assert!(host("").is_err());
         assert!(host("a b").is_err());
+        let error = registry_host("https://a b/x").unwrap_err();
+        assert_eq!(error.location, "a b/x");
+        assert!(matches!(
+            error.error,
+            PatternError::Character { bad: ' ', .. }
+        ));
+        assert_eq!(
+            error.to_string(),
+            format!("registry location \"a b/x\": {}", error.error)
+        );
     }
 }

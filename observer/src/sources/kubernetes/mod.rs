@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Event, core::v1::Pod};
 use kube::{
     Api, Client,
-    config::{KubeConfigOptions, Kubeconfig},
+    config::{KubeConfigOptions, Kubeconfig, KubeconfigError},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::Value;
@@ -107,10 +107,24 @@ pub enum Prepared {
     Off(String),
 }
 
+/// A kubeconfig the user named that cannot be read or used (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kubeconfig {}: {}; give a readable kubeconfig with a current context \
+     (`kubectl config view --minify --raw > node.kubeconfig`)",
+    path.display(),
+    chain(error)
+)]
+pub struct KubeconfigUnusable {
+    pub path: PathBuf,
+    /// Its causes are part of the message.
+    pub error: KubeconfigError,
+}
+
 /// Loads the client configuration. A kubeconfig the user named that cannot
 /// be read or used is the user's to fix (`Err`: exit 2); in-cluster
 /// configuration that fails makes the source unavailable, with the reason.
-pub async fn prepare(access: &Access) -> Result<Prepared, String> {
+pub async fn prepare(access: &Access) -> Result<Prepared, KubeconfigUnusable> {
     match access {
         Access::Off(reason) => Ok(Prepared::Off(reason.clone())),
         Access::InCluster => Ok(match kube::Config::incluster() {
@@ -124,19 +138,15 @@ pub async fn prepare(access: &Access) -> Result<Prepared, String> {
             },
         }),
         Access::Kubeconfig(path) => {
-            let problem = |e: &dyn StdError| {
-                format!(
-                    "kubeconfig {}: {}; give a readable kubeconfig with a current context \
-                     (`kubectl config view --minify --raw > node.kubeconfig`)",
-                    path.display(),
-                    chain(e)
-                )
+            let unusable = |error| KubeconfigUnusable {
+                path: path.clone(),
+                error,
             };
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| problem(&e))?;
+            let kubeconfig = Kubeconfig::read_from(path).map_err(unusable)?;
             let config =
                 kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                     .await
-                    .map_err(|e| problem(&e))?;
+                    .map_err(unusable)?;
             Ok(Prepared::Ready(Box::new(config)))
         }
     }
@@ -523,6 +533,28 @@ fn chain(error: &dyn StdError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A named kubeconfig that cannot be read is an error naming it.
+    #[tokio::test]
+    async fn an_unreadable_kubeconfig_is_the_users_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.kubeconfig");
+        let Err(error) = prepare(&Access::Kubeconfig(missing.clone())).await else {
+            panic!("a missing kubeconfig must not prepare")
+        };
+        assert_eq!(error.path, missing);
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!("kubeconfig {}: ", missing.display())),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "; give a readable kubeconfig with a current context (`kubectl config view --minify --raw > node.kubeconfig`)"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_api_is_used_only_when_asked_or_in_a_pod() {
