@@ -1,7 +1,9 @@
 //! Running the real registry-observer binary under test.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use crate::service::{Service, ServiceOutput};
 

@@ -15,11 +15,13 @@
 //!
 //! Pod cgroups are `/kubepods/besteffort/pod<uid>/<id>` (cgroupfs driver).
 
-use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use hyper_util::rt::TokioIo;
@@ -34,8 +36,10 @@ use k8s_cri::v1::{
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::Testbed;
-use crate::process::{die_with_parent, poll_until, run_checked, stop_child};
+use crate::{
+    Testbed,
+    process::{die_with_parent, poll_until, run_checked, stop_child},
+};
 
 /// Executables this harness runs.
 pub const CONTAINERD_TOOLS: &[&str] = &[

@@ -21,8 +21,10 @@ mod service;
 mod testbed;
 pub mod vm;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
 
 pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary, no_agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root, programs_on_cgroup2_root};

@@ -3,9 +3,11 @@
 //! prints its ready line, and stopped by its PID with the signal it treats
 //! as "shut down cleanly".
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
 
 use crate::process::{Collector, die_with_parent, poll_until, stop_child, wait_timeout};
 

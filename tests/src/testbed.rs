@@ -16,14 +16,18 @@
 //! from a real server; only subdomains' missing types get NXDOMAIN. Clients run with `ip netns exec`, which bind-mounts
 //! `/etc/netns/<netns>/{resolv.conf,hosts}` over /etc.
 
-use std::fmt::Write as _;
-use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, bail, ensure};
 

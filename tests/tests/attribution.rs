@@ -16,9 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer_tests::observe::{PYTHON, assert_valid_report, read_report};
 use observer_tests::{
     Agent, CONTAINERD_TOOLS, Containerd, PodSpec, TESTBED_TOOLS, TestCgroup, Testbed,
+    observe::{PYTHON, assert_valid_report, read_report},
     output_within, pod_uid, require_root_and_tools, run_checked,
 };
 use serde_json::Value;

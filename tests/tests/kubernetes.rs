@@ -13,6 +13,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use observer_report::{
+    observer::KubernetesState,
+    on_behalf_of::{PolicySource, PolicyWhy},
+};
 use observer_tests::{
     Agent,
     fake_apiserver::{FakeApiServer, write_kubeconfig},
@@ -20,15 +24,11 @@ use observer_tests::{
     observe::{agent_args, assert_valid_report, read_report},
     require_root_and_tools,
 };
-use registry_observer::sources::kubernetes;
-use registry_observer::sources::kubernetes::Access;
-use registry_observer::sources::kubernetes::KubernetesSource;
-use registry_observer::sources::kubernetes::KubernetesState;
-use registry_observer::sources::kubernetes::events::FIELD_SELECTOR;
-use registry_observer::sources::pull_intent::PolicySource;
-use registry_observer::sources::pull_intent::PolicyWhy;
-use registry_observer::sources::pull_intent::PullIntent;
-use registry_observer::sources::pull_intent::intent_channel;
+use registry_observer::sources::{
+    kubernetes,
+    kubernetes::{Access, KubernetesSource, events::FIELD_SELECTOR},
+    pull_intent::{PullIntent, intent_channel},
+};
 use serde_json::{Value, json};
 
 const PYTHON: &str = "/usr/bin/python3";

@@ -18,12 +18,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use observer_tests::fake_apiserver::FakeApiServer;
-use observer_tests::observe::{
-    CLIENT_TIMEOUT, PYTHON, agent_args, assert_valid_report, in_netns, read_report,
-};
 use observer_tests::{
     Agent, CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, TESTBED_TOOLS, TestCgroup, Testbed,
+    fake_apiserver::FakeApiServer,
+    observe::{CLIENT_TIMEOUT, PYTHON, agent_args, assert_valid_report, in_netns, read_report},
     output_within, pod_uid, push_pod_image, require_root_and_tools,
 };
 use registry_observer::sources::pull_intent::KUBELET_PULLING_BEFORE;

@@ -12,9 +12,10 @@ use std::{
     time::Duration,
 };
 
-use observer_tests::observe::{PYTHON, assert_valid_report, read_report};
 use observer_tests::{
-    Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed, output_within, require_root_and_tools,
+    Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed,
+    observe::{PYTHON, assert_valid_report, read_report},
+    output_within, require_root_and_tools,
 };
 use serde_json::Value;
 

@@ -1,10 +1,7 @@
 //! Smoke tests of the harness itself, without the agent: if these fail, agent
 //! test failures mean nothing. Run as root (`cargo xtask test`).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+use std::{os::unix::fs::MetadataExt, path::Path, process::Stdio, time::Duration};
 
 use observer_tests::{
     Agent, TESTBED_TOOLS, TestCgroup, Testbed, output_within, require_root_and_tools, run_checked,

@@ -5,21 +5,18 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
 
-use crate::UsageError;
-use crate::bpf::load;
-use crate::control::http;
-use crate::control::socket;
-use crate::pipeline::attribute::component_rules::ComponentRule;
-use crate::pipeline::classify::Pattern;
-use crate::pipeline::phase::PhaseName;
-use crate::pipeline::record::DEFAULT_MAX_ATTEMPTS;
-use crate::run as agent;
-use crate::run::KubernetesOptions;
-use crate::run::MetricsAddr;
-use crate::run::RunOptions;
-use crate::setup::config;
-use crate::setup::config::Config;
-use crate::setup::preflight;
+use crate::{
+    UsageError,
+    bpf::load,
+    control::{http, socket},
+    pipeline::{
+        attribute::component_rules::ComponentRule, classify::Pattern, phase::PhaseName,
+        record::DEFAULT_MAX_ATTEMPTS,
+    },
+    run as agent,
+    run::{KubernetesOptions, MetricsAddr, RunOptions},
+    setup::{config, config::Config, preflight},
+};
 
 /// Used when neither `--report` nor the config's `outputs.report` is given.
 const DEFAULT_REPORT: &str = "registry-report.json";

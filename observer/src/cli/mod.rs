@@ -6,7 +6,6 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-
 use observer_report::{self as report, diff, merge, text};
 
 #[cfg(feature = "agent")]

@@ -23,16 +23,14 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
+use observer_exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
+use observer_report::{Report, phase::PhaseSource};
 use tokio::{net::TcpListener, sync::watch};
 
-use observer_exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
-use observer_report::Report;
-
-use crate::outputs::metrics::HealthSnapshot;
-use crate::outputs::metrics::Metrics;
-use crate::pipeline::input::PhaseRequestError;
-use crate::pipeline::input::PipelineHandle;
-use crate::pipeline::phase::PhaseSource;
+use crate::{
+    outputs::metrics::{HealthSnapshot, Metrics},
+    pipeline::input::{PhaseRequestError, PipelineHandle},
+};
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9669";
 /// How long a scrape waits for the pipeline's counters (Prometheus's

@@ -12,15 +12,14 @@ use std::{
     time::Duration,
 };
 
+use observer_report::phase::PhaseSource;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
     sync::watch,
 };
 
-use crate::pipeline::input::PipelineHandle;
-use crate::pipeline::phase::PhaseName;
-use crate::pipeline::phase::PhaseSource;
+use crate::pipeline::{input::PipelineHandle, phase::PhaseName};
 
 pub const DEFAULT_SOCKET: &str = "/run/registry-observer/control.sock";
 /// A request is one short line; anything longer is not ours.

@@ -16,38 +16,39 @@
 //! read it (the Kubernetes API); else it is inferred from the image
 //! reference with Kubernetes' defaulting (`observer_lint::pull_policy`).
 
-use std::{collections::BTreeMap, time::Duration, time::SystemTime};
-
-use observer_report::process::ProcessInfo;
-
-use crate::{
-    pipeline::attribute::component::pod_owner,
-    sources::{
-        images::{ImageLedger, Presence},
-        pods::PodDirectory,
-        pull_intent::{
-            CONTAINER_CREATED_AFTER, CONTAINER_CREATED_BEFORE, IntentSignal, KUBELET_PULLING_AFTER,
-            KUBELET_PULLING_BEFORE, PolicyJoin, PolicySource, PolicyWhy, PullIntent,
-        },
-    },
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
 };
+
 use observer_lint::{
     pull_policy::{PullPolicy, default_pull_policy},
     reference::ImageReference,
 };
-
-pub use observer_report::{
+use observer_report::{
+    attempt::Attempt,
     observer::OnBehalfOfStats,
     on_behalf_of::{
-        Clue, Confidence, OnBehalfOf, OnBehalfOfKind, OnBehalfOfPod, OnBehalfOfProcess,
+        Clue, Confidence, IntentSignal, OnBehalfOf, OnBehalfOfKind, OnBehalfOfPod,
+        OnBehalfOfProcess, PolicyJoin, PolicySource, PolicyWhy,
     },
+    process::ProcessInfo,
 };
 
-use crate::pipeline::classify::Catalog;
-use crate::pipeline::classify::Pattern;
-use crate::pipeline::classify::registries_conf;
-use crate::pipeline::classify::registries_conf::RegistriesConf;
-use crate::pipeline::record::Attempt;
+use crate::{
+    pipeline::{
+        attribute::component::pod_owner,
+        classify::{Catalog, Pattern, registries_conf, registries_conf::RegistriesConf},
+    },
+    sources::{
+        images::{ImageLedger, Presence},
+        pods::PodDirectory,
+        pull_intent::{
+            CONTAINER_CREATED_AFTER, CONTAINER_CREATED_BEFORE, KUBELET_PULLING_AFTER,
+            KUBELET_PULLING_BEFORE, PullIntent,
+        },
+    },
+};
 
 /// Processes that pull images for pods they do not belong to. By
 /// executable file name, then comm.
@@ -605,15 +606,19 @@ impl Decision {
 mod tests {
     use std::path::PathBuf;
 
-    use observer_report::fixtures::{at, attempt};
+    use observer_report::{
+        fixtures::{at, attempt},
+        process::Ancestor,
+    };
 
     use super::*;
-    use crate::pipeline::attribute::Ancestor;
-    use crate::pipeline::classify::registries_conf::Registry;
-    use crate::sources::pods::ImageEntry;
-    use crate::sources::pods::Listing;
-    use crate::sources::pods::PodEntry;
-    use crate::sources::pull_intent::IntentPod;
+    use crate::{
+        pipeline::classify::registries_conf::Registry,
+        sources::{
+            pods::{ImageEntry, Listing, PodEntry},
+            pull_intent::IntentPod,
+        },
+    };
 
     /// containerd's contact with `host` from `first` to `last` (seconds).
     fn runtime_attempt(host: &str, first: u64, last: u64) -> Attempt {

@@ -3,10 +3,9 @@
 
 use std::{io::Write, time::SystemTime};
 
-use crate::pipeline::attribute::Origin;
-use crate::pipeline::classify::Match;
-use crate::pipeline::phase::PhaseMarker;
-use crate::pipeline::phase::PhaseSource;
+use observer_report::phase::{PhaseMarker, PhaseSource};
+
+use crate::pipeline::{attribute::Origin, classify::Match};
 
 /// `12:34:56.789  quay.io  dns_query(AAAA)  pid 4242 skopeo /usr/bin/skopeo  cgroup /x`
 pub fn format_line(at: SystemTime, matched: &Match, origin: &Origin) -> String {
@@ -85,14 +84,16 @@ mod tests {
         time::Duration,
     };
 
+    use observer_report::{
+        attempt::Evidence,
+        process::{CgroupRef, Pod, ProcessInfo},
+    };
+
     use super::*;
-    use crate::pipeline::attribute::CgroupOwner;
-    use crate::pipeline::attribute::CgroupRef;
-    use crate::pipeline::attribute::Pod;
-    use crate::pipeline::attribute::ProcessInfo;
-    use crate::pipeline::attribute::cgroup_path;
-    use crate::pipeline::classify::Catalog;
-    use crate::pipeline::classify::Evidence;
+    use crate::pipeline::{
+        attribute::{CgroupOwner, cgroup_path},
+        classify::Catalog,
+    };
 
     #[test]
     fn line_names_time_host_evidence_process_and_place() {

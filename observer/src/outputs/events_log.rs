@@ -17,11 +17,8 @@ use std::{
     time::SystemTime,
 };
 
+use observer_report::{attempt::Attempt, phase::PhaseMarker, time::rfc3339};
 use serde::Serialize;
-
-use crate::pipeline::phase::PhaseMarker;
-use crate::pipeline::record::Attempt;
-use crate::pipeline::record::rfc3339;
 
 /// Rotated files kept next to the live one (`PATH.1` .. `PATH.5`).
 pub const ROTATED_FILES_KEPT: u32 = 5;
@@ -226,8 +223,9 @@ impl RotatingFile {
 mod tests {
     use std::time::Duration;
 
+    use observer_report::phase::PhaseSource;
+
     use super::*;
-    use crate::pipeline::phase::PhaseSource;
 
     fn read(path: &Path) -> String {
         fs::read_to_string(path).unwrap_or_default()

@@ -12,18 +12,17 @@ use std::{
     time::SystemTime,
 };
 
+use observer_report::{
+    attempt::{Attempt, Evidence, Verdict},
+    observer::PayloadStats,
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::bpf::read::ReadStats;
-use crate::pipeline::classify::Evidence;
-use crate::pipeline::payload::PayloadStats;
-use crate::pipeline::record::Attempt;
-use crate::pipeline::record::Verdict;
-use crate::pipeline::snapshot::PipelineCounters;
+use crate::{bpf::read::ReadStats, pipeline::snapshot::PipelineCounters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
@@ -495,13 +494,12 @@ pub fn verdict_label(verdict: Verdict) -> &'static str {
 mod tests {
     use std::{collections::BTreeSet, time::Duration};
 
+    use observer_report::{
+        attempt::{Category, RegistryRef, Source},
+        process::{CgroupRef, Pod, ProcessInfo},
+    };
+
     use super::*;
-    use crate::pipeline::attribute::CgroupRef;
-    use crate::pipeline::attribute::Pod;
-    use crate::pipeline::attribute::ProcessInfo;
-    use crate::pipeline::classify::Category;
-    use crate::pipeline::classify::Source;
-    use crate::pipeline::record::RegistryRef;
 
     fn attempt(component: &str, pod: Option<&str>) -> Attempt {
         Attempt {

@@ -14,18 +14,13 @@ use std::{
 };
 
 use observer_common::TCP_SEGMENTS_PER_CONNECTION;
+use observer_report::observer::PayloadStats;
 
-use crate::pipeline::decode;
-use crate::pipeline::decode::Actor;
-use crate::pipeline::decode::ConnectOutcome;
-use crate::pipeline::decode::DecodeError;
-use crate::pipeline::decode::Observation;
-use crate::pipeline::payload::Mode;
-use crate::pipeline::payload::PayloadStats;
-use crate::pipeline::payload::Progress;
-use crate::pipeline::payload::Segment;
-use crate::pipeline::payload::StreamAssembler;
-use crate::pipeline::payload::StreamFinding;
+use crate::pipeline::{
+    decode,
+    decode::{Actor, ConnectOutcome, DecodeError, Observation},
+    payload::{Mode, Progress, Segment, StreamAssembler, StreamFinding},
+};
 
 const DNS_PORT: u16 = 53;
 
@@ -342,8 +337,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::pipeline::payload::testing::rustls_client_hello;
-    use crate::pipeline::payload::testing::split;
+    use crate::pipeline::payload::testing::{rustls_client_hello, split};
 
     fn actor(tgid: u32, boot_ns: u64) -> Actor {
         Actor {

@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use observer_report::phase::PhaseSource;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -13,7 +14,7 @@ use crate::{
     pipeline::{
         attribute::component_rules::ComponentRule,
         classify::{Catalog, registries_conf::RegistriesConf},
-        phase::{PhaseChange, PhaseName, PhaseNameError, PhaseSource},
+        phase::{PhaseChange, PhaseName, PhaseNameError},
         snapshot::{PipelineCounters, PipelineSnapshot},
         verdict::Policy,
     },

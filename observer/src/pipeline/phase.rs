@@ -5,9 +5,8 @@
 
 use std::{fmt, time::SystemTime};
 
+use observer_report::phase::{PhaseMarker, PhaseSource};
 use serde::Deserialize;
-
-pub use observer_report::phase::{PhaseMarker, PhaseSource};
 
 /// A validated phase name: `[a-z0-9][a-z0-9_-]{0,62}`, so it is safe as a
 /// metric label, a JUnit suite name and a file-name fragment.

@@ -10,17 +10,15 @@ use std::{
     time::SystemTime,
 };
 
-pub use observer_report::{
-    attempt::{Allowance, Attempt, Dest, RegistryRef, Verdict},
-    time::{parse_rfc3339, rfc3339},
+use observer_report::{
+    attempt::{Attempt, Dest, Evidence, RegistryRef, Verdict},
+    process::{Pod, ProcessInfo},
 };
 
-use crate::pipeline::attribute::CgroupOwner;
-use crate::pipeline::attribute::Origin;
-use crate::pipeline::attribute::Pod;
-use crate::pipeline::attribute::ProcessInfo;
-use crate::pipeline::classify::Evidence;
-use crate::pipeline::classify::Match;
+use crate::pipeline::{
+    attribute::{CgroupOwner, Origin},
+    classify::Match,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct AttemptKey {
@@ -324,11 +322,13 @@ mod tests {
         time::Duration,
     };
 
+    use observer_report::{attempt::Allowance, process::CgroupRef};
+
     use super::*;
-    use crate::pipeline::attribute::CgroupRef;
-    use crate::pipeline::attribute::cgroup_path;
-    use crate::pipeline::classify::Catalog;
-    use crate::pipeline::classify::Entry;
+    use crate::pipeline::{
+        attribute::cgroup_path,
+        classify::{Catalog, Entry},
+    };
 
     fn entry() -> Entry {
         Catalog::builtin().lookup("quay.io").unwrap().clone()
@@ -487,8 +487,7 @@ mod tests {
     /// fields serialize as the schema says.
     #[test]
     fn policy_judges_each_attempt_with_its_own_phase() {
-        use crate::pipeline::verdict as policy;
-        use crate::pipeline::verdict::Policy;
+        use crate::pipeline::{verdict as policy, verdict::Policy};
         let policy: Policy = serde_json::from_value(serde_json::json!({
             "enforce_phases": ["upgrade"],
             "allow": [

@@ -8,14 +8,13 @@
 
 use std::time::{Duration, SystemTime};
 
+use observer_report::{
+    attempt::{Allowance, Attempt, Verdict},
+    policy::{AllowReport, PolicyReport},
+};
 use serde::Deserialize;
 
-pub use observer_report::policy::{AllowReport, PolicyReport};
-
 use crate::pipeline::classify::Pattern;
-use crate::pipeline::record::Allowance;
-use crate::pipeline::record::Attempt;
-use crate::pipeline::record::Verdict;
 
 /// Phases in which any registry contact is a violation unless allowed: the
 /// promise under test is "boot and upgrade need no registry".

@@ -171,8 +171,9 @@ mod tests {
         }
     }
 
-    use crate::pipeline::verdict::Policy;
     use observer_report::Attempt;
+
+    use crate::pipeline::verdict::Policy;
 
     #[test]
     fn a_snapshot_says_so_and_the_final_report_does_not() {

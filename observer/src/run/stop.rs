@@ -6,17 +6,14 @@ use std::{sync::Arc, time::SystemTime};
 
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
-use observer_report::Report;
+use observer_report::{Report, observer::KubernetesState};
 use tokio::{
     sync::{oneshot, watch},
     task::JoinHandle,
 };
 
 use crate::{
-    bpf::{
-        load::Probes,
-        read::{self, ReadStats},
-    },
+    bpf::{load::Probes, read, read::ReadStats},
     correlate,
     outputs::Live,
     pipeline::Pipeline,
@@ -25,8 +22,8 @@ use crate::{
         report::{RunFacts, StageCounts, Taken, node_report},
     },
     sources::{
-        cri::{self, CriFinal, CriWatcher},
-        kubernetes::{KubernetesSource, KubernetesState},
+        cri::{CriFinal, CriWatcher},
+        kubernetes::KubernetesSource,
         pull_intent::IntentLog,
     },
 };
@@ -104,7 +101,7 @@ pub async fn stop(
     correlate::name_pods_late(
         &mut pipeline,
         &pod_directory,
-        cri_status.state == cri::CriState::Connected,
+        cri_status.state == observer_report::observer::CriState::Connected,
     );
     // After the final listing, so containers created after a pull count.
     let on_behalf_of = correlate::decide_on_behalf_of(

@@ -13,20 +13,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use observer_report::attempt::{Category, Source};
 use serde::Deserialize;
 
-use crate::pipeline::attribute::component_rules::ComponentRule;
-use crate::pipeline::classify::Catalog;
-use crate::pipeline::classify::Category;
-use crate::pipeline::classify::Pattern;
-use crate::pipeline::classify::Source;
-use crate::pipeline::classify::registries_conf;
-use crate::pipeline::input::Settings;
-use crate::pipeline::phase::PhaseName;
-use crate::pipeline::verdict::Policy;
-use crate::textfile;
-use crate::textfile::FileError;
-use crate::textfile::Format;
+use crate::{
+    pipeline::{
+        attribute::component_rules::ComponentRule,
+        classify::{Catalog, Pattern, registries_conf},
+        input::Settings,
+        phase::PhaseName,
+        verdict::Policy,
+    },
+    textfile,
+    textfile::{FileError, Format},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -9,8 +9,6 @@
 //! [`ImageLedger`] and reports each container the first time it appears as
 //! a pull intent (`images::container_intents`).
 
-pub use observer_report::observer::{CriState, CriStatus, SocketStatus};
-
 use std::{
     io,
     path::{Path, PathBuf},
@@ -23,6 +21,7 @@ use k8s_cri::v1::{
     ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, VersionRequest,
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
 };
+use observer_report::observer::{CriState, CriStatus, SocketStatus};
 use tokio::{
     net::UnixStream,
     sync::{Notify, watch},

@@ -22,11 +22,13 @@ use std::{
     time::SystemTime,
 };
 
+use observer_lint::reference::ImageReference;
+use observer_report::on_behalf_of::IntentSignal;
+
 use super::{
     pods::{ImageEntry, Listing, PodDirectory},
-    pull_intent::{IntentPod, IntentSignal, PullIntent},
+    pull_intent::{IntentPod, PullIntent},
 };
-use observer_lint::reference::ImageReference;
 
 /// Image names the ledger remembers: a node holds a few hundred images
 /// with a few names each.
@@ -255,8 +257,7 @@ mod tests {
     use std::{collections::BTreeMap, time::Duration};
 
     use super::*;
-    use crate::sources::pods::ContainerEntry;
-    use crate::sources::pods::PodEntry;
+    use crate::sources::pods::{ContainerEntry, PodEntry};
 
     const ID: &str = "sha256:7a9193d7cafcbcd2a2bd99921010fa591f2cfc85de0c4654f3f190b85fa35f7f";
     const DIGEST: &str = "sha256:5ccd293c5a86c356b56137babd9a2742304f3a81d131c9cbe8c054d273887f1e";

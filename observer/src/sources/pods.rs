@@ -7,12 +7,12 @@
 //! `skopeo` run): an attempt seen while such a pod lived must still resolve
 //! to its name when the report is written after the pod was removed.
 
-pub use observer_report::process::Pod;
-
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, Instant, SystemTime},
 };
+
+use observer_report::process::Pod;
 
 /// How long a removed pod or container stays resolvable.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);

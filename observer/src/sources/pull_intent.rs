@@ -13,8 +13,6 @@
 //! The channel is bounded: a burst beyond it is counted in `dropped`, never
 //! lost silently and never blocking a source.
 
-pub use observer_report::on_behalf_of::{IntentSignal, PolicyJoin, PolicySource, PolicyWhy};
-
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{
@@ -24,6 +22,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use observer_report::on_behalf_of::{IntentSignal, PolicyJoin};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 

@@ -13,8 +13,7 @@
 //!   sessions under `/user.slice/...`; nested systemd (systemd-nspawn
 //!   payloads) repeats the same shapes deeper in the tree.
 
-pub use observer_report::process::Container;
-
+use observer_report::process::Container;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

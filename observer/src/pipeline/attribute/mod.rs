@@ -16,23 +16,22 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use self::cgroup_path::{CgroupOwner, Container};
+use observer_report::{
+    observer::AttributionStats,
+    process::{Ancestor, CgroupRef, Pod, ProcessInfo},
+};
+
+pub use self::cgroup_path::CgroupOwner;
 use self::{
     cgroups::CgroupIndex,
     component_rules::ComponentRule,
     lineage::ProcessTable,
     procfs::{ProcessFacts, StatFields},
 };
-pub use observer_report::{
-    observer::AttributionStats,
-    process::{Ancestor, CgroupRef, Pod, ProcessInfo},
+use crate::{
+    pipeline::decode::{Actor, Comm, Observation},
+    sources::{cri::PodSource, pods::PodDirectory},
 };
-
-use crate::sources::{cri::PodSource, pods::PodDirectory};
-
-use crate::pipeline::decode::Actor;
-use crate::pipeline::decode::Comm;
-use crate::pipeline::decode::Observation;
 
 /// Ancestors recorded per process: enough to reach systemd or a container
 /// runtime from any realistic process tree.

@@ -1,11 +1,10 @@
 //! The registry catalog: which host names (and address ranges) are
 //! registries, and of what kind.
 
-pub use observer_report::attempt::{Category, Source};
-
 use std::{fmt, net::IpAddr};
 
 use ipnet::IpNet;
+use observer_report::attempt::{Category, Source};
 use serde::Deserialize;
 
 /// A host pattern: an exact name, or `*.suffix` for every name below suffix

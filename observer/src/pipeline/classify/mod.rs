@@ -14,14 +14,13 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use observer_report::attempt::Evidence;
+
 pub use self::{
     address_book::{AddressBook, Learned},
-    catalog::{Catalog, Category, Entry, Pattern, PatternError, Source},
+    catalog::{Catalog, Entry, Pattern, PatternError},
 };
-pub use observer_report::attempt::Evidence;
-
-use crate::pipeline::decode::Actor;
-use crate::pipeline::decode::Observation;
+use crate::pipeline::decode::{Actor, Observation};
 
 /// An observation that concerns a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,6 +269,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use hickory_proto::op::ResponseCode;
+    use observer_report::attempt::{Category, Source};
 
     use super::*;
     use crate::pipeline::decode::Actor;

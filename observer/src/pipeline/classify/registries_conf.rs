@@ -20,11 +20,13 @@ use std::{
 };
 
 use ipnet::IpNet;
+use observer_report::{
+    attempt::{Category, Source},
+    policy::{MirroredSource, RegistriesConfReport},
+};
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, Category, Pattern, PatternError, Source};
-pub use observer_report::policy::{MirroredSource, RegistriesConfReport};
-
+use super::{Catalog, Pattern, PatternError};
 use crate::textfile::{self, FileError};
 
 pub const DEFAULT_FILE: &str = "/etc/containers/registries.conf";

@@ -143,8 +143,7 @@ fn client_hello_server_name(body: &[u8]) -> ParseStep<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::payload::testing::Prng;
-    use crate::pipeline::payload::testing::rustls_client_hello;
+    use crate::pipeline::payload::testing::{Prng, rustls_client_hello};
 
     /// A minimal ClientHello record with the given extension block.
     fn client_hello_record(extensions: &[u8]) -> Vec<u8> {

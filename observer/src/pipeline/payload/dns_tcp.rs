@@ -41,9 +41,7 @@ fn declared_len(prefix: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::payload::testing::dns_query;
-    use crate::pipeline::payload::testing::dns_response;
-    use crate::pipeline::payload::testing::length_prefixed;
+    use crate::pipeline::payload::testing::{dns_query, dns_response, length_prefixed};
 
     #[test]
     fn whole_message_is_returned_without_its_prefix() {

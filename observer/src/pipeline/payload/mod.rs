@@ -20,8 +20,6 @@ pub mod stats;
 #[cfg(test)]
 pub mod testing;
 
-pub use stats::{ParserStats, PayloadStats};
-
 /// How many bytes of a stream are kept. A ClientHello with a post-quantum key
 /// share is 1.4 to 1.8 KiB and proxy request headers a few hundred bytes; the
 /// kernel sends at most a few 2 KiB segments, so this bound is reached only by
@@ -394,15 +392,12 @@ pub(crate) fn host_name(bytes: &[u8]) -> Result<String, UnparsedReason> {
 #[cfg(test)]
 mod tests {
     use hickory_proto::{op::Message, serialize::binary::BinDecodable};
+    use observer_report::observer::PayloadStats;
 
     use super::*;
-    use crate::pipeline::payload::testing::Prng;
-    use crate::pipeline::payload::testing::assemble;
-    use crate::pipeline::payload::testing::dns_query;
-    use crate::pipeline::payload::testing::dns_response;
-    use crate::pipeline::payload::testing::length_prefixed;
-    use crate::pipeline::payload::testing::rustls_client_hello;
-    use crate::pipeline::payload::testing::split;
+    use crate::pipeline::payload::testing::{
+        Prng, assemble, dns_query, dns_response, length_prefixed, rustls_client_hello, split,
+    };
 
     /// MSS of a 1500-byte Ethernet path with TCP timestamps.
     const MSS: usize = 1448;

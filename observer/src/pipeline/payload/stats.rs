@@ -1,7 +1,7 @@
 //! Counts of what the payload parsers made of the streams they saw, for the
 //! report's `observer` section.
 
-pub use observer_report::observer::{ParserStats, PayloadStats};
+use observer_report::observer::{ParserStats, PayloadStats};
 
 use super::{Parser, StreamFinding};
 

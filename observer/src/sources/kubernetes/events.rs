@@ -12,7 +12,6 @@
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Event;
-
 use observer_lint::finding::ContainerList;
 
 use crate::sources::pull_intent::IntentPod;

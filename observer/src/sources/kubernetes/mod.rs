@@ -29,22 +29,24 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Event, core::v1::Pod};
+use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
+    core::v1::{Event, Pod},
+};
 use kube::{
     Api, Client,
     config::{KubeConfigOptions, Kubeconfig, KubeconfigError},
     runtime::{WatchStreamExt, watcher},
 };
+use observer_report::{
+    observer::{KubernetesState, KubernetesStatus},
+    on_behalf_of::IntentSignal,
+};
 use serde_json::Value;
 use tokio::{sync::watch, task::JoinHandle};
 
 use self::{cache::TtlCache, events::Ignored};
-pub use observer_report::observer::{KubernetesState, KubernetesStatus};
-
-use crate::sources::pull_intent::IntentPod;
-use crate::sources::pull_intent::IntentSignal;
-use crate::sources::pull_intent::IntentSink;
-use crate::sources::pull_intent::PullIntent;
+use crate::sources::pull_intent::{IntentPod, IntentSink, PullIntent};
 
 /// A burst of events for one pod costs one GET; a recreated pod of the same
 /// name is noticed by its uid.

@@ -14,17 +14,13 @@
 //! implicit-always fix (which covers both); a stored value that defaulting
 //! would not give was written.
 
-use serde_json::Value;
-
 use observer_lint::{
     self as lint, ImageReference, PullPolicy,
     finding::{ContainerList, JsonPath, Rule, Segment, Workload},
     pull_policy::check_container,
 };
-
-use crate::sources::pull_intent::PolicyJoin;
-use crate::sources::pull_intent::PolicySource;
-use crate::sources::pull_intent::PolicyWhy;
+use observer_report::on_behalf_of::{PolicyJoin, PolicySource, PolicyWhy};
+use serde_json::Value;
 
 /// A pod's controlling owner (`ownerReferences[]` with `controller: true`).
 #[derive(Clone, Debug, PartialEq, Eq)]
