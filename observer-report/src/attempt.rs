@@ -51,6 +51,36 @@ pub struct Allowance {
     pub expires: Option<String>,
 }
 
+/// What makes two registry events one attempt: the same phase, host,
+/// catalog entry, cgroup and process image (comm, executable, argv). The
+/// agent merges events by it, and a durable record restored after a
+/// restart is merged into by it, so both must derive it the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AttemptKey {
+    pub phase: String,
+    pub host: Option<String>,
+    /// Tells apart unnamed connects into different catalog CIDRs.
+    pub registry: String,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+}
+
+impl AttemptKey {
+    pub fn of(attempt: &Attempt) -> AttemptKey {
+        AttemptKey {
+            phase: attempt.phase.clone(),
+            host: attempt.host.clone(),
+            registry: attempt.registry.pattern.clone(),
+            cgroup_id: attempt.cgroup.id,
+            comm: attempt.process.comm.clone(),
+            exe: attempt.process.exe.clone(),
+            cmdline: attempt.process.cmdline.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub host: Option<String>,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use observer_report::{
-    attempt::{Attempt, Dest, Evidence, RegistryRef, Verdict},
+    attempt::{Attempt, AttemptKey, Dest, Evidence, RegistryRef, Verdict},
     process::{Pod, ProcessInfo},
 };
 
@@ -19,18 +19,6 @@ use crate::pipeline::{
     attribute::{CgroupOwner, Origin},
     classify::Match,
 };
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct AttemptKey {
-    phase: String,
-    host: Option<String>,
-    /// Tells apart unnamed connects into different catalog CIDRs.
-    registry: String,
-    cgroup_id: u64,
-    comm: String,
-    exe: Option<String>,
-    cmdline: Option<Vec<String>>,
-}
 
 /// Connections joined to attempts, by socket cookie: the handshake's
 /// outcome arrives in its own event, before or after the match.
@@ -91,6 +79,24 @@ impl Recorder {
     /// their contacts are in no attempt, so the run is incomplete.
     pub fn not_recorded(&self) -> u64 {
         self.not_recorded
+    }
+
+    /// Continues a record kept elsewhere (a state dir): later events with
+    /// the same [`AttemptKey`] merge into these attempts, so a restart
+    /// neither duplicates nor forgets them. Attempts beyond `max_attempts`
+    /// are counted as not recorded.
+    pub fn restore(&mut self, attempts: Vec<Attempt>) {
+        for attempt in attempts {
+            let key = AttemptKey::of(&attempt);
+            if let Some(&index) = self.index.get(&key) {
+                self.attempts[index] = attempt;
+            } else if self.attempts.len() >= self.max_attempts {
+                self.not_recorded += attempt.count;
+            } else {
+                self.index.insert(key, self.attempts.len());
+                self.attempts.push(attempt);
+            }
+        }
     }
 
     /// Records one match; returns the attempt it was merged into, for the
@@ -580,5 +586,30 @@ mod tests {
         assert_eq!(kept.count, 2);
         assert_eq!(recorder.attempts().len(), 2);
         assert_eq!(recorder.not_recorded(), 2);
+    }
+
+    #[test]
+    fn a_restored_record_is_merged_into_not_duplicated() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut before = Recorder::default();
+        before.record(&query(), &origin(7, 1), "boot", t);
+        before.record(&query(), &origin(7, 1), "boot", t);
+        before.record(&connect(), &origin(8, 2), "boot", t);
+        let kept = before.attempts_at(t);
+        // The key the recorder merges by is the one a restored attempt has.
+        assert_ne!(AttemptKey::of(&kept[0]), AttemptKey::of(&kept[1]));
+
+        let mut after = Recorder::default();
+        after.restore(kept.clone());
+        let merged = after
+            .record(&query(), &origin(7, 1), "boot", t + Duration::from_secs(5))
+            .unwrap()
+            .clone();
+        assert_eq!(merged.count, 3);
+        assert_eq!(merged.first_seen, t);
+        assert_eq!(after.attempts().len(), 2);
+        // Restoring the same record twice changes nothing.
+        after.restore(kept);
+        assert_eq!(after.attempts().len(), 2);
     }
 }
