@@ -197,6 +197,14 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
                 .args(["bench", "-p", "registry-observer", "--bench", "pipeline"])
                 .status()
                 .context("running the pipeline benchmark")?;
+            if !status.success() {
+                return Ok(exit_code(status.code()));
+            }
+            // The durable record's cost per registry event (criterion).
+            let status = Command::new("cargo")
+                .args(["bench", "-p", "observer-state", "--bench", "spool"])
+                .status()
+                .context("running the spool benchmark")?;
             Ok(exit_code(status.code()))
         }
     }
