@@ -97,6 +97,8 @@ pub fn node_report(hostname: &str, phases: &[&str], attempts: Vec<Attempt>) -> R
             kubernetes: KubernetesStatus::default(),
             on_behalf_of: Default::default(),
             complete: true,
+            runs: vec![],
+            gaps: vec![],
         }),
         nodes: vec![],
         phases: phases

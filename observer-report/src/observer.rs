@@ -78,6 +78,43 @@ pub struct ObserverSection {
     /// True when every hook was attached for the whole run and no event was
     /// lost: only then does "no attempts" mean none happened.
     pub complete: bool,
+    /// With `--state-dir`: every agent run that added to this record, in
+    /// order (absent for a single run without a state dir).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunReport>,
+    /// Spans nothing observed: between one run's last sign of life and the
+    /// next run's start. Any gap makes the record incomplete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<Gap>,
+}
+
+/// One agent run on a state dir.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunReport {
+    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
+    pub started_at: SystemTime,
+    /// When it ended; for a crash, its last sign of life; for the run
+    /// still going (a snapshot), when the report was taken.
+    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
+    pub ended_at: SystemTime,
+    pub pid: u32,
+    pub version: String,
+    /// `clean` (its duration ran out or its command exited), `signal`
+    /// (stopped by SIGTERM/SIGINT), `crashed` (it left no end: SIGKILL, OOM,
+    /// power loss; found by the next run), `running`.
+    pub ended: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+/// A span of time in which nothing was observed, and why.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Gap {
+    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
+    pub from: SystemTime,
+    #[serde(serialize_with = "rfc3339", deserialize_with = "parse_rfc3339")]
+    pub to: SystemTime,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -124,6 +161,18 @@ pub struct Losses {
     /// the run is incomplete.
     #[serde(default)]
     pub attempts_table: u64,
+    /// With `--state-dir`: durable records not written (disk full, I/O
+    /// error) and spool segments removed to stay under its size limit; the
+    /// report of this run has them, the state dir's record does not.
+    #[serde(default)]
+    pub state_dir: u64,
+    #[serde(default)]
+    pub state_dir_segments_removed: u64,
+    /// With `--state-dir`: damage found when the record was read back (a
+    /// record torn by a crash, a corrupt record, one this build cannot
+    /// read): what it held is not in the report.
+    #[serde(default)]
+    pub state_dir_damaged: u64,
 }
 
 impl ObserverSection {
@@ -141,6 +190,26 @@ impl ObserverSection {
             reasons.push(format!(
                 "hook(s) not attached: {} (see observer.hooks_missing)",
                 hooks.join(", ")
+            ));
+        }
+        for gap in &self.gaps {
+            reasons.push(format!(
+                "nothing observed from {} to {} ({})",
+                humantime::format_rfc3339_seconds(gap.from),
+                humantime::format_rfc3339_seconds(gap.to),
+                gap.reason
+            ));
+        }
+        if self.losses.state_dir + self.losses.state_dir_segments_removed > 0 {
+            reasons.push(format!(
+                "the state dir's record lost {} record(s) and {} segment(s) (see observer.losses)",
+                self.losses.state_dir, self.losses.state_dir_segments_removed
+            ));
+        }
+        if self.losses.state_dir_damaged > 0 {
+            reasons.push(format!(
+                "{} damaged record(s) in the state dir were skipped (see observer.losses.state_dir_damaged)",
+                self.losses.state_dir_damaged
             ));
         }
         if self.losses.attempts_table > 0 {

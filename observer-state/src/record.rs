@@ -96,6 +96,17 @@ pub struct DurableState {
 }
 
 impl DurableState {
+    pub fn new(attempts: Vec<Attempt>, phases: Vec<PhaseMarker>, runs: Vec<Run>) -> DurableState {
+        let mut state = DurableState {
+            attempts,
+            phases,
+            runs,
+            index: HashMap::new(),
+        };
+        state.reindex();
+        state
+    }
+
     /// Rebuilds the state from records in spool order.
     pub fn replay<'a>(records: impl IntoIterator<Item = &'a DurableRecord>) -> DurableState {
         let mut state = DurableState::default();

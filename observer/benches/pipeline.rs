@@ -128,6 +128,7 @@ fn pipeline() -> Pipeline<Live> {
             console: Console::new(Box::new(std::io::sink())),
             metrics: Arc::new(Metrics::new()),
             events_log: EventsLog::disabled(),
+            durable: None,
         },
         stats: PipelineStats::default(),
     }

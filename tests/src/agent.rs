@@ -118,6 +118,14 @@ impl Agent {
         self.service.stop_within(STOP_TIMEOUT)
     }
 
+    /// `kill -9`: what an OOM kill or a crash does. Waits for it to be gone
+    /// and returns what it printed.
+    pub fn kill(self) -> AgentOutput {
+        // SAFETY: kill(2) on the agent's own pid, which this handle reaps.
+        unsafe { libc::kill(self.service.pid() as libc::pid_t, libc::SIGKILL) };
+        self.service.wait_exit(STOP_TIMEOUT)
+    }
+
     /// PID of the agent process.
     pub fn pid(&self) -> u32 {
         self.service.pid()

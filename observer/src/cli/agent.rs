@@ -104,6 +104,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", default_value_t = socket::DEFAULT_SOCKET.to_string())]
     pub control_socket: String,
 
+    /// Keep the record in DIR (service mode; the unit uses
+    /// /var/lib/registry-observer): every attempt and phase is appended to
+    /// a checksummed spool there as it happens and made durable each
+    /// second, and a later run on the same DIR continues the record: its
+    /// report holds every run (observer.runs), a run that was killed shows
+    /// as crashed, and the time nobody observed as a gap (observer.gaps).
+    /// One agent per DIR; a DIR from another node is refused.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Distinct attempts kept in memory (and in the report) at most. A
     /// registry event that would start one more is counted in
     /// observer.losses.attempts_table and on /metrics, and the run is
@@ -299,6 +309,7 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
         junit: args.junit.or_else(|| config.outputs.junit.clone()),
         ring_buffer_bytes: args.ring_buffer_bytes,
         max_attempts: args.max_attempts,
+        state_dir: args.state_dir,
         refuse_programs: args.refuse_programs,
         verbose: args.verbose,
         command: args.command,

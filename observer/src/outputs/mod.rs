@@ -4,6 +4,7 @@
 //! `observer_report`.
 
 pub mod console;
+pub mod durable;
 pub mod events_log;
 pub mod metrics;
 
@@ -11,9 +12,12 @@ use std::{sync::Arc, time::SystemTime};
 
 use observer_report::{Attempt, PhaseMarker};
 
+use observer_state::record::RunCounts;
+
 use crate::{
     outputs::{
         console::Console,
+        durable::Durable,
         events_log::{EventsLog, Line},
         metrics::Metrics,
     },
@@ -25,10 +29,15 @@ pub struct Live {
     pub console: Console,
     pub metrics: Arc<Metrics>,
     pub events_log: EventsLog,
+    /// With `--state-dir`.
+    pub durable: Option<Durable>,
 }
 
 impl Outputs for Live {
     fn attempt(&mut self, at: SystemTime, matched: &Match, origin: &Origin, attempt: &Attempt) {
+        if let Some(durable) = &mut self.durable {
+            durable.attempt(attempt);
+        }
         self.console
             .line(&console::format_line(at, matched, origin));
         self.metrics.record_event(attempt, &matched.evidence);
@@ -48,7 +57,16 @@ impl Outputs for Live {
         self.metrics.attempt_not_recorded();
     }
 
+    fn tick(&mut self, counts: &RunCounts) {
+        if let Some(durable) = &mut self.durable {
+            durable.tick(counts);
+        }
+    }
+
     fn phase(&mut self, at: SystemTime, marker: &PhaseMarker) {
+        if let Some(durable) = &mut self.durable {
+            durable.phase(marker);
+        }
         self.console.line(&console::format_phase_line(marker));
         self.events_log.send(Line::Phase {
             time: at,

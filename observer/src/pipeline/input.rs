@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use observer_report::phase::PhaseSource;
+use observer_state::record::RunCounts;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -36,6 +37,8 @@ pub enum Input {
     Snapshot(oneshot::Sender<PipelineSnapshot>),
     /// `GET /metrics`: the stages' counters, read now.
     Counters(oneshot::Sender<PipelineCounters>),
+    /// Once a second with `--state-dir`: the run's counts, to make durable.
+    Tick(RunCounts),
 }
 
 impl From<Bytes> for Input {
@@ -119,6 +122,11 @@ impl PipelineHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Input::Snapshot(reply)).await?;
         answer.await.map_err(|_| ShuttingDown)
+    }
+
+    /// Hands the pipeline the run's counts to make durable.
+    pub async fn tick(&self, counts: RunCounts) -> Result<(), ShuttingDown> {
+        self.send(Input::Tick(counts)).await
     }
 
     /// The pipeline's counters, read behind the events already read.

@@ -25,6 +25,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
 
 use hickory_proto::op::ResponseCode;
 use observer_report::{Attempt, PhaseMarker};
+use observer_state::record::RunCounts;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -55,6 +56,9 @@ pub trait Outputs {
     fn not_recorded(&mut self, at: SystemTime, matched: &Match, origin: &Origin);
     /// A new phase began.
     fn phase(&mut self, at: SystemTime, marker: &PhaseMarker);
+    /// Once a second (with `--state-dir`): the run's counts; what was
+    /// output so far is made durable.
+    fn tick(&mut self, counts: &RunCounts);
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,6 +133,7 @@ impl<O: Outputs> Pipeline<O> {
             Input::Counters(reply) => {
                 let _ = reply.send(self.counters());
             }
+            Input::Tick(counts) => self.outputs.tick(&counts),
         }
     }
 

@@ -90,6 +90,15 @@ impl PhaseTimeline {
         }
     }
 
+    /// A record continued after a restart: its markers, every one before
+    /// this run's events, so they belong to the last one until the next.
+    pub fn continuing(markers: Vec<PhaseMarker>) -> PhaseTimeline {
+        assert!(!markers.is_empty(), "a timeline has a first phase");
+        PhaseTimeline {
+            phases: markers.into_iter().map(|marker| (0, marker)).collect(),
+        }
+    }
+
     pub fn switch(&mut self, change: &PhaseChange) -> &PhaseMarker {
         // Requests arrive in order through one queue; a clock that went
         // backwards must not reorder phases.

@@ -90,6 +90,7 @@ impl Attached {
                     evidence: Some(missing.evidence.to_string()),
                 })
                 .collect(),
+            record: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! pipeline: the same function serves `GET /report` while the agent runs.
 
 mod attach;
+mod durable;
 mod endpoints;
 mod observe;
 mod prepare;
@@ -24,12 +25,13 @@ use std::{
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
 use observer_report::{self as report_file, Report, junit, text};
+use observer_state::record::{DurableState, Ended, Run, RunCounts, RunEnd, RunStart};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
     bpf::read::{self, ReadCounters},
     clock::Clock,
-    outputs::{Live, console::Console, metrics::Metrics},
+    outputs::{Live, console::Console, durable::Durable, metrics::Metrics},
     pipeline::{
         Pipeline, PipelineStats,
         attribute::{Attributor, component_rules::ComponentRule},
@@ -41,7 +43,10 @@ use crate::{
         scope::CommandCgroup,
     },
     run::{
-        attach::Attached, endpoints::Endpoints, prepare::Prepared, report::StageCounts,
+        attach::Attached,
+        endpoints::Endpoints,
+        prepare::Prepared,
+        report::{RecordFacts, StageCounts},
         stop::Running,
     },
     setup::config::Config,
@@ -77,6 +82,8 @@ pub struct RunOptions {
     pub ring_buffer_bytes: u32,
     /// Bound of the attempts table (`Recorder`).
     pub max_attempts: usize,
+    /// `--state-dir`: the durable record to continue.
+    pub state_dir: Option<PathBuf>,
     /// Test-only: programs the kernel is made to refuse.
     pub refuse_programs: Vec<String>,
     /// Print refused programs' whole verifier logs.
@@ -122,6 +129,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         cgroup_root,
         events_log,
         kubernetes: kubernetes_prepared,
+        continued,
     } = prepare::prepare(&options).await?;
     let Settings {
         catalog,
@@ -140,7 +148,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let endpoints = Endpoints::start(
         &options,
         Arc::clone(&metrics),
-        pipeline_handle,
+        pipeline_handle.clone(),
         Arc::clone(&ready),
         Arc::clone(&live),
         stop_rx.clone(),
@@ -181,10 +189,46 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         started_at.checked_sub(kubernetes::LOOKBACK),
     );
     let clock = Clock::now();
-    let phases = PhaseTimeline::starting(&options.phase, started_at);
+    // A continued record goes on in its last phase (a restart during an
+    // upgrade is still the upgrade); --phase starts a new record only.
+    let this_run = RunStart {
+        started_at,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let (mut durable, record, restored_attempts, phases) = match continued {
+        Some(continued) => {
+            let DurableState {
+                attempts,
+                phases: markers,
+                runs,
+                ..
+            } = continued.state;
+            let mut durable = Durable::new(continued.writer);
+            durable.start(&this_run);
+            let phases = if markers.is_empty() {
+                PhaseTimeline::starting(&options.phase, started_at)
+            } else {
+                PhaseTimeline::continuing(markers)
+            };
+            let record = RecordFacts {
+                previous: runs,
+                this_run: this_run.clone(),
+                damaged: continued.damage.len() as u64 + continued.unreadable,
+            };
+            (Some(durable), Some(record), attempts, phases)
+        }
+        None => (
+            None,
+            None,
+            vec![],
+            PhaseTimeline::starting(&options.phase, started_at),
+        ),
+    };
 
     let attached = attach::attach(&cgroup_root, &options).await?;
-    let facts = attached.facts(started_at, &options, &cgroup_root);
+    let mut facts = attached.facts(started_at, &options, &cgroup_root);
+    facts.record = record;
     let Attached {
         probes,
         maps,
@@ -242,7 +286,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         attributor: Attributor::new(options.host_root.join("proc"), cgroup_root.clone())
             .with_pods(pod_source)
             .with_rules(component_rules),
-        recorder: Recorder::with_max_attempts(options.max_attempts),
+        recorder: {
+            let mut recorder = Recorder::with_max_attempts(options.max_attempts);
+            recorder.restore(restored_attempts);
+            recorder
+        },
         scope: command_cgroup.as_ref().map(CommandCgroup::scope),
         clock,
         phases,
@@ -252,6 +300,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             console: Console::new(live_output),
             metrics: Arc::clone(&metrics),
             events_log,
+            durable: durable.take(),
         },
         stats: PipelineStats::default(),
     };
@@ -272,6 +321,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         options.component_rules.clone(),
         queue_tx.clone(),
     ));
+    // The durable record's counts and fsync, once a second.
+    let ticker = facts.record.is_some().then(|| {
+        tokio::spawn(tick_every_second(
+            pipeline_handle.clone(),
+            Arc::clone(&live),
+        ))
+    });
     // From here the reader and the resolver hold the only strong senders:
     // when they end, the pipeline drains and ends (phase and snapshot
     // requests hold weak ones, which do not keep it open).
@@ -279,10 +335,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
 
     print_observing(&options, &facts, &endpoints, command_cgroup.as_ref());
 
+    // A command that exits ends the run cleanly.
+    let mut stopped_by = RunEnd::Clean;
     let command_status = match &command_cgroup {
         Some(cgroup) => Some(observe::run_command(&options.command, cgroup).await),
         None => {
-            observe::wait_for_stop(options.duration).await?;
+            stopped_by = observe::wait_for_stop(options.duration).await?;
             None
         }
     };
@@ -310,11 +368,75 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         stop_intents,
         intents: intent_collector,
         kernel_counters,
+        ticker,
     };
-    let report = stop::stop(running, &facts, command_exit_code).await?;
+    let (report, durable) =
+        stop::stop(running, &facts, command_exit_code, stopped_by.clone()).await?;
     drop(command_cgroup);
     write_outputs(&options, &report)?;
+    if let (Some(durable), Some(record)) = (durable, &facts.record) {
+        finish_record(durable, record, &report, stopped_by);
+    }
     Ok(conclude(&options, &report))
+}
+
+/// How often the durable record gets the run's counts and an fsync.
+const TICK: Duration = Duration::from_secs(1);
+
+async fn tick_every_second(pipeline: PipelineHandle, live: Arc<OnceLock<endpoints::Live>>) {
+    let mut every = tokio::time::interval(TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(live) = live.get() else { continue };
+        if pipeline.tick(run_counts(&(live.counts)())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// This run's event counts, for its durable record.
+fn run_counts(counts: &StageCounts) -> RunCounts {
+    let kernel_lost: u64 = counts
+        .kernel
+        .iter()
+        .filter(|(counter, _)| counter.is_loss())
+        .map(|(_, n)| n)
+        .sum();
+    RunCounts {
+        at: SystemTime::now(),
+        events_total: counts.read.records + kernel_lost,
+        events_lost: kernel_lost + counts.read.queue_full,
+    }
+}
+
+/// The run's end in the durable record, and a checkpoint of the whole
+/// record (the final report's attempts and phases, every run) so the next
+/// start replays one record.
+fn finish_record(durable: Durable, record: &RecordFacts, report: &Report, how: RunEnd) {
+    let observer = report.observer.as_ref().expect("a node report");
+    let (earlier_total, earlier_lost) = record
+        .previous
+        .iter()
+        .filter_map(|run| run.counts.as_ref())
+        .fold((0, 0), |(t, l), c| (t + c.events_total, l + c.events_lost));
+    let counts = RunCounts {
+        at: observer.ended_at,
+        events_total: observer.events_total.saturating_sub(earlier_total),
+        events_lost: observer.events_lost.saturating_sub(earlier_lost),
+    };
+    let ended = Ended {
+        at: observer.ended_at,
+        how,
+    };
+    let mut runs = record.previous.clone();
+    runs.push(Run {
+        start: record.this_run.clone(),
+        counts: Some(counts.clone()),
+        ended: Some(ended.clone()),
+    });
+    let state = DurableState::new(report.attempts.clone(), report.phases.clone(), runs);
+    durable.finish(&counts, ended, state);
 }
 
 /// The line that says the agent is observing, and what and where.

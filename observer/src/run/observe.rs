@@ -4,6 +4,7 @@
 
 use std::{io, path::PathBuf, process::ExitStatus, time::Duration};
 
+use observer_state::record::RunEnd;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -44,7 +45,8 @@ fn spawn_failure_code(error: &io::Error) -> i32 {
     }
 }
 
-pub async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
+/// Waits for the duration or a stop signal; says which ended the run.
+pub async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<RunEnd> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = async {
@@ -53,12 +55,14 @@ pub async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-        _ = deadline => {}
-    }
-    Ok(())
+    let signal = |name: &str| RunEnd::Signal {
+        signal: name.to_string(),
+    };
+    Ok(tokio::select! {
+        _ = interrupt.recv() => signal("SIGINT"),
+        _ = terminate.recv() => signal("SIGTERM"),
+        _ = deadline => RunEnd::Clean,
+    })
 }
 
 /// Runs the command in its cgroup and waits for it. SIGINT and SIGTERM are

@@ -10,7 +10,10 @@ use crate::{
     UsageError,
     outputs::events_log::EventsLog,
     pipeline::input::Settings,
-    run::RunOptions,
+    run::{
+        RunOptions,
+        durable::{self, Continued},
+    },
     setup::{config, preflight},
     sources::kubernetes,
 };
@@ -22,6 +25,8 @@ pub struct Prepared {
     pub cgroup_root: PathBuf,
     pub events_log: EventsLog,
     pub kubernetes: kubernetes::Prepared,
+    /// `--state-dir`: the record this run continues.
+    pub continued: Option<Continued>,
 }
 
 pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
@@ -61,6 +66,10 @@ pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
         options.kubernetes.enabled,
         std::env::var(kubernetes::IN_CLUSTER_ENV).ok().as_deref(),
     );
+    let continued = match &options.state_dir {
+        Some(dir) => Some(durable::open(dir, &options.host_root)?),
+        None => None,
+    };
     let kubernetes = kubernetes::prepare(&access)
         .await
         .map_err(UsageError::new)?;
@@ -69,5 +78,6 @@ pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
         cgroup_root,
         events_log,
         kubernetes,
+        continued,
     })
 }

@@ -7,8 +7,9 @@ use std::{collections::BTreeMap, time::SystemTime};
 use observer_common::Counter;
 use observer_report::{
     self as report, HookMissing, Losses, ObserverSection, Report,
-    observer::{CriStatus, KubernetesStatus, OnBehalfOfStats},
+    observer::{CriStatus, Gap, KubernetesStatus, OnBehalfOfStats, RunReport},
 };
+use observer_state::record::{Run, RunEnd, RunStart};
 
 use crate::{
     bpf::read::ReadStats,
@@ -29,6 +30,17 @@ pub struct RunFacts {
     pub hooks: Vec<String>,
     pub dns_sender: String,
     pub hooks_missing: Vec<HookMissing>,
+    /// With `--state-dir`: the record this run continues.
+    pub record: Option<RecordFacts>,
+}
+
+/// The runs before this one on the state dir, and this one's start.
+#[derive(Clone, Debug)]
+pub struct RecordFacts {
+    pub previous: Vec<Run>,
+    pub this_run: RunStart,
+    /// Damaged or unreadable records skipped when it was read back.
+    pub damaged: u64,
 }
 
 /// The counts kept outside the pipeline, as read when the report is built.
@@ -45,6 +57,10 @@ pub struct StageCounts {
     pub on_behalf_of: OnBehalfOfStats,
     /// The command's exit code, once it has exited.
     pub command_exit_code: Option<i32>,
+    /// With `--state-dir`: what the spool lost (records, segments).
+    pub state_dir_losses: (u64, u64),
+    /// How this run ended; None while it runs.
+    pub run_end: Option<RunEnd>,
 }
 
 /// A final report, or one taken while the agent goes on observing.
@@ -82,6 +98,9 @@ pub fn node_report(
         user_queue: counts.read.queue_full,
         events_file: counts.events_file_dropped,
         attempts_table: not_recorded,
+        state_dir: counts.state_dir_losses.0,
+        state_dir_segments_removed: counts.state_dir_losses.1,
+        state_dir_damaged: facts.record.as_ref().map_or(0, |r| r.damaged),
         ..Losses::default()
     };
     let mut truncated = BTreeMap::new();
@@ -93,7 +112,28 @@ pub fn node_report(
         }
     }
     let kernel_lost: u64 = losses.kernel.values().sum();
-    let events_lost = kernel_lost + losses.user_queue;
+    let (runs, gaps) = match &facts.record {
+        Some(record) => runs_and_gaps(record, ended_at, counts.run_end.as_ref()),
+        None => (vec![], vec![]),
+    };
+    // Earlier runs' events count in the record they added to.
+    let (earlier_total, earlier_lost) =
+        facts
+            .record
+            .iter()
+            .flat_map(|r| &r.previous)
+            .fold((0, 0), |(total, lost), run| match &run.counts {
+                Some(c) => (total + c.events_total, lost + c.events_lost),
+                None => (total, lost),
+            });
+    let events_lost = kernel_lost + losses.user_queue + earlier_lost;
+    let record_started_at = facts
+        .record
+        .as_ref()
+        .and_then(|r| r.previous.first())
+        .map_or(facts.started_at, |run| run.start.started_at);
+    let spool_intact =
+        losses.state_dir + losses.state_dir_segments_removed + losses.state_dir_damaged == 0;
     let policy_report = verdict::report(&policy, &attempts, ended_at);
     let summary = report::summarize(&attempts);
     Report {
@@ -102,7 +142,7 @@ pub fn node_report(
             version: env!("CARGO_PKG_VERSION").to_string(),
             hostname: preflight::hostname(),
             kernel: preflight::kernel_release(),
-            started_at: facts.started_at,
+            started_at: record_started_at,
             ended_at,
             mode: if facts.command.is_some() {
                 "command"
@@ -114,11 +154,15 @@ pub fn node_report(
             command_exit_code: counts.command_exit_code,
             command_cgroup: facts.command_cgroup.clone(),
             cgroup2_mount: facts.cgroup2_mount.clone(),
-            complete: events_lost == 0 && facts.hooks_missing.is_empty() && not_recorded == 0,
+            complete: events_lost == 0
+                && facts.hooks_missing.is_empty()
+                && not_recorded == 0
+                && gaps.is_empty()
+                && spool_intact,
             hooks: facts.hooks.clone(),
             dns_sender: Some(facts.dns_sender.clone()),
             hooks_missing: facts.hooks_missing.clone(),
-            events_total: counts.read.records + kernel_lost,
+            events_total: counts.read.records + kernel_lost + earlier_total,
             events_lost,
             losses,
             parse_errors,
@@ -129,6 +173,8 @@ pub fn node_report(
             kubernetes: counts.kubernetes,
             on_behalf_of: counts.on_behalf_of,
             snapshot: taken == Taken::WhileRunning,
+            runs,
+            gaps,
         }),
         nodes: vec![],
         phases,
@@ -137,6 +183,62 @@ pub fn node_report(
         registries_conf,
         attempts,
     }
+}
+
+/// The record's runs, this one last, and the gaps between them: from a
+/// run's end (for a crash, its last sign of life) to the next one's start.
+fn runs_and_gaps(
+    record: &RecordFacts,
+    now: SystemTime,
+    this_end: Option<&RunEnd>,
+) -> (Vec<RunReport>, Vec<Gap>) {
+    let this_run = Run {
+        start: record.this_run.clone(),
+        counts: None,
+        ended: None,
+    };
+    let mut runs = Vec::new();
+    let mut gaps = Vec::new();
+    let all: Vec<&Run> = record.previous.iter().chain([&this_run]).collect();
+    for (index, run) in all.iter().enumerate() {
+        let is_this = index + 1 == all.len();
+        let (ended_at, how) = match (&run.ended, is_this) {
+            (_, true) => (now, this_end.cloned()),
+            (Some(ended), false) => (ended.at, Some(ended.how.clone())),
+            // An earlier run that left no end record: it crashed, found now.
+            (None, false) => (
+                run.counts.as_ref().map_or(run.start.started_at, |c| c.at),
+                Some(RunEnd::Crashed),
+            ),
+        };
+        let (ended, signal) = match &how {
+            None => ("running", None),
+            Some(RunEnd::Clean) => ("clean", None),
+            Some(RunEnd::Signal { signal }) => ("signal", Some(signal.clone())),
+            Some(RunEnd::Crashed) => ("crashed", None),
+        };
+        if let Some(next) = all.get(index + 1) {
+            gaps.push(Gap {
+                from: ended_at,
+                to: next.start.started_at,
+                reason: match how {
+                    Some(RunEnd::Crashed) => {
+                        "the agent was not running: its run crashed (killed, OOM or power loss) and the next started later".to_string()
+                    }
+                    _ => "the agent was not running between two runs".to_string(),
+                },
+            });
+        }
+        runs.push(RunReport {
+            started_at: run.start.started_at,
+            ended_at,
+            pid: run.start.pid,
+            version: run.start.version.clone(),
+            ended: ended.to_string(),
+            signal,
+        });
+    }
+    (runs, gaps)
 }
 
 #[cfg(test)]
@@ -154,6 +256,7 @@ mod tests {
             hooks: vec!["connect4".into()],
             dns_sender: "current_task".into(),
             hooks_missing,
+            record: None,
         }
     }
 
@@ -284,5 +387,70 @@ mod tests {
             "{:?}",
             observer.incompleteness()
         );
+    }
+
+    #[test]
+    fn earlier_runs_make_one_record_with_its_gaps_and_crashes() {
+        use observer_state::record::{Ended, RunCounts};
+        let run = |start: u64, pid: u32| RunStart {
+            started_at: fixtures::at(start),
+            pid,
+            version: "0.1.0".into(),
+        };
+        let crashed = Run {
+            start: run(0, 10),
+            counts: Some(RunCounts {
+                at: fixtures::at(9),
+                events_total: 100,
+                events_lost: 2,
+            }),
+            ended: None,
+        };
+        let stopped = Run {
+            start: run(20, 11),
+            counts: Some(RunCounts {
+                at: fixtures::at(30),
+                events_total: 50,
+                events_lost: 0,
+            }),
+            ended: Some(Ended {
+                at: fixtures::at(30),
+                how: RunEnd::Signal {
+                    signal: "SIGTERM".into(),
+                },
+            }),
+        };
+        let mut with_record = facts(vec![]);
+        with_record.started_at = fixtures::at(40);
+        with_record.record = Some(RecordFacts {
+            previous: vec![crashed, stopped],
+            this_run: run(40, 12),
+            damaged: 0,
+        });
+        let observer = node_report(
+            &with_record,
+            snapshot(vec![]),
+            StageCounts::default(),
+            Taken::WhileRunning,
+        )
+        .observer
+        .unwrap();
+        let ended: Vec<&str> = observer.runs.iter().map(|r| r.ended.as_str()).collect();
+        assert_eq!(ended, ["crashed", "signal", "running"]);
+        assert_eq!(
+            observer.runs[0].ended_at,
+            fixtures::at(9),
+            "its last sign of life"
+        );
+        assert_eq!(observer.gaps.len(), 2);
+        assert_eq!(
+            (observer.gaps[0].from, observer.gaps[0].to),
+            (fixtures::at(9), fixtures::at(20))
+        );
+        assert!(observer.gaps[0].reason.contains("crashed"));
+        assert_eq!(observer.started_at, fixtures::at(0), "the record's start");
+        assert_eq!(observer.events_total, 150);
+        assert_eq!(observer.events_lost, 2);
+        assert!(!observer.complete);
     }
 }

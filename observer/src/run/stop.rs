@@ -7,6 +7,7 @@ use std::{sync::Arc, time::SystemTime};
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
 use observer_report::{Report, observer::KubernetesState};
+use observer_state::record::RunEnd;
 use tokio::{
     sync::{oneshot, watch},
     task::JoinHandle,
@@ -15,7 +16,7 @@ use tokio::{
 use crate::{
     bpf::{load::Probes, read, read::ReadStats},
     correlate,
-    outputs::Live,
+    outputs::{Live, durable::Durable},
     pipeline::Pipeline,
     run::{
         endpoints::Endpoints,
@@ -42,15 +43,19 @@ pub struct Running {
     pub stop_intents: oneshot::Sender<()>,
     pub intents: JoinHandle<(IntentLog, u64)>,
     pub kernel_counters: Arc<std::sync::OnceLock<PerCpuArray<MapData, u64>>>,
+    /// With `--state-dir`: hands the pipeline the run's counts each second.
+    pub ticker: Option<JoinHandle<()>>,
 }
 
 /// Stops everything and returns the final report. Detaches first, then
 /// drains: nothing can arrive after the final drain.
+/// Also hands back the durable record's writer, for the run's end record.
 pub async fn stop(
     running: Running,
     facts: &RunFacts,
     command_exit_code: Option<i32>,
-) -> anyhow::Result<Report> {
+    run_end: RunEnd,
+) -> anyhow::Result<(Report, Option<Durable>)> {
     let Running {
         probes,
         stop,
@@ -64,7 +69,12 @@ pub async fn stop(
         stop_intents,
         intents,
         kernel_counters,
+        ticker,
     } = running;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        let _ = ticker.await;
+    }
     drop(probes);
     let _ = stop.send(true);
     let read_stats = reader.await.context("the ring-buffer reader failed")?;
@@ -117,6 +127,11 @@ pub async fn stop(
         .unwrap_or_default();
     let snapshot = pipeline.snapshot(SystemTime::now());
     let events_file_dropped = pipeline.outputs.events_log.finish();
+    let durable = pipeline.outputs.durable.take();
+    let state_dir_losses = durable.as_ref().map_or((0, 0), |d| {
+        let losses = d.losses();
+        (losses.records, losses.segments_removed)
+    });
     let counts = StageCounts {
         read: read_stats,
         kernel,
@@ -125,6 +140,11 @@ pub async fn stop(
         kubernetes: kubernetes_status,
         on_behalf_of,
         command_exit_code,
+        state_dir_losses,
+        run_end: Some(run_end),
     };
-    Ok(node_report(facts, snapshot, counts, Taken::AtTheEnd))
+    Ok((
+        node_report(facts, snapshot, counts, Taken::AtTheEnd),
+        durable,
+    ))
 }

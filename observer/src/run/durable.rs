@@ -1,0 +1,76 @@
+//! `--state-dir`: the record a run continues. Opened before anything is
+//! attached, so a dir another agent holds, one from another node or from a
+//! newer version is refused with exit 2; damage (a torn last record after a
+//! crash, a corrupt segment) is reported and skipped, never repaired in
+//! place and never fatal.
+
+use std::path::Path;
+
+use observer_state::{
+    record::{DurableRecord, DurableState},
+    spool::{Damage, Limits, SpoolWriter},
+};
+
+use crate::UsageError;
+
+/// What an earlier run left, and the writer to go on with.
+pub struct Continued {
+    pub writer: SpoolWriter,
+    pub state: DurableState,
+    pub damage: Vec<Damage>,
+    /// Records whose checksum held but which this build cannot read.
+    pub unreadable: u64,
+}
+
+/// The node's identity for the record: the host's machine id (the file
+/// systemd writes at first boot), else its hostname.
+pub fn node_id(host_root: &Path) -> String {
+    std::fs::read_to_string(host_root.join("etc/machine-id"))
+        .ok()
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))
+        .or_else(crate::setup::preflight::hostname)
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+pub fn open(dir: &Path, host_root: &Path) -> Result<Continued, UsageError> {
+    let (writer, recovered) =
+        SpoolWriter::open(&dir.join("spool"), &node_id(host_root), Limits::default())
+            .map_err(UsageError::new)?;
+    let mut unreadable = 0;
+    let records: Vec<DurableRecord> = recovered
+        .records
+        .iter()
+        .filter_map(|bytes| {
+            serde_json::from_slice(bytes)
+                .map_err(|_| unreadable += 1)
+                .ok()
+        })
+        .collect();
+    let state = DurableState::replay(&records);
+    for damage in &recovered.damage {
+        eprintln!(
+            "registry-observer: warning: the state dir's spool has a {} record at {} byte {} ({} bytes skipped){}",
+            damage.kind,
+            damage.file.display(),
+            damage.offset,
+            damage.bytes,
+            if damage.kind == "torn" {
+                ": the last run stopped while writing it"
+            } else {
+                ""
+            }
+        );
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "registry-observer: warning: {unreadable} record(s) in the state dir's spool could not be read and were skipped"
+        );
+    }
+    Ok(Continued {
+        writer,
+        state,
+        damage: recovered.damage,
+        unreadable,
+    })
+}

@@ -1,0 +1,193 @@
+//! `run --state-dir`: one record across agent runs. A run killed with
+//! `kill -9` keeps what it recorded; the next run on the same dir continues
+//! the record without duplicating it, records the crash and the time nobody
+//! observed, and a second agent on a dir in use is refused.
+//!
+//! Real, nothing mocked: the agent's kernel programs, the testbed's dnsmasq
+//! and real `getent` lookups in the testbed's network namespace, each in a
+//! cgroup of its own.
+//!
+//! Root and the testbed tools are required; the tests fail, never skip,
+//! without them.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use observer_tests::{
+    Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed,
+    observe::{CLIENT_TIMEOUT, assert_valid_report, read_report},
+    output_within, require_root_and_tools,
+};
+use serde_json::Value;
+
+/// `getent hosts NAME` in `cgroup` inside the testbed: NXDOMAIN from its
+/// dnsmasq, which is checked to have seen the query.
+fn failed_lookup(testbed: &Testbed, cgroup: &TestCgroup, name: &str) {
+    let result = output_within(
+        testbed
+            .netns_command_in(cgroup, "getent")
+            .args(["hosts", name]),
+        CLIENT_TIMEOUT,
+    )
+    .expect("running getent");
+    assert_eq!(result.status.code(), Some(2), "{result:?}");
+    testbed
+        .wait_for_dns_log(name, Duration::from_secs(5))
+        .expect("dnsmasq saw the query");
+}
+
+fn start(state_dir: &Path, report: &Path, socket: &Path) -> Agent {
+    Agent::start(&[
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--catalog-resolve-interval",
+        "0",
+        "--metrics-addr",
+        "off",
+        "--control-socket",
+        socket.to_str().unwrap(),
+    ])
+}
+
+fn attempts_for<'a>(report: &'a Value, host: &str) -> Vec<&'a Value> {
+    report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["host"] == host)
+        .collect()
+}
+
+fn wait_for_line(agent: &Agent, host: &str) {
+    assert!(
+        agent.wait_for_stdout(host, Duration::from_secs(10)),
+        "no live line for {host}: {}",
+        agent.stdout_so_far()
+    );
+}
+
+#[test]
+fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
+    require_root_and_tools(TESTBED_TOOLS);
+    require_root_and_tools(&["getent"]);
+    let testbed = Testbed::start().expect("starting the testbed");
+    let dir = testbed.temp_dir();
+    let state = dir.join("state");
+    let socket = dir.join("state.sock");
+
+    // Run 1: one attempt, then kill -9 (no report, no end record).
+    let first_report = dir.join("first.json");
+    let agent = start(&state, &first_report, &socket);
+    let first = TestCgroup::create("state-first");
+    failed_lookup(&testbed, &first, "registry.redhat.io");
+    wait_for_line(&agent, "registry.redhat.io");
+    let killed: AgentOutput = agent.kill();
+    assert_eq!(killed.status.code(), None, "killed by a signal: {killed:?}");
+    assert!(!first_report.exists(), "a killed agent writes no report");
+
+    // Run 2 on the same dir: a second agent there is refused meanwhile.
+    let report = dir.join("second.json");
+    let agent = start(&state, &report, &socket);
+    let other = Agent::run_to_exit(
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--metrics-addr",
+            "off",
+            "--control-socket",
+            dir.join("other.sock").to_str().unwrap(),
+            "--duration",
+            "1s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(other.status.code(), Some(2), "{other:?}");
+    assert!(
+        other
+            .stderr
+            .contains("another registry-observer uses the state dir"),
+        "{}",
+        other.stderr
+    );
+    let second = TestCgroup::create("state-second");
+    failed_lookup(&testbed, &second, "registry.access.redhat.com");
+    wait_for_line(&agent, "registry.access.redhat.com");
+    let stopped = agent.stop();
+    // The gap while nobody observed makes the record incomplete.
+    assert_eq!(stopped.status.code(), Some(3), "{stopped:?}");
+    assert!(
+        stopped.stderr.contains("nothing observed from"),
+        "{}",
+        stopped.stderr
+    );
+
+    assert_valid_report(&report);
+    let report = read_report(&report);
+    let before = attempts_for(&report, "registry.redhat.io");
+    let after = attempts_for(&report, "registry.access.redhat.com");
+    assert_eq!(
+        before.len(),
+        1,
+        "the killed run's attempt, once: {report:#}"
+    );
+    assert_eq!(after.len(), 1, "{report:#}");
+    let observer = &report["observer"];
+    let runs = observer["runs"].as_array().expect("observer.runs");
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert_eq!(runs[0]["ended"], "crashed", "{runs:#?}");
+    assert_eq!(runs[1]["ended"], "signal", "{runs:#?}");
+    assert_eq!(runs[1]["signal"], "SIGINT", "{runs:#?}");
+    assert_ne!(runs[0]["pid"], runs[1]["pid"]);
+    let gaps = observer["gaps"].as_array().expect("observer.gaps");
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    assert_eq!(gaps[0]["to"], runs[1]["started_at"]);
+    assert_eq!(observer["complete"], false);
+    assert_eq!(
+        observer["started_at"], runs[0]["started_at"],
+        "one record since run 1"
+    );
+
+    // Run 3 after a clean stop: everything is still there, once.
+    let third_report = dir.join("third.json");
+    let out = Agent::run_to_exit(
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--report",
+            third_report.to_str().unwrap(),
+            "--catalog-resolve-interval",
+            "0",
+            "--metrics-addr",
+            "off",
+            "--control-socket",
+            socket.to_str().unwrap(),
+            "--duration",
+            "1s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "still the gap of run 1: {out:?}"
+    );
+    let third = read_report(&third_report);
+    assert_eq!(attempts_for(&third, "registry.redhat.io").len(), 1);
+    assert_eq!(attempts_for(&third, "registry.access.redhat.com").len(), 1);
+    assert_eq!(
+        attempts_for(&third, "registry.redhat.io")[0]["count"],
+        before[0]["count"],
+        "counted once, not again per run"
+    );
+    let runs = third["observer"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[2]["ended"], "clean");
+    assert_eq!(third["observer"]["gaps"].as_array().unwrap().len(), 2);
+
+    // The spool is the agent's own: no stray files beside it.
+    let listing =
+        output_within(Command::new("ls").arg("-R").arg(&state), CLIENT_TIMEOUT).expect("ls");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("spool.lock"), "{listing}");
+}
