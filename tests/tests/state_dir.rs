@@ -191,3 +191,91 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.contains("spool.lock"), "{listing}");
 }
+
+/// The newest segment file in the spool.
+fn newest_segment(state: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(state.join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    segments.pop().expect("a segment")
+}
+
+/// A record cut short (what a crash mid-write leaves) is skipped and
+/// counted, the records before it stand; a state dir from a newer format is
+/// refused before anything is attached.
+#[test]
+fn a_torn_record_is_counted_and_a_newer_format_refused() {
+    require_root_and_tools(TESTBED_TOOLS);
+    require_root_and_tools(&["getent"]);
+    let testbed = Testbed::start().expect("starting the testbed");
+    let dir = testbed.temp_dir();
+    let state = dir.join("state");
+    let socket = dir.join("torn.sock");
+    let agent = start(&state, &dir.join("a.json"), &socket);
+    let cgroup = TestCgroup::create("state-torn");
+    failed_lookup(&testbed, &cgroup, "registry.redhat.io");
+    wait_for_line(&agent, "registry.redhat.io");
+    let killed = agent.kill();
+    assert_eq!(killed.status.code(), None, "{killed:?}");
+
+    // Half a record frame at the end of the newest segment.
+    let torn = newest_segment(&state);
+    let mut bytes = std::fs::read(&torn).unwrap();
+    bytes.extend_from_slice(&[0x40, 0, 0, 0, 0xde, 0xad]);
+    std::fs::write(&torn, &bytes).unwrap();
+
+    let report = dir.join("b.json");
+    let out = Agent::run_to_exit(
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--catalog-resolve-interval",
+            "0",
+            "--metrics-addr",
+            "off",
+            "--control-socket",
+            socket.to_str().unwrap(),
+            "--duration",
+            "1s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("torn record"), "{}", out.stderr);
+    assert_valid_report(&report);
+    let report = read_report(&report);
+    assert_eq!(report["observer"]["losses"]["state_dir_damaged"], 1);
+    assert_eq!(attempts_for(&report, "registry.redhat.io").len(), 1);
+
+    // A segment from a newer format: refused, named, nothing attached.
+    let mut newer = b"ROSPOOL\n".to_vec();
+    newer.extend_from_slice(&99u32.to_le_bytes());
+    let text = b"node=x\nsequence=99999\nbase=0\n";
+    newer.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    newer.extend_from_slice(text);
+    std::fs::write(state.join("spool/spool-0000000000099999.seg"), newer).unwrap();
+    let out = Agent::run_to_exit(
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--metrics-addr",
+            "off",
+            "--control-socket",
+            socket.to_str().unwrap(),
+            "--duration",
+            "1s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("newer registry-observer"),
+        "{}",
+        out.stderr
+    );
+}
