@@ -195,8 +195,8 @@ impl ObserverSection {
         for gap in &self.gaps {
             reasons.push(format!(
                 "nothing observed from {} to {} ({})",
-                humantime::format_rfc3339_seconds(gap.from),
-                humantime::format_rfc3339_seconds(gap.to),
+                humantime::format_rfc3339_millis(gap.from),
+                humantime::format_rfc3339_millis(gap.to),
                 gap.reason
             ));
         }
