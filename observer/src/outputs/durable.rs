@@ -3,20 +3,37 @@
 //! dir's spool. `write()` puts a record in the page cache, which outlives
 //! `kill -9`; each tick's `fsync` is for power loss.
 //!
+//! The spool is compacted while the agent runs: once it has grown past
+//! [`CHECKPOINT_BYTES`] (and twice its last checkpoint), the next tick
+//! writes the whole record as a checkpoint and the older segments go, so a
+//! run of months stays within the spool's size bound instead of losing its
+//! oldest records.
+//!
 //! A full or failing disk never stops the agent: records that could not be
 //! written are counted (`observer.losses.state_dir`) and the first failure
 //! is said once.
 
 use observer_report::{Attempt, PhaseMarker};
 use observer_state::{
-    record::{DurableRecord, DurableState, Ended, RunCounts, RunStart},
+    record::{DurableRecord, DurableState, Ended, Run, RunCounts, RunStart},
     spool::SpoolWriter,
 };
+
+/// The spool grows to at least this before a checkpoint compacts it: a
+/// checkpoint writes every attempt, so not too often.
+pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 pub struct Durable {
     writer: SpoolWriter,
     losses: DurableLosses,
     warned: bool,
+    /// The runs before this one, and this one: a checkpoint holds them all.
+    previous_runs: Vec<Run>,
+    this_run: Option<RunStart>,
+    last_counts: Option<RunCounts>,
+    checkpoint_bytes: u64,
+    /// Spool size right after the last checkpoint.
+    after_checkpoint: u64,
 }
 
 /// What the spool lost, for `observer.losses`.
@@ -29,11 +46,24 @@ pub struct DurableLosses {
 }
 
 impl Durable {
-    pub fn new(writer: SpoolWriter) -> Durable {
+    pub fn new(writer: SpoolWriter, previous_runs: Vec<Run>) -> Durable {
+        Durable::with_checkpoint_bytes(writer, previous_runs, CHECKPOINT_BYTES)
+    }
+
+    pub fn with_checkpoint_bytes(
+        writer: SpoolWriter,
+        previous_runs: Vec<Run>,
+        checkpoint_bytes: u64,
+    ) -> Durable {
         Durable {
             writer,
             losses: DurableLosses::default(),
             warned: false,
+            previous_runs,
+            this_run: None,
+            last_counts: None,
+            checkpoint_bytes,
+            after_checkpoint: 0,
         }
     }
 
@@ -43,6 +73,7 @@ impl Durable {
 
     /// This run begins: recorded and made durable before any event.
     pub fn start(&mut self, run: &RunStart) {
+        self.this_run = Some(run.clone());
         self.append(&DurableRecord::RunStarted { run: run.clone() });
         if let Err(e) = self.writer.sync() {
             self.fail(&format!("syncing it: {e}"));
@@ -62,12 +93,39 @@ impl Durable {
     }
 
     /// The run's counts so far, made durable with everything before them.
-    pub fn tick(&mut self, counts: &RunCounts) {
+    /// Returns whether the spool wants a checkpoint now.
+    pub fn tick(&mut self, counts: &RunCounts) -> bool {
+        self.last_counts = Some(counts.clone());
         self.append(&DurableRecord::Counts {
             counts: counts.clone(),
         });
         if let Err(e) = self.writer.sync() {
             self.fail(&format!("syncing it: {e}"));
+        }
+        let bytes = self.writer.bytes();
+        bytes > self.checkpoint_bytes && bytes > 2 * self.after_checkpoint
+    }
+
+    /// Writes the whole record (the recorder's attempts as they stand, the
+    /// phases, every run with this one still going) as a checkpoint; the
+    /// older segments go.
+    pub fn checkpoint(&mut self, attempts: &[Attempt], phases: &[PhaseMarker]) {
+        let mut runs = self.previous_runs.clone();
+        runs.extend(self.this_run.clone().map(|start| Run {
+            start,
+            counts: self.last_counts.clone(),
+            ended: None,
+        }));
+        let state = DurableState::new(attempts.to_vec(), phases.to_vec(), runs);
+        match self
+            .writer
+            .checkpoint(&record_bytes(&DurableRecord::Checkpoint { state }))
+        {
+            Ok(()) => self.after_checkpoint = self.writer.bytes(),
+            Err(e) => {
+                self.losses.records += 1;
+                self.fail(&format!("writing a checkpoint: {e}"));
+            }
         }
     }
 
@@ -122,4 +180,70 @@ impl Durable {
 
 fn record_bytes(record: &DurableRecord) -> Vec<u8> {
     serde_json::to_vec(record).expect("durable records serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_report::fixtures;
+    use observer_state::spool::{self, Limits};
+
+    use super::*;
+
+    fn replay(dir: &std::path::Path) -> DurableState {
+        let recovered = spool::read(dir, Some("node")).unwrap();
+        let records: Vec<DurableRecord> = recovered
+            .records
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
+        DurableState::replay(&records)
+    }
+
+    #[test]
+    fn a_growing_spool_is_compacted_by_a_checkpoint_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            segment_bytes: 4096,
+            max_bytes: 1 << 20,
+        };
+        let (writer, _) = SpoolWriter::open(dir.path(), "node", limits).unwrap();
+        let mut durable = Durable::with_checkpoint_bytes(writer, vec![], 16 << 10);
+        durable.start(&RunStart {
+            started_at: fixtures::at(0),
+            pid: 42,
+            version: "0.1.0".into(),
+        });
+        let mut attempt = fixtures::attempt("boot", "kubelet", "quay.io", 10);
+        let counts = |at| RunCounts {
+            at: fixtures::at(at),
+            events_total: at,
+            events_lost: 0,
+        };
+        let mut checkpoints = 0;
+        for second in 1..=200 {
+            attempt.count = second;
+            durable.attempt(&attempt);
+            if durable.tick(&counts(second)) {
+                durable.checkpoint(std::slice::from_ref(&attempt), &[]);
+                checkpoints += 1;
+            }
+        }
+        assert!(checkpoints >= 1, "the spool outgrew 16 KiB");
+        assert!(
+            durable.writer.bytes() < 24 << 10,
+            "{}",
+            durable.writer.bytes()
+        );
+        assert_eq!(durable.losses(), DurableLosses::default());
+        let state = replay(dir.path());
+        assert_eq!(state.attempts.len(), 1);
+        assert_eq!(
+            state.attempts[0].count, 200,
+            "the latest, after the checkpoint"
+        );
+        assert_eq!(state.runs.len(), 1);
+        assert_eq!(state.runs[0].start.pid, 42);
+        assert_eq!(state.runs[0].counts.as_ref().unwrap().events_total, 200);
+        assert!(state.runs[0].ended.is_none(), "still running");
+    }
 }

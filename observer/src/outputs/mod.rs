@@ -57,9 +57,15 @@ impl Outputs for Live {
         self.metrics.attempt_not_recorded();
     }
 
-    fn tick(&mut self, counts: &RunCounts) {
+    fn tick(&mut self, counts: &RunCounts) -> bool {
+        self.durable
+            .as_mut()
+            .is_some_and(|durable| durable.tick(counts))
+    }
+
+    fn checkpoint(&mut self, attempts: &[Attempt], phases: &[PhaseMarker]) {
         if let Some(durable) = &mut self.durable {
-            durable.tick(counts);
+            durable.checkpoint(attempts, phases);
         }
     }
 

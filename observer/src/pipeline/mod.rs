@@ -57,8 +57,10 @@ pub trait Outputs {
     /// A new phase began.
     fn phase(&mut self, at: SystemTime, marker: &PhaseMarker);
     /// Once a second (with `--state-dir`): the run's counts; what was
-    /// output so far is made durable.
-    fn tick(&mut self, counts: &RunCounts);
+    /// output so far is made durable. True asks for a [`Outputs::checkpoint`].
+    fn tick(&mut self, counts: &RunCounts) -> bool;
+    /// The whole state, for the durable record to compact itself.
+    fn checkpoint(&mut self, attempts: &[Attempt], phases: &[PhaseMarker]);
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -133,7 +135,14 @@ impl<O: Outputs> Pipeline<O> {
             Input::Counters(reply) => {
                 let _ = reply.send(self.counters());
             }
-            Input::Tick(counts) => self.outputs.tick(&counts),
+            Input::Tick(counts) => {
+                if self.outputs.tick(&counts) {
+                    // The recorder's own attempts, as the spool's attempt
+                    // records hold them (outcomes closed only in reports).
+                    let phases = self.phases.markers();
+                    self.outputs.checkpoint(self.recorder.attempts(), &phases);
+                }
+            }
         }
     }
 

@@ -204,7 +204,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 runs,
                 ..
             } = continued.state;
-            let mut durable = Durable::new(continued.writer);
+            let mut durable = Durable::new(continued.writer, runs.clone());
             durable.start(&this_run);
             let phases = if markers.is_empty() {
                 PhaseTimeline::starting(&options.phase, started_at)
