@@ -129,6 +129,7 @@ fn pipeline() -> Pipeline<Live> {
             metrics: Arc::new(Metrics::new()),
             events_log: EventsLog::disabled(),
             durable: None,
+            phase_changed: None,
         },
         stats: PipelineStats::default(),
     }

@@ -47,7 +47,30 @@ fn start(state_dir: &Path, report: &Path, socket: &Path) -> Agent {
         "off",
         "--control-socket",
         socket.to_str().unwrap(),
+        "--snapshot-interval",
+        "1s",
     ])
+}
+
+/// Polls DIR/report.json (bounded: 15 s) until `holds` accepts it.
+fn state_report_until(state: &Path, holds: impl Fn(&Value) -> bool) -> Value {
+    let path = state.join("report.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(report) = serde_json::from_str::<Value>(&text)
+            && holds(&report)
+        {
+            return report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never held what was expected: {:?}",
+            path.display(),
+            std::fs::read_to_string(&path)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn attempts_for<'a>(report: &'a Value, host: &str) -> Vec<&'a Value> {
@@ -113,6 +136,14 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
     let second = TestCgroup::create("state-second");
     failed_lookup(&testbed, &second, "registry.access.redhat.com");
     wait_for_line(&agent, "registry.access.redhat.com");
+    // While it runs, DIR/report.json is rewritten as of now: both runs'
+    // attempts, marked as a snapshot.
+    let running = state_report_until(&state, |r| {
+        !attempts_for(r, "registry.access.redhat.com").is_empty()
+    });
+    assert_eq!(running["observer"]["snapshot"], true);
+    assert_eq!(attempts_for(&running, "registry.redhat.io").len(), 1);
+    assert_eq!(running["observer"]["runs"][1]["ended"], "running");
     let stopped = agent.stop();
     // The gap while nobody observed makes the record incomplete.
     assert_eq!(stopped.status.code(), Some(3), "{stopped:?}");
@@ -184,6 +215,12 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
     assert_eq!(runs.len(), 3);
     assert_eq!(runs[2]["ended"], "clean");
     assert_eq!(third["observer"]["gaps"].as_array().unwrap().len(), 2);
+
+    // At exit the state dir's report is the final one.
+    let in_dir: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("report.json")).unwrap()).unwrap();
+    assert_eq!(in_dir, third, "DIR/report.json is the final report");
+    assert!(in_dir["observer"].get("snapshot").is_none());
 
     // The spool is the agent's own: no stray files beside it.
     let listing =

@@ -114,6 +114,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// With --state-dir: how often DIR/report.json (and DIR/junit.xml with
+    /// --junit) is rewritten as of now, besides at each phase marker and at
+    /// exit, so a crash leaves a report at most this old.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration,
+        requires = "state_dir"
+    )]
+    pub snapshot_interval: Duration,
+
     /// Distinct attempts kept in memory (and in the report) at most. A
     /// registry event that would start one more is counted in
     /// observer.losses.attempts_table and on /metrics, and the run is
@@ -310,6 +322,7 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
         max_attempts: args.max_attempts,
         state_dir: args.state_dir,
+        snapshot_interval: args.snapshot_interval,
         refuse_programs: args.refuse_programs,
         verbose: args.verbose,
         command: args.command,

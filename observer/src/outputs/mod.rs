@@ -31,6 +31,9 @@ pub struct Live {
     pub events_log: EventsLog,
     /// With `--state-dir`.
     pub durable: Option<Durable>,
+    /// Told of each phase marker (the state dir's report.json is rewritten
+    /// then).
+    pub phase_changed: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Outputs for Live {
@@ -72,6 +75,9 @@ impl Outputs for Live {
     fn phase(&mut self, at: SystemTime, marker: &PhaseMarker) {
         if let Some(durable) = &mut self.durable {
             durable.phase(marker);
+        }
+        if let Some(changed) = &self.phase_changed {
+            changed.notify_one();
         }
         self.console.line(&console::format_phase_line(marker));
         self.events_log.send(Line::Phase {

@@ -4,14 +4,27 @@
 //! crash, a corrupt segment) is reported and skipped, never repaired in
 //! place and never fatal.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
+use observer_report::Report;
 use observer_state::{
     record::{DurableRecord, DurableState},
     spool::{Damage, Limits, SpoolWriter},
 };
 
-use crate::UsageError;
+use tokio::sync::Notify;
+
+use crate::{
+    UsageError, control::http::ReportUnavailable, pipeline::input::PipelineHandle, run::endpoints,
+};
+
+/// Rewritten while the agent runs and at exit.
+pub const REPORT_FILE: &str = "report.json";
+pub const JUNIT_FILE: &str = "junit.xml";
 
 /// What an earlier run left, and the writer to go on with.
 pub struct Continued {
@@ -73,4 +86,54 @@ pub fn open(dir: &Path, host_root: &Path) -> Result<Continued, UsageError> {
         damage: recovered.damage,
         unreadable,
     })
+}
+
+/// Rewrites DIR/report.json (and DIR/junit.xml) as of now every `every`
+/// and at each phase marker, until the agent stops.
+pub async fn write_snapshots(
+    dir: PathBuf,
+    junit: bool,
+    every: Duration,
+    phase_changed: Arc<Notify>,
+    live: Arc<OnceLock<endpoints::Live>>,
+    pipeline: PipelineHandle,
+) {
+    let mut ticker = tokio::time::interval(every.max(Duration::from_millis(100)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = phase_changed.notified() => {}
+        }
+        match endpoints::report_now(&live, &pipeline).await {
+            Ok(report) => {
+                if let Err(e) = write_files(&dir, junit, &report)
+                    && !std::mem::replace(&mut warned, true)
+                {
+                    eprintln!(
+                        "registry-observer: warning: cannot write the state dir's report ({e}); the run goes on"
+                    );
+                }
+            }
+            Err(ReportUnavailable::NotAttached) => {}
+            Err(ReportUnavailable::ShuttingDown) => return,
+        }
+    }
+}
+
+/// The final report in the state dir too, beside `--report`.
+pub fn write_report_files(dir: &Path, junit: bool, report: &Report) {
+    if let Err(e) = write_files(dir, junit, report) {
+        eprintln!("registry-observer: warning: cannot write the state dir's report: {e}");
+    }
+}
+
+fn write_files(dir: &Path, junit: bool, report: &Report) -> anyhow::Result<()> {
+    observer_report::write(&dir.join(REPORT_FILE), report)?;
+    if junit {
+        let xml = observer_report::junit::to_junit(report)?;
+        observer_report::write_atomically(&dir.join(JUNIT_FILE), xml.as_bytes())?;
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
+use observer_report::Report;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
@@ -67,19 +68,7 @@ impl Endpoints {
                         let (live, pipeline) = (Arc::clone(&live), pipeline.clone());
                         Box::new(move || {
                             let (live, pipeline) = (Arc::clone(&live), pipeline.clone());
-                            Box::pin(async move {
-                                let live = live.get().ok_or(ReportUnavailable::NotAttached)?;
-                                let snapshot = pipeline
-                                    .snapshot()
-                                    .await
-                                    .map_err(|_| ReportUnavailable::ShuttingDown)?;
-                                Ok(node_report(
-                                    &live.facts,
-                                    snapshot,
-                                    (live.counts)(),
-                                    Taken::WhileRunning,
-                                ))
-                            })
+                            Box::pin(async move { report_now(&live, &pipeline).await })
                         })
                     },
                     pipeline: pipeline.clone(),
@@ -115,6 +104,25 @@ impl Endpoints {
             let _ = server.await;
         }
     }
+}
+
+/// The node report as of now, while the agent runs: `GET /report` and the
+/// state dir's `report.json`.
+pub async fn report_now(
+    live: &OnceLock<Live>,
+    pipeline: &PipelineHandle,
+) -> Result<Report, ReportUnavailable> {
+    let live = live.get().ok_or(ReportUnavailable::NotAttached)?;
+    let snapshot = pipeline
+        .snapshot()
+        .await
+        .map_err(|_| ReportUnavailable::ShuttingDown)?;
+    Ok(node_report(
+        &live.facts,
+        snapshot,
+        (live.counts)(),
+        Taken::WhileRunning,
+    ))
 }
 
 /// The health series' absolute counts, from the same counts a report

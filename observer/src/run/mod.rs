@@ -84,6 +84,8 @@ pub struct RunOptions {
     pub max_attempts: usize,
     /// `--state-dir`: the durable record to continue.
     pub state_dir: Option<PathBuf>,
+    /// How often DIR/report.json is rewritten.
+    pub snapshot_interval: Duration,
     /// Test-only: programs the kernel is made to refuse.
     pub refuse_programs: Vec<String>,
     /// Print refused programs' whole verifier logs.
@@ -189,6 +191,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         started_at.checked_sub(kubernetes::LOOKBACK),
     );
     let clock = Clock::now();
+    let phase_changed = Arc::new(tokio::sync::Notify::new());
     // A continued record goes on in its last phase (a restart during an
     // upgrade is still the upgrade); --phase starts a new record only.
     let this_run = RunStart {
@@ -301,6 +304,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             metrics: Arc::clone(&metrics),
             events_log,
             durable: durable.take(),
+            phase_changed: Some(Arc::clone(&phase_changed)),
         },
         stats: PipelineStats::default(),
     };
@@ -321,13 +325,25 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         options.component_rules.clone(),
         queue_tx.clone(),
     ));
-    // The durable record's counts and fsync, once a second.
-    let ticker = facts.record.is_some().then(|| {
-        tokio::spawn(tick_every_second(
-            pipeline_handle.clone(),
-            Arc::clone(&live),
-        ))
-    });
+    // The durable record's counts and fsync, once a second, and its
+    // report.json, every interval and at each phase marker.
+    let durable_tasks = match (&options.state_dir, &facts.record) {
+        (Some(dir), Some(_)) => vec![
+            tokio::spawn(tick_every_second(
+                pipeline_handle.clone(),
+                Arc::clone(&live),
+            )),
+            tokio::spawn(durable::write_snapshots(
+                dir.clone(),
+                options.junit.is_some(),
+                options.snapshot_interval,
+                Arc::clone(&phase_changed),
+                Arc::clone(&live),
+                pipeline_handle.clone(),
+            )),
+        ],
+        _ => vec![],
+    };
     // From here the reader and the resolver hold the only strong senders:
     // when they end, the pipeline drains and ends (phase and snapshot
     // requests hold weak ones, which do not keep it open).
@@ -368,12 +384,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         stop_intents,
         intents: intent_collector,
         kernel_counters,
-        ticker,
+        durable_tasks,
     };
     let (report, durable) =
         stop::stop(running, &facts, command_exit_code, stopped_by.clone()).await?;
     drop(command_cgroup);
     write_outputs(&options, &report)?;
+    if let Some(dir) = &options.state_dir {
+        durable::write_report_files(dir, options.junit.is_some(), &report);
+    }
     if let (Some(durable), Some(record)) = (durable, &facts.record) {
         finish_record(durable, record, &report, stopped_by);
     }

@@ -43,8 +43,9 @@ pub struct Running {
     pub stop_intents: oneshot::Sender<()>,
     pub intents: JoinHandle<(IntentLog, u64)>,
     pub kernel_counters: Arc<std::sync::OnceLock<PerCpuArray<MapData, u64>>>,
-    /// With `--state-dir`: hands the pipeline the run's counts each second.
-    pub ticker: Option<JoinHandle<()>>,
+    /// With `--state-dir`: the ticker (counts and fsync each second) and
+    /// the report.json writer.
+    pub durable_tasks: Vec<JoinHandle<()>>,
 }
 
 /// Stops everything and returns the final report. Detaches first, then
@@ -69,11 +70,11 @@ pub async fn stop(
         stop_intents,
         intents,
         kernel_counters,
-        ticker,
+        durable_tasks,
     } = running;
-    if let Some(ticker) = ticker {
-        ticker.abort();
-        let _ = ticker.await;
+    for task in durable_tasks {
+        task.abort();
+        let _ = task.await;
     }
     drop(probes);
     let _ = stop.send(true);
