@@ -217,6 +217,14 @@ pub fn read(dir: &Path, node: Option<&str>) -> Result<Recovered, OpenError> {
     Ok(recovered)
 }
 
+/// Whether a writer (a running agent) holds the spool in `dir` now.
+pub fn in_use(dir: &Path) -> bool {
+    let Ok(lock) = File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    matches!(lock.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
+}
+
 impl SpoolWriter {
     /// Locks `dir` (creating it), reads what an earlier writer left, and
     /// starts a new segment after the last one. Damage is reported, never

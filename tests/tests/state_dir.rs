@@ -13,7 +13,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use observer_tests::{
-    Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed,
+    Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed, no_agent_binary,
     observe::{CLIENT_TIMEOUT, assert_valid_report, read_report},
     output_within, require_root_and_tools,
 };
@@ -215,6 +215,26 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
     assert_eq!(runs.len(), 3);
     assert_eq!(runs[2]["ended"], "clean");
     assert_eq!(third["observer"]["gaps"].as_array().unwrap().len(), 2);
+
+    // `report build` on the dir, by the build without the agent, is the
+    // agent's own final report.
+    let built = dir.join("built.json");
+    let out = output_within(
+        Command::new(no_agent_binary())
+            .args(["report", "build"])
+            .arg(&state)
+            .arg("-o")
+            .arg(&built),
+        CLIENT_TIMEOUT,
+    )
+    .expect("registry-observer report build");
+    assert!(out.status.success(), "{out:?}");
+    assert_valid_report(&built);
+    assert_eq!(
+        read_report(&built),
+        third,
+        "report build equals the final report"
+    );
 
     // At exit the state dir's report is the final one.
     let in_dir: Value =

@@ -191,6 +191,26 @@ pub enum ReportCommand {
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
     },
+    /// Build the report a state dir holds (`run --state-dir DIR`), whether
+    /// or not an agent runs on it: the agent's latest report with every
+    /// attempt, phase and run of its durable record, and the gaps (a run
+    /// that crashed and nobody observing since). After a clean stop it is
+    /// the agent's own final report.
+    #[command(
+        after_help = "Examples:\n  registry-observer report build /var/lib/registry-observer -o node.json\n  \
+        registry-observer report build /var/lib/registry-observer --junit node.xml\n\n\
+        Exit codes: 0 built; 2 not a state dir, or unreadable."
+    )]
+    Build {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to write the report (atomically); stdout if not given.
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Also write JUnit XML there.
+        #[arg(long, value_name = "PATH")]
+        junit: Option<PathBuf>,
+    },
     /// Compare NEW with a BASE report: new components, hosts and
     /// violations. Exits 1 when NEW has violations BASE did not.
     #[command(
@@ -245,6 +265,38 @@ fn report_command(command: ReportCommand) -> Result<ExitCode, String> {
                 None => println!(
                     "{}",
                     serde_json::to_string_pretty(&merged).map_err(|e| e.to_string())?
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ReportCommand::Build { dir, output, junit } => {
+            let built = observer_state::build::build(&dir, std::time::SystemTime::now())
+                .map_err(|e| e.to_string())?;
+            for damage in &built.damage {
+                eprintln!(
+                    "registry-observer: warning: a {} record at {} byte {} was skipped",
+                    damage.kind,
+                    damage.file.display(),
+                    damage.offset
+                );
+            }
+            if built.agent_running {
+                eprintln!(
+                    "registry-observer: note: an agent runs on {}: this report is as of now (observer.snapshot)",
+                    dir.display()
+                );
+            }
+            if let Some(path) = &junit {
+                let xml =
+                    observer_report::junit::to_junit(&built.report).map_err(|e| e.to_string())?;
+                report::write_atomically(path, xml.as_bytes())
+                    .map_err(|e| format!("writing the JUnit file {}: {e}", path.display()))?;
+            }
+            match output {
+                Some(path) => report::write(&path, &built.report).map_err(|e| format!("{e:#}"))?,
+                None => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&built.report).map_err(|e| e.to_string())?
                 ),
             }
             Ok(ExitCode::SUCCESS)

@@ -9,7 +9,10 @@ use observer_report::{
     self as report, HookMissing, Losses, ObserverSection, Report,
     observer::{CriStatus, Gap, KubernetesStatus, OnBehalfOfStats, RunReport},
 };
-use observer_state::record::{Run, RunEnd, RunStart};
+use observer_state::{
+    build,
+    record::{Ended, Run, RunEnd, RunStart},
+};
 
 use crate::{
     bpf::read::ReadStats,
@@ -185,60 +188,23 @@ pub fn node_report(
     }
 }
 
-/// The record's runs, this one last, and the gaps between them: from a
-/// run's end (for a crash, its last sign of life) to the next one's start.
+/// The record's runs, this one last (still running unless `this_end`),
+/// and the gaps between them.
 fn runs_and_gaps(
     record: &RecordFacts,
     now: SystemTime,
     this_end: Option<&RunEnd>,
 ) -> (Vec<RunReport>, Vec<Gap>) {
-    let this_run = Run {
+    let mut runs = record.previous.clone();
+    runs.push(Run {
         start: record.this_run.clone(),
         counts: None,
-        ended: None,
-    };
-    let mut runs = Vec::new();
-    let mut gaps = Vec::new();
-    let all: Vec<&Run> = record.previous.iter().chain([&this_run]).collect();
-    for (index, run) in all.iter().enumerate() {
-        let is_this = index + 1 == all.len();
-        let (ended_at, how) = match (&run.ended, is_this) {
-            (_, true) => (now, this_end.cloned()),
-            (Some(ended), false) => (ended.at, Some(ended.how.clone())),
-            // An earlier run that left no end record: it crashed, found now.
-            (None, false) => (
-                run.counts.as_ref().map_or(run.start.started_at, |c| c.at),
-                Some(RunEnd::Crashed),
-            ),
-        };
-        let (ended, signal) = match &how {
-            None => ("running", None),
-            Some(RunEnd::Clean) => ("clean", None),
-            Some(RunEnd::Signal { signal }) => ("signal", Some(signal.clone())),
-            Some(RunEnd::Crashed) => ("crashed", None),
-        };
-        if let Some(next) = all.get(index + 1) {
-            gaps.push(Gap {
-                from: ended_at,
-                to: next.start.started_at,
-                reason: match how {
-                    Some(RunEnd::Crashed) => {
-                        "the agent was not running: its run crashed (killed, OOM or power loss) and the next started later".to_string()
-                    }
-                    _ => "the agent was not running between two runs".to_string(),
-                },
-            });
-        }
-        runs.push(RunReport {
-            started_at: run.start.started_at,
-            ended_at,
-            pid: run.start.pid,
-            version: run.start.version.clone(),
-            ended: ended.to_string(),
-            signal,
-        });
-    }
-    (runs, gaps)
+        ended: this_end.map(|how| Ended {
+            at: now,
+            how: how.clone(),
+        }),
+    });
+    build::runs_and_gaps(&runs, now, this_end.is_none())
 }
 
 #[cfg(test)]
@@ -391,7 +357,7 @@ mod tests {
 
     #[test]
     fn earlier_runs_make_one_record_with_its_gaps_and_crashes() {
-        use observer_state::record::{Ended, RunCounts};
+        use observer_state::record::RunCounts;
         let run = |start: u64, pid: u32| RunStart {
             started_at: fixtures::at(start),
             pid,
