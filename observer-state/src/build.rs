@@ -14,7 +14,7 @@ use observer_report::{
 use thiserror::Error;
 
 use crate::{
-    record::{DurableRecord, DurableState, Run, RunEnd},
+    record::{self, DurableState, Run, RunEnd},
     spool::{self, Damage, OpenError},
 };
 
@@ -122,16 +122,7 @@ pub fn build(dir: &Path, now: SystemTime) -> Result<Built, BuildError> {
     }
     let recovered = spool::read(&spool_dir, None)?;
     let agent_running = spool::in_use(&spool_dir);
-    let mut unreadable = 0;
-    let records: Vec<DurableRecord> = recovered
-        .records
-        .iter()
-        .filter_map(|bytes| {
-            serde_json::from_slice(bytes)
-                .map_err(|_| unreadable += 1)
-                .ok()
-        })
-        .collect();
+    let (records, unreadable) = record::decode_all(&recovered.records);
     let state = DurableState::replay(&records);
     let mut report =
         observer_report::load(&dir.join(REPORT_FILE)).map_err(|source| BuildError::NoReport {
@@ -169,7 +160,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        record::{Ended, RunCounts, RunStart},
+        record::{DurableRecord, Ended, RunCounts, RunStart},
         spool::{Limits, SpoolWriter},
     };
 

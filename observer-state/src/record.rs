@@ -95,6 +95,21 @@ pub struct DurableState {
     index: HashMap<AttemptKey, usize>,
 }
 
+/// Decodes spool payloads; returns the records and how many could not be
+/// read (their checksum held, but this build does not know them).
+pub fn decode_all(payloads: &[Vec<u8>]) -> (Vec<DurableRecord>, u64) {
+    let mut unreadable = 0;
+    let records = payloads
+        .iter()
+        .filter_map(|bytes| {
+            serde_json::from_slice(bytes)
+                .map_err(|_| unreadable += 1)
+                .ok()
+        })
+        .collect();
+    (records, unreadable)
+}
+
 impl DurableState {
     pub fn new(attempts: Vec<Attempt>, phases: Vec<PhaseMarker>, runs: Vec<Run>) -> DurableState {
         let mut state = DurableState {

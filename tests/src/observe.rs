@@ -105,3 +105,19 @@ pub fn in_netns(testbed: &Testbed, cgroup: &TestCgroup, argv: &[&str]) -> Comman
     command.args(["netns", "exec", testbed.netns()]).args(argv);
     command
 }
+
+/// `getent hosts NAME` in `cgroup` inside the testbed: NXDOMAIN from its
+/// dnsmasq, which is checked to have seen the query.
+pub fn failed_lookup(testbed: &Testbed, cgroup: &TestCgroup, name: &str) {
+    let result = output_within(
+        testbed
+            .netns_command_in(cgroup, "getent")
+            .args(["hosts", name]),
+        CLIENT_TIMEOUT,
+    )
+    .expect("running getent");
+    assert_eq!(result.status.code(), Some(2), "{result:?}");
+    testbed
+        .wait_for_dns_log(name, Duration::from_secs(5))
+        .expect("dnsmasq saw the query");
+}

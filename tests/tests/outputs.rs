@@ -21,7 +21,9 @@ use std::{
 
 use observer_tests::{
     Agent, AgentOutput, TestCgroup, Testbed, agent_binary,
-    observe::{self, CLIENT_TIMEOUT, PYTHON, assert_valid_report, attempts_in, read_report},
+    observe::{
+        self, CLIENT_TIMEOUT, PYTHON, assert_valid_report, attempts_in, failed_lookup, read_report,
+    },
     output_within, require_root_and_tools, run_checked,
 };
 use serde_json::Value;
@@ -134,22 +136,6 @@ fn curl(args: &[&str]) -> (u16, String) {
         }),
         body.to_string(),
     )
-}
-
-/// `getent hosts NAME` in `cgroup` inside the testbed: NXDOMAIN from its
-/// dnsmasq, which is checked to have seen the query.
-fn failed_lookup(testbed: &Testbed, cgroup: &TestCgroup, name: &str) {
-    let result = output_within(
-        testbed
-            .netns_command_in(cgroup, "getent")
-            .args(["hosts", name]),
-        CLIENT_TIMEOUT,
-    )
-    .expect("running getent");
-    assert_eq!(result.status.code(), Some(2), "{result:?}");
-    testbed
-        .wait_for_dns_log(name, Duration::from_secs(5))
-        .expect("dnsmasq saw the query");
 }
 
 fn skopeo_inspect(testbed: &Testbed, cgroup: &TestCgroup) {

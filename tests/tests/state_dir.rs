@@ -14,26 +14,10 @@ use std::{path::Path, process::Command, time::Duration};
 
 use observer_tests::{
     Agent, AgentOutput, TESTBED_TOOLS, TestCgroup, Testbed, no_agent_binary,
-    observe::{CLIENT_TIMEOUT, assert_valid_report, read_report},
+    observe::{CLIENT_TIMEOUT, assert_valid_report, failed_lookup, read_report},
     output_within, require_root_and_tools,
 };
 use serde_json::Value;
-
-/// `getent hosts NAME` in `cgroup` inside the testbed: NXDOMAIN from its
-/// dnsmasq, which is checked to have seen the query.
-fn failed_lookup(testbed: &Testbed, cgroup: &TestCgroup, name: &str) {
-    let result = output_within(
-        testbed
-            .netns_command_in(cgroup, "getent")
-            .args(["hosts", name]),
-        CLIENT_TIMEOUT,
-    )
-    .expect("running getent");
-    assert_eq!(result.status.code(), Some(2), "{result:?}");
-    testbed
-        .wait_for_dns_log(name, Duration::from_secs(5))
-        .expect("dnsmasq saw the query");
-}
 
 fn start(state_dir: &Path, report: &Path, socket: &Path) -> Agent {
     Agent::start(&[
@@ -50,6 +34,27 @@ fn start(state_dir: &Path, report: &Path, socket: &Path) -> Agent {
         "--snapshot-interval",
         "1s",
     ])
+}
+
+/// `run --state-dir STATE --duration 1s` to its end, the report at `report`.
+fn run_for_a_second(state: &Path, report: &Path, socket: &Path) -> AgentOutput {
+    Agent::run_to_exit(
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--catalog-resolve-interval",
+            "0",
+            "--metrics-addr",
+            "off",
+            "--control-socket",
+            socket.to_str().unwrap(),
+            "--duration",
+            "1s",
+        ],
+        Duration::from_secs(60),
+    )
 }
 
 /// Polls DIR/report.json (bounded: 15 s) until `holds` accepts it.
@@ -112,19 +117,7 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
     // Run 2 on the same dir: a second agent there is refused meanwhile.
     let report = dir.join("second.json");
     let agent = start(&state, &report, &socket);
-    let other = Agent::run_to_exit(
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--metrics-addr",
-            "off",
-            "--control-socket",
-            dir.join("other.sock").to_str().unwrap(),
-            "--duration",
-            "1s",
-        ],
-        Duration::from_secs(60),
-    );
+    let other = run_for_a_second(&state, &dir.join("other.json"), &dir.join("other.sock"));
     assert_eq!(other.status.code(), Some(2), "{other:?}");
     assert!(
         other
@@ -181,23 +174,7 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
 
     // Run 3 after a clean stop: everything is still there, once.
     let third_report = dir.join("third.json");
-    let out = Agent::run_to_exit(
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--report",
-            third_report.to_str().unwrap(),
-            "--catalog-resolve-interval",
-            "0",
-            "--metrics-addr",
-            "off",
-            "--control-socket",
-            socket.to_str().unwrap(),
-            "--duration",
-            "1s",
-        ],
-        Duration::from_secs(60),
-    );
+    let out = run_for_a_second(&state, &third_report, &socket);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -285,23 +262,7 @@ fn a_torn_record_is_counted_and_a_newer_format_refused() {
     std::fs::write(&torn, &bytes).unwrap();
 
     let report = dir.join("b.json");
-    let out = Agent::run_to_exit(
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-            "--catalog-resolve-interval",
-            "0",
-            "--metrics-addr",
-            "off",
-            "--control-socket",
-            socket.to_str().unwrap(),
-            "--duration",
-            "1s",
-        ],
-        Duration::from_secs(60),
-    );
+    let out = run_for_a_second(&state, &report, &socket);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(out.stderr.contains("torn record"), "{}", out.stderr);
     assert_valid_report(&report);
@@ -316,19 +277,7 @@ fn a_torn_record_is_counted_and_a_newer_format_refused() {
     newer.extend_from_slice(&(text.len() as u32).to_le_bytes());
     newer.extend_from_slice(text);
     std::fs::write(state.join("spool/spool-0000000000099999.seg"), newer).unwrap();
-    let out = Agent::run_to_exit(
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--metrics-addr",
-            "off",
-            "--control-socket",
-            socket.to_str().unwrap(),
-            "--duration",
-            "1s",
-        ],
-        Duration::from_secs(60),
-    );
+    let out = run_for_a_second(&state, &dir.join("refused.json"), &socket);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
         out.stderr.contains("newer registry-observer"),

@@ -12,7 +12,7 @@ use std::{
 
 use observer_report::Report;
 use observer_state::{
-    record::{DurableRecord, DurableState},
+    record::{self, DurableState},
     spool::{Damage, Limits, SpoolWriter},
 };
 
@@ -50,16 +50,7 @@ pub fn open(dir: &Path, host_root: &Path) -> Result<Continued, UsageError> {
     let (writer, recovered) =
         SpoolWriter::open(&dir.join("spool"), &node_id(host_root), Limits::default())
             .map_err(UsageError::new)?;
-    let mut unreadable = 0;
-    let records: Vec<DurableRecord> = recovered
-        .records
-        .iter()
-        .filter_map(|bytes| {
-            serde_json::from_slice(bytes)
-                .map_err(|_| unreadable += 1)
-                .ok()
-        })
-        .collect();
+    let (records, unreadable) = record::decode_all(&recovered.records);
     let state = DurableState::replay(&records);
     for damage in &recovered.damage {
         eprintln!(
