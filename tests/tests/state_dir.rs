@@ -19,10 +19,12 @@ use observer_tests::{
 };
 use serde_json::Value;
 
-fn start(state_dir: &Path, report: &Path, socket: &Path) -> Agent {
-    Agent::start(&[
+/// The agent's options in these tests: the state dir, the report, no HTTP
+/// endpoint, its own control socket, no DNS of its own.
+fn agent_args<'a>(state: &'a Path, report: &'a Path, socket: &'a Path) -> Vec<&'a str> {
+    vec![
         "--state-dir",
-        state_dir.to_str().unwrap(),
+        state.to_str().unwrap(),
         "--report",
         report.to_str().unwrap(),
         "--catalog-resolve-interval",
@@ -31,30 +33,20 @@ fn start(state_dir: &Path, report: &Path, socket: &Path) -> Agent {
         "off",
         "--control-socket",
         socket.to_str().unwrap(),
-        "--snapshot-interval",
-        "1s",
-    ])
+    ]
+}
+
+fn start(state_dir: &Path, report: &Path, socket: &Path) -> Agent {
+    let mut args = agent_args(state_dir, report, socket);
+    args.extend(["--snapshot-interval", "1s"]);
+    Agent::start(&args)
 }
 
 /// `run --state-dir STATE --duration 1s` to its end, the report at `report`.
 fn run_for_a_second(state: &Path, report: &Path, socket: &Path) -> AgentOutput {
-    Agent::run_to_exit(
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-            "--catalog-resolve-interval",
-            "0",
-            "--metrics-addr",
-            "off",
-            "--control-socket",
-            socket.to_str().unwrap(),
-            "--duration",
-            "1s",
-        ],
-        Duration::from_secs(60),
-    )
+    let mut args = agent_args(state, report, socket);
+    args.extend(["--duration", "1s"]);
+    Agent::run_to_exit(&args, Duration::from_secs(60))
 }
 
 /// Polls DIR/report.json (bounded: 15 s) until `holds` accepts it.
