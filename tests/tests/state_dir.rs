@@ -70,12 +70,14 @@ fn state_report_until(state: &Path, holds: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-fn attempts_for<'a>(report: &'a Value, host: &str) -> Vec<&'a Value> {
+/// The attempts for `host` made in `cgroup`: the agent watches the whole
+/// machine, and the other test of this file runs beside this one.
+fn attempts_for<'a>(report: &'a Value, host: &str, cgroup: &TestCgroup) -> Vec<&'a Value> {
     report["attempts"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|a| a["host"] == host)
+        .filter(|a| a["host"] == host && a["cgroup"]["id"].as_u64() == Some(cgroup.id()))
         .collect()
 }
 
@@ -127,7 +129,7 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
     // kill (written each second; the lookup is long over by then).
     std::thread::sleep(Duration::from_millis(2500));
     let seen = read_report(&state.join("report.json"));
-    let seen = shape(&attempts_for(&seen, "registry.redhat.io"));
+    let seen = shape(&attempts_for(&seen, "registry.redhat.io", &first));
     assert!(!seen.is_empty(), "run 1 saw the lookup");
     let killed: AgentOutput = agent.kill();
     assert_eq!(killed.status.code(), None, "killed by a signal: {killed:?}");
@@ -151,10 +153,13 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
     // While it runs, DIR/report.json is rewritten as of now: both runs'
     // attempts, marked as a snapshot.
     let running = state_report_until(&state, |r| {
-        !attempts_for(r, "registry.access.redhat.com").is_empty()
+        !attempts_for(r, "registry.access.redhat.com", &second).is_empty()
     });
     assert_eq!(running["observer"]["snapshot"], true);
-    assert_eq!(shape(&attempts_for(&running, "registry.redhat.io")), seen);
+    assert_eq!(
+        shape(&attempts_for(&running, "registry.redhat.io", &first)),
+        seen
+    );
     assert_eq!(running["observer"]["runs"][1]["ended"], "running");
     let stopped = agent.stop();
     // The gap while nobody observed makes the record incomplete.
@@ -167,8 +172,8 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
 
     assert_valid_report(&report);
     let report = read_report(&report);
-    let before = attempts_for(&report, "registry.redhat.io");
-    let after = attempts_for(&report, "registry.access.redhat.com");
+    let before = attempts_for(&report, "registry.redhat.io", &first);
+    let after = attempts_for(&report, "registry.access.redhat.com", &second);
     assert_eq!(
         shape(&before),
         seen,
@@ -201,12 +206,12 @@ fn a_killed_run_keeps_its_record_and_the_next_run_continues_it() {
     );
     let third = read_report(&third_report);
     assert_eq!(
-        shape(&attempts_for(&third, "registry.redhat.io")),
+        shape(&attempts_for(&third, "registry.redhat.io", &first)),
         seen,
         "counted once, not again per run"
     );
     assert_eq!(
-        shape(&attempts_for(&third, "registry.access.redhat.com")),
+        shape(&attempts_for(&third, "registry.access.redhat.com", &second)),
         shape(&after)
     );
     let runs = third["observer"]["runs"].as_array().unwrap();
@@ -289,7 +294,7 @@ fn a_torn_record_is_counted_and_a_newer_format_refused() {
     assert_valid_report(&report);
     let report = read_report(&report);
     assert_eq!(report["observer"]["losses"]["state_dir_damaged"], 1);
-    let shapes = shape(&attempts_for(&report, "registry.redhat.io"));
+    let shapes = shape(&attempts_for(&report, "registry.redhat.io", &cgroup));
     assert!(!shapes.is_empty(), "the records before the torn one stand");
     let mut distinct = shapes.clone();
     distinct.dedup();
