@@ -971,9 +971,12 @@ fn a_full_attempts_table_is_counted_and_makes_the_run_incomplete() {
     );
     assert_valid_report(&out.report);
     let report = read_report(&out.report);
+    // One attempt kept: the first lookup's, or another test's that ran
+    // beside this one (the agent watches the whole machine); the second
+    // lookup came when the table was full either way.
     let attempts = report["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "{attempts:#?}");
-    assert_eq!(attempts[0]["host"], "registry.redhat.io");
+    assert!(attempts_in(&report, &second).is_empty(), "{attempts:#?}");
     let observer = &report["observer"];
     assert_eq!(observer["complete"], false, "{observer:#}");
     // The scrape came before the last events may have been processed.
