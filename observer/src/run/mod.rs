@@ -194,12 +194,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let phase_changed = Arc::new(tokio::sync::Notify::new());
     // A continued record goes on in its last phase (a restart during an
     // upgrade is still the upgrade); --phase starts a new record only.
-    let this_run = RunStart {
-        started_at,
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let (mut durable, record, restored_attempts, phases) = match continued {
+    let (mut durable, continued_record, restored_attempts, phases) = match continued {
         Some(continued) => {
             let DurableState {
                 attempts,
@@ -207,19 +202,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 runs,
                 ..
             } = continued.state;
-            let mut durable = Durable::new(continued.writer, runs.clone());
-            durable.start(&this_run);
             let phases = if markers.is_empty() {
                 PhaseTimeline::starting(&options.phase, started_at)
             } else {
                 PhaseTimeline::continuing(markers)
             };
-            let record = RecordFacts {
-                previous: runs,
-                this_run: this_run.clone(),
-                damaged: continued.damage.len() as u64 + continued.unreadable,
-            };
-            (Some(durable), Some(record), attempts, phases)
+            let damaged = continued.damage.len() as u64 + continued.unreadable;
+            let durable = Durable::new(continued.writer, runs.clone());
+            (Some(durable), Some((runs, damaged)), attempts, phases)
         }
         None => (
             None,
@@ -231,7 +221,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
 
     let attached = attach::attach(&cgroup_root, &options).await?;
     let mut facts = attached.facts(started_at, &options, &cgroup_root);
-    facts.record = record;
+    // The run joins the record once its programs observe: the time before
+    // (a failed start included) stays in the gap.
+    if let (Some(durable), Some((previous, damaged))) = (durable.as_mut(), continued_record) {
+        let this_run = RunStart {
+            started_at: SystemTime::now(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        durable.start(&this_run);
+        facts.record = Some(RecordFacts {
+            previous,
+            this_run,
+            damaged,
+        });
+    }
     let Attached {
         probes,
         maps,

@@ -130,11 +130,12 @@ pub fn node_report(
                 None => (total, lost),
             });
     let events_lost = kernel_lost + losses.user_queue + earlier_lost;
-    let record_started_at = facts
-        .record
-        .as_ref()
-        .and_then(|r| r.previous.first())
-        .map_or(facts.started_at, |run| run.start.started_at);
+    // A record's start is its first run's (when that run began observing).
+    let record_started_at = facts.record.as_ref().map_or(facts.started_at, |r| {
+        r.previous
+            .first()
+            .map_or(r.this_run.started_at, |run| run.start.started_at)
+    });
     let spool_intact =
         losses.state_dir + losses.state_dir_segments_removed + losses.state_dir_damaged == 0;
     let policy_report = verdict::report(&policy, &attempts, ended_at);
