@@ -60,6 +60,12 @@ impl Outputs for Live {
         self.metrics.attempt_not_recorded();
     }
 
+    fn attempt_updated(&mut self, attempt: &Attempt) {
+        if let Some(durable) = &mut self.durable {
+            durable.attempt(attempt);
+        }
+    }
+
     fn tick(&mut self, counts: &RunCounts) -> bool {
         self.durable
             .as_mut()

@@ -51,6 +51,9 @@ pub trait Outputs {
     /// An attempt was recorded and judged: `attempt` is the merged entry,
     /// `evidence` this event's own.
     fn attempt(&mut self, at: SystemTime, matched: &Match, origin: &Origin, attempt: &Attempt);
+    /// An outcome (a handshake's end, a DNS answer's rcode) changed an
+    /// attempt after its event: only the durable record wants it.
+    fn attempt_updated(&mut self, attempt: &Attempt);
     /// A registry event that would have started an attempt beyond the
     /// table's bound: it is in no attempt, only counted.
     fn not_recorded(&mut self, at: SystemTime, matched: &Match, origin: &Origin);
@@ -170,7 +173,9 @@ impl<O: Outputs> Pipeline<O> {
                 cookie, outcome, ..
             } => {
                 self.connections.ended_handshake(*cookie, *outcome);
-                self.recorder.connection_outcome(*cookie, &outcome.name());
+                if let Some(attempt) = self.recorder.connection_outcome(*cookie, &outcome.name()) {
+                    self.outputs.attempt_updated(attempt);
+                }
             }
             Observation::Connect {
                 actor,
@@ -196,9 +201,14 @@ impl<O: Outputs> Pipeline<O> {
             && self.classifier.is_registry(name)
         {
             self.recorder.dns_answered(actor.cgroup_id, name);
-            if *rcode != ResponseCode::NoError {
-                self.recorder
-                    .dns_outcome(actor.cgroup_id, name, &decode::dns_outcome_name(*rcode));
+            if *rcode != ResponseCode::NoError
+                && let Some(attempt) = self.recorder.dns_outcome(
+                    actor.cgroup_id,
+                    name,
+                    &decode::dns_outcome_name(*rcode),
+                )
+            {
+                self.outputs.attempt_updated(attempt);
             }
         }
         let Some(matched) = self.classifier.classify(observation) else {

@@ -265,28 +265,29 @@ impl Recorder {
 
     /// Counts how the TCP connection `cookie` ended, once, on the attempt it
     /// was joined to; a connection no attempt claims is ignored.
-    pub fn connection_outcome(&mut self, cookie: u64, outcome: &str) {
-        if let Some(joined) = self.connections.get_mut(&cookie)
-            && !joined.outcome_counted
-        {
-            joined.outcome_counted = true;
-            *self.attempts[joined.attempt]
-                .outcomes
-                .entry(outcome.to_string())
-                .or_default() += 1;
+    /// Returns the attempt it changed.
+    pub fn connection_outcome(&mut self, cookie: u64, outcome: &str) -> Option<&Attempt> {
+        let joined = self.connections.get_mut(&cookie)?;
+        if joined.outcome_counted {
+            return None;
         }
+        joined.outcome_counted = true;
+        let attempt = &mut self.attempts[joined.attempt];
+        *attempt.outcomes.entry(outcome.to_string()).or_default() += 1;
+        Some(attempt)
     }
 
     /// Counts a failed DNS answer on the latest attempt that queried `host`
     /// from `cgroup_id` (the receiving socket's cgroup).
-    pub fn dns_outcome(&mut self, cgroup_id: u64, host: &str, outcome: &str) {
-        if let Some(attempt) = self.attempts.iter_mut().rev().find(|a| {
+    /// Returns the attempt it changed.
+    pub fn dns_outcome(&mut self, cgroup_id: u64, host: &str, outcome: &str) -> Option<&Attempt> {
+        let attempt = self.attempts.iter_mut().rev().find(|a| {
             a.cgroup.id == cgroup_id
                 && a.host.as_deref() == Some(host)
                 && a.evidence.contains(&Evidence::DnsQuery)
-        }) {
-            *attempt.outcomes.entry(outcome.to_string()).or_default() += 1;
-        }
+        })?;
+        *attempt.outcomes.entry(outcome.to_string()).or_default() += 1;
+        Some(attempt)
     }
 
     pub fn attempts(&self) -> &[Attempt] {
@@ -611,5 +612,29 @@ mod tests {
         // Restoring the same record twice changes nothing.
         after.restore(kept);
         assert_eq!(after.attempts().len(), 2);
+    }
+
+    #[test]
+    fn an_outcome_hands_back_the_attempt_it_changed_once() {
+        let mut recorder = Recorder::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let connect = connect();
+        let cookie = connect.cookie.expect("a connect has a cookie");
+        recorder.record(&connect, &origin(7, 1), "boot", t);
+        let changed = recorder.connection_outcome(cookie, "refused").cloned();
+        assert_eq!(
+            changed.and_then(|a| a.outcomes.get("refused").copied()),
+            Some(1)
+        );
+        // Counted once per connection: nothing changes the second time.
+        assert!(recorder.connection_outcome(cookie, "refused").is_none());
+        assert!(recorder.connection_outcome(cookie + 1, "refused").is_none());
+        recorder.record(&query(), &origin(7, 1), "boot", t);
+        let changed = recorder.dns_outcome(1, "quay.io", "dns_nxdomain").cloned();
+        assert_eq!(
+            changed.and_then(|a| a.outcomes.get("dns_nxdomain").copied()),
+            Some(1)
+        );
+        assert!(recorder.dns_outcome(9, "quay.io", "dns_nxdomain").is_none());
     }
 }
