@@ -6,13 +6,13 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use observer_report::fixtures;
+use observer_report::{Attempt, fixtures};
 use observer_state::{
-    record::DurableRecord,
+    record::attempt_record_bytes,
     spool::{Limits, SpoolWriter},
 };
 
-fn record() -> DurableRecord {
+fn attempt() -> Attempt {
     let mut attempt = fixtures::attempt("upgrade", "machine-config-daemon", "quay.io", 10);
     attempt.process.cmdline = Some(
         [
@@ -25,22 +25,20 @@ fn record() -> DurableRecord {
         .map(String::from)
         .to_vec(),
     );
-    DurableRecord::Attempt {
-        attempt: Box::new(attempt),
-    }
+    attempt
 }
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (mut writer, _) =
         SpoolWriter::open(dir.path(), "bench-node", Limits::default()).expect("opening the spool");
-    let record = record();
-    let bytes = serde_json::to_vec(&record).unwrap().len() as u64;
+    let attempt = attempt();
+    let bytes = attempt_record_bytes(&attempt).len() as u64;
     let mut group = c.benchmark_group("spool");
     group.throughput(Throughput::Bytes(bytes));
     group.bench_function("serialize+append one attempt", |b| {
         b.iter(|| {
-            let json = serde_json::to_vec(black_box(&record)).unwrap();
+            let json = attempt_record_bytes(black_box(&attempt));
             writer.append(&json).unwrap()
         })
     });
@@ -48,7 +46,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("spool");
     group.sample_size(20);
     group.bench_function("append 1000 attempts + fsync", |b| {
-        let json = serde_json::to_vec(&record).unwrap();
+        let json = attempt_record_bytes(&attempt);
         b.iter(|| {
             for _ in 0..1000 {
                 writer.append(&json).unwrap();

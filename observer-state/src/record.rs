@@ -95,6 +95,19 @@ pub struct DurableState {
     index: HashMap<AttemptKey, usize>,
 }
 
+/// The bytes of a [`DurableRecord::Attempt`] for `attempt`, serialized from
+/// the borrowed attempt: the agent writes one per registry event, and a
+/// copy of the attempt (argv, ancestors, pod labels) for each would be the
+/// larger part of the cost.
+pub fn attempt_record_bytes(attempt: &Attempt) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum Borrowed<'a> {
+        Attempt { attempt: &'a Attempt },
+    }
+    serde_json::to_vec(&Borrowed::Attempt { attempt }).expect("attempts serialize")
+}
+
 /// Decodes spool payloads; returns the records and how many could not be
 /// read (their checksum held, but this build does not know them).
 pub fn decode_all(payloads: &[Vec<u8>]) -> (Vec<DurableRecord>, u64) {
@@ -330,5 +343,15 @@ mod tests {
             DurableState::replay(&[DurableRecord::Checkpoint { state: back }]),
             state
         );
+    }
+
+    #[test]
+    fn an_attempt_written_from_a_borrow_reads_as_an_attempt_record() {
+        let DurableRecord::Attempt { attempt } = attempt(7) else {
+            unreachable!()
+        };
+        let bytes = attempt_record_bytes(&attempt);
+        let read: DurableRecord = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(read, DurableRecord::Attempt { attempt });
     }
 }

@@ -280,6 +280,12 @@ fn report_command(command: ReportCommand) -> Result<ExitCode, String> {
                     damage.offset
                 );
             }
+            if built.unreadable > 0 {
+                eprintln!(
+                    "registry-observer: warning: {} record(s) this build cannot read were skipped",
+                    built.unreadable
+                );
+            }
             if built.agent_running {
                 eprintln!(
                     "registry-observer: note: an agent runs on {}: this report is as of now (observer.snapshot)",

@@ -15,7 +15,7 @@
 
 use observer_report::{Attempt, PhaseMarker};
 use observer_state::{
-    record::{DurableRecord, DurableState, Ended, Run, RunCounts, RunStart},
+    record::{DurableRecord, DurableState, Ended, Run, RunCounts, RunStart, attempt_record_bytes},
     spool::SpoolWriter,
 };
 
@@ -81,9 +81,7 @@ impl Durable {
     }
 
     pub fn attempt(&mut self, attempt: &Attempt) {
-        self.append(&DurableRecord::Attempt {
-            attempt: Box::new(attempt.clone()),
-        });
+        self.append_bytes(&attempt_record_bytes(attempt));
     }
 
     pub fn phase(&mut self, marker: &PhaseMarker) {
@@ -152,7 +150,11 @@ impl Durable {
     }
 
     fn append(&mut self, record: &DurableRecord) {
-        match self.writer.append(&record_bytes(record)) {
+        self.append_bytes(&record_bytes(record));
+    }
+
+    fn append_bytes(&mut self, bytes: &[u8]) {
+        match self.writer.append(bytes) {
             Ok(removed) if removed.segments > 0 => {
                 self.losses.segments_removed += removed.segments;
                 self.fail(&format!(

@@ -438,11 +438,7 @@ fn run_counts(counts: &StageCounts) -> RunCounts {
 /// start replays one record.
 fn finish_record(durable: Durable, record: &RecordFacts, report: &Report, how: RunEnd) {
     let observer = report.observer.as_ref().expect("a node report");
-    let (earlier_total, earlier_lost) = record
-        .previous
-        .iter()
-        .filter_map(|run| run.counts.as_ref())
-        .fold((0, 0), |(t, l), c| (t + c.events_total, l + c.events_lost));
+    let (earlier_total, earlier_lost) = record.earlier_counts();
     let counts = RunCounts {
         at: observer.ended_at,
         events_total: observer.events_total.saturating_sub(earlier_total),

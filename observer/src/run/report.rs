@@ -46,6 +46,19 @@ pub struct RecordFacts {
     pub damaged: u64,
 }
 
+impl RecordFacts {
+    /// Events produced and lost by the runs before this one, as each last
+    /// recorded them.
+    pub fn earlier_counts(&self) -> (u64, u64) {
+        self.previous
+            .iter()
+            .filter_map(|run| run.counts.as_ref())
+            .fold((0, 0), |(total, lost), c| {
+                (total + c.events_total, lost + c.events_lost)
+            })
+    }
+}
+
 /// The counts kept outside the pipeline, as read when the report is built.
 #[derive(Clone, Debug, Default)]
 pub struct StageCounts {
@@ -120,15 +133,10 @@ pub fn node_report(
         None => (vec![], vec![]),
     };
     // Earlier runs' events count in the record they added to.
-    let (earlier_total, earlier_lost) =
-        facts
-            .record
-            .iter()
-            .flat_map(|r| &r.previous)
-            .fold((0, 0), |(total, lost), run| match &run.counts {
-                Some(c) => (total + c.events_total, lost + c.events_lost),
-                None => (total, lost),
-            });
+    let (earlier_total, earlier_lost) = facts
+        .record
+        .as_ref()
+        .map_or((0, 0), RecordFacts::earlier_counts);
     let events_lost = kernel_lost + losses.user_queue + earlier_lost;
     // A record's start is its first run's (when that run began observing).
     let record_started_at = facts.record.as_ref().map_or(facts.started_at, |r| {
