@@ -33,12 +33,12 @@ fn bench(c: &mut Criterion) {
     let (mut writer, _) =
         SpoolWriter::open(dir.path(), "bench-node", Limits::default()).expect("opening the spool");
     let attempt = attempt();
-    let bytes = attempt_record_bytes(&attempt).len() as u64;
+    let bytes = attempt_record_bytes(&attempt, Some(1 << 20)).len() as u64;
     let mut group = c.benchmark_group("spool");
     group.throughput(Throughput::Bytes(bytes));
     group.bench_function("serialize+append one attempt", |b| {
         b.iter(|| {
-            let json = attempt_record_bytes(black_box(&attempt));
+            let json = attempt_record_bytes(black_box(&attempt), Some(1 << 20));
             writer.append(&json).unwrap()
         })
     });
@@ -46,7 +46,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("spool");
     group.sample_size(20);
     group.bench_function("append 1000 attempts + fsync", |b| {
-        let json = attempt_record_bytes(&attempt);
+        let json = attempt_record_bytes(&attempt, Some(1 << 20));
         b.iter(|| {
             for _ in 0..1000 {
                 writer.append(&json).unwrap();

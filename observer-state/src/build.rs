@@ -27,6 +27,11 @@ pub const SPOOL_DIR: &str = "spool";
 /// a crash, its last sign of life) to the next one's start, and after a
 /// last run that crashed, to `now`. With `last_running`, the last run
 /// without an end is still going (`ended_at` is `now`).
+///
+/// Between two runs on the same pinned ring buffer the programs went on
+/// observing and the next run drained what they captured: no gap, unless
+/// the ring filled up while nobody drained it (then the gap says how many
+/// events were lost).
 pub fn runs_and_gaps(
     runs: &[Run],
     now: SystemTime,
@@ -51,7 +56,23 @@ pub fn runs_and_gaps(
             Some(RunEnd::Signal { signal }) => ("signal", Some(signal)),
             Some(RunEnd::Crashed) => ("crashed", None),
         };
-        let gap_until = match runs.get(index + 1) {
+        let next = runs.get(index + 1);
+        let pinned_across =
+            next.filter(|next| next.start.ring.is_some() && next.start.ring == run.start.ring);
+        if let Some(next) = pinned_across {
+            let lost = next.start.lost_while_down.unwrap_or(0);
+            if lost > 0 {
+                gaps.push(Gap {
+                    from: ended_at,
+                    to: next.start.started_at,
+                    reason: format!(
+                        "the kernel programs stayed attached between two runs, but their ring buffer filled up with no agent draining it: {lost} event(s) lost"
+                    ),
+                });
+            }
+        }
+        let gap_until = match next {
+            Some(_) if pinned_across.is_some() => None,
             Some(next) => Some((next.start.started_at, "between two runs")),
             None if crashed => Some((now, "since its last run crashed")),
             None => None,
@@ -169,6 +190,8 @@ mod tests {
             started_at: fixtures::at(at),
             pid,
             version: "0.1.0".into(),
+            ring: None,
+            lost_while_down: None,
         }
     }
 
@@ -190,6 +213,7 @@ mod tests {
             &mut writer,
             DurableRecord::Attempt {
                 attempt: Box::new(attempt.clone()),
+                ring_position: None,
             },
         );
         write(
@@ -199,6 +223,7 @@ mod tests {
                     at: fixtures::at(20),
                     events_total: 5,
                     events_lost: 0,
+                    kernel_lost_raw: None,
                 },
             },
         );
@@ -249,6 +274,47 @@ mod tests {
         assert_eq!(observer.runs[0].ended, "clean");
         assert!(observer.gaps.is_empty());
         assert!(observer.complete);
+    }
+
+    #[test]
+    fn runs_on_one_pinned_ring_leave_no_gap_unless_it_overflowed() {
+        let on_ring = |at, pid, ring: Option<&str>, lost| Run {
+            start: RunStart {
+                ring: ring.map(String::from),
+                lost_while_down: lost,
+                ..start(at, pid)
+            },
+            counts: None,
+            ended: Some(Ended {
+                at: fixtures::at(at + 10),
+                how: RunEnd::Crashed,
+            }),
+        };
+        let runs = [
+            on_ring(0, 1, Some("b/7"), None),
+            // Same ring, drained: the programs observed while it was down.
+            on_ring(20, 2, Some("b/7"), Some(0)),
+            // Same ring, which filled up.
+            on_ring(40, 3, Some("b/7"), Some(12)),
+            // Another ring (pins recreated): a gap like any restart.
+            on_ring(60, 4, Some("b/9"), None),
+        ];
+        let (_, gaps) = runs_and_gaps(&runs, fixtures::at(100), true);
+        let spans: Vec<_> = gaps.iter().map(|g| (g.from, g.to)).collect();
+        assert_eq!(
+            spans,
+            [
+                (fixtures::at(30), fixtures::at(40)),
+                (fixtures::at(50), fixtures::at(60)),
+                (fixtures::at(70), fixtures::at(100)),
+            ]
+        );
+        assert!(
+            gaps[0].reason.contains("12 event(s) lost"),
+            "{}",
+            gaps[0].reason
+        );
+        assert!(gaps[1].reason.contains("crashed"), "{}", gaps[1].reason);
     }
 
     #[test]

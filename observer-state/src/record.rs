@@ -23,8 +23,13 @@ pub enum DurableRecord {
     Checkpoint { state: DurableState },
     /// An agent started on the state dir.
     RunStarted { run: RunStart },
-    /// An attempt as an event left it.
-    Attempt { attempt: Box<Attempt> },
+    /// An attempt as an event left it, with the ring position of that
+    /// event's kernel record (absent for records older than positions).
+    Attempt {
+        attempt: Box<Attempt>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ring_position: Option<u64>,
+    },
     /// A phase began.
     Phase { marker: PhaseMarker },
     /// The current run's counts so far; also says it was alive then.
@@ -62,6 +67,15 @@ pub struct RunStart {
     pub started_at: SystemTime,
     pub pid: u32,
     pub version: String,
+    /// The pinned ring buffer it read (service mode): `<boot id>/<map id>`,
+    /// unique for the ring's life (bpffs is empty after a reboot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<String>,
+    /// On the ring the run before read: the events the kernel could not
+    /// put in it while no agent drained it (it was full), from the pinned
+    /// loss counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_while_down: Option<u64>,
 }
 
 /// A run's counts, absolute.
@@ -72,6 +86,20 @@ pub struct RunCounts {
     pub at: SystemTime,
     pub events_total: u64,
     pub events_lost: u64,
+    /// The pinned loss counters' raw sum (service mode): what the next
+    /// agent compares with to count the losses while no agent drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_lost_raw: Option<u64>,
+}
+
+/// How far the record has applied a pinned ring buffer: records at or
+/// before `applied_through` are in the record already (an agent killed
+/// after appending their effect, before consuming them, left them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingCursor {
+    /// As [`RunStart::ring`].
+    pub ring: String,
+    pub applied_through: u64,
 }
 
 /// One agent run on the dir, as the record knows it.
@@ -90,6 +118,9 @@ pub struct DurableState {
     pub attempts: Vec<Attempt>,
     pub phases: Vec<PhaseMarker>,
     pub runs: Vec<Run>,
+    /// The latest ring position whose effect is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_cursor: Option<RingCursor>,
     /// Index of `attempts` by key; rebuilt on load.
     #[serde(skip)]
     index: HashMap<AttemptKey, usize>,
@@ -99,13 +130,21 @@ pub struct DurableState {
 /// the borrowed attempt: the agent writes one per registry event, and a
 /// copy of the attempt (argv, ancestors, pod labels) for each would be the
 /// larger part of the cost.
-pub fn attempt_record_bytes(attempt: &Attempt) -> Vec<u8> {
+pub fn attempt_record_bytes(attempt: &Attempt, ring_position: Option<u64>) -> Vec<u8> {
     #[derive(Serialize)]
     #[serde(tag = "kind", rename_all = "snake_case")]
     enum Borrowed<'a> {
-        Attempt { attempt: &'a Attempt },
+        Attempt {
+            attempt: &'a Attempt,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ring_position: Option<u64>,
+        },
     }
-    serde_json::to_vec(&Borrowed::Attempt { attempt }).expect("attempts serialize")
+    serde_json::to_vec(&Borrowed::Attempt {
+        attempt,
+        ring_position,
+    })
+    .expect("attempts serialize")
 }
 
 /// Decodes spool payloads; returns the records and how many could not be
@@ -129,10 +168,17 @@ impl DurableState {
             attempts,
             phases,
             runs,
+            ring_cursor: None,
             index: HashMap::new(),
         };
         state.reindex();
         state
+    }
+
+    /// The ring position the record has applied through, for a checkpoint.
+    pub fn with_ring_cursor(mut self, cursor: Option<RingCursor>) -> DurableState {
+        self.ring_cursor = cursor;
+        self
     }
 
     /// Rebuilds the state from records in spool order.
@@ -172,7 +218,26 @@ impl DurableState {
                     ended: None,
                 });
             }
-            DurableRecord::Attempt { attempt } => {
+            DurableRecord::Attempt {
+                attempt,
+                ring_position,
+            } => {
+                if let (Some(position), Some(ring)) = (
+                    ring_position,
+                    self.runs.last().and_then(|run| run.start.ring.as_ref()),
+                ) {
+                    match &mut self.ring_cursor {
+                        Some(cursor) if cursor.ring == *ring => {
+                            cursor.applied_through = cursor.applied_through.max(*position);
+                        }
+                        _ => {
+                            self.ring_cursor = Some(RingCursor {
+                                ring: ring.clone(),
+                                applied_through: *position,
+                            })
+                        }
+                    }
+                }
                 let key = AttemptKey::of(attempt);
                 match self.index.get(&key) {
                     Some(&at) => self.attempts[at] = (**attempt).clone(),
@@ -224,6 +289,8 @@ mod tests {
                 started_at: fixtures::at(seconds),
                 pid,
                 version: "0.1.0".into(),
+                ring: None,
+                lost_while_down: None,
             },
         }
     }
@@ -233,6 +300,7 @@ mod tests {
         attempt.count = count;
         DurableRecord::Attempt {
             attempt: Box::new(attempt),
+            ring_position: None,
         }
     }
 
@@ -242,6 +310,7 @@ mod tests {
                 at: fixtures::at(seconds),
                 events_total: events,
                 events_lost: 0,
+                kernel_lost_raw: None,
             },
         }
     }
@@ -286,6 +355,52 @@ mod tests {
                 signal: "SIGTERM".into()
             }
         );
+    }
+
+    #[test]
+    fn the_ring_cursor_is_the_latest_position_of_the_current_runs_ring() {
+        let on_ring = |seconds, ring: &str| DurableRecord::RunStarted {
+            run: RunStart {
+                started_at: fixtures::at(seconds),
+                pid: 7,
+                version: "0.1.0".into(),
+                ring: Some(ring.into()),
+                lost_while_down: None,
+            },
+        };
+        let at = |position| {
+            let DurableRecord::Attempt { attempt, .. } = attempt(1) else {
+                unreachable!()
+            };
+            DurableRecord::Attempt {
+                attempt,
+                ring_position: Some(position),
+            }
+        };
+        let state = DurableState::replay(&[on_ring(0, "b/1"), at(64), at(4096), at(128)]);
+        let cursor = state.ring_cursor.clone().unwrap();
+        assert_eq!(
+            (cursor.ring.as_str(), cursor.applied_through),
+            ("b/1", 4096)
+        );
+        // Through a checkpoint, and a later run on the same ring goes on.
+        let state = DurableState::replay(&[
+            DurableRecord::Checkpoint { state },
+            on_ring(5, "b/1"),
+            at(8192),
+        ]);
+        assert_eq!(state.ring_cursor.as_ref().unwrap().applied_through, 8192);
+        // A new ring (a reboot, or pins replaced) starts its own cursor.
+        let state = DurableState::replay(&[
+            DurableRecord::Checkpoint { state },
+            on_ring(9, "c/3"),
+            at(16),
+        ]);
+        let cursor = state.ring_cursor.unwrap();
+        assert_eq!((cursor.ring.as_str(), cursor.applied_through), ("c/3", 16));
+        // Without a ring (a plain run), positions mean nothing.
+        let state = DurableState::replay(&[start(0, 10), at(64)]);
+        assert_eq!(state.ring_cursor, None);
     }
 
     #[test]
@@ -347,11 +462,17 @@ mod tests {
 
     #[test]
     fn an_attempt_written_from_a_borrow_reads_as_an_attempt_record() {
-        let DurableRecord::Attempt { attempt } = attempt(7) else {
+        let DurableRecord::Attempt { attempt, .. } = attempt(7) else {
             unreachable!()
         };
-        let bytes = attempt_record_bytes(&attempt);
+        let bytes = attempt_record_bytes(&attempt, Some(24));
         let read: DurableRecord = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(read, DurableRecord::Attempt { attempt });
+        assert_eq!(
+            read,
+            DurableRecord::Attempt {
+                attempt,
+                ring_position: Some(24)
+            }
+        );
     }
 }

@@ -126,6 +126,13 @@ impl Agent {
         self.service.wait_exit(STOP_TIMEOUT)
     }
 
+    /// SIGTERM (what systemd's stop sends) and a wait for the exit.
+    pub fn terminate(self) -> AgentOutput {
+        // SAFETY: kill(2) on the agent's own pid, which this handle reaps.
+        unsafe { libc::kill(self.service.pid() as libc::pid_t, libc::SIGTERM) };
+        self.service.wait_exit(STOP_TIMEOUT)
+    }
+
     /// PID of the agent process.
     pub fn pid(&self) -> u32 {
         self.service.pid()
@@ -150,6 +157,74 @@ impl Agent {
         let args: Vec<&str> = std::iter::once("run").chain(args.iter().copied()).collect();
         Agent {
             service: Service::spawn(binary, &args, libc::SIGINT),
+        }
+    }
+}
+
+/// A pin dir in bpffs for one test's service-mode agents (`run --state-dir
+/// --pin-dir`), unique to the test and this process. Dropping it runs
+/// `registry-observer detach` on it, so a failing test leaves nothing
+/// attached to the cgroup2 root.
+pub struct TestPins {
+    path: PathBuf,
+}
+
+impl TestPins {
+    pub fn new(name: &str) -> TestPins {
+        TestPins {
+            path: PathBuf::from(format!("/sys/fs/bpf/ro-test-{name}-{}", std::process::id())),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("a UTF-8 path")
+    }
+
+    /// `registry-observer detach --pin-dir` on it.
+    pub fn detach(&self) -> std::process::Output {
+        crate::output_within(
+            std::process::Command::new(agent_binary())
+                .args(["detach", "--pin-dir"])
+                .arg(&self.path),
+            Duration::from_secs(60),
+        )
+        .expect("registry-observer detach")
+    }
+
+    /// The program id behind each pinned link, by hook name, from
+    /// `bpftool link show pinned`.
+    pub fn linked_programs(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut programs = std::collections::BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(self.path.join("links")) else {
+            return programs;
+        };
+        for entry in entries.flatten() {
+            let output = crate::run_checked(
+                std::process::Command::new("bpftool")
+                    .args(["-j", "link", "show", "pinned"])
+                    .arg(entry.path()),
+                Duration::from_secs(60),
+            )
+            .expect("bpftool link show pinned");
+            let link: serde_json::Value =
+                serde_json::from_slice(&output.stdout).expect("bpftool's JSON");
+            programs.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                link["prog_id"].as_u64().expect("a prog_id"),
+            );
+        }
+        programs
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            let _ = self.detach();
         }
     }
 }

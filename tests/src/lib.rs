@@ -26,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, agent_binary, no_agent_binary};
+pub use agent::{Agent, AgentOutput, OBSERVING_PREFIX, TestPins, agent_binary, no_agent_binary};
 pub use cgroup::{TestCgroup, cgroup2_root, programs_on_cgroup2_root};
 pub use containerd::{
     CONTAINERD_TOOLS, Containerd, POD_IMAGE, PodSpec, RunningPod, pod_uid, push_pod_image,

@@ -398,9 +398,8 @@ fn phases_metrics_junit_and_events_of_one_run() {
         "{samples}"
     );
     assert!(
-        samples.lines().any(
-            |l| l == "registry_observer_events_lost_total|reason=queue_full,stage=user_queue|0"
-        ),
+        samples.lines().any(|l| l
+            == "registry_observer_events_lost_total|reason=attempts_table_full,stage=record|0"),
         "{samples}"
     );
     assert!(

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::{
     UsageError,
-    bpf::load,
+    bpf::{load, load::pins},
     control::{http, socket},
     pipeline::{
         attribute::component_rules::ComponentRule, classify::Pattern, phase::PhaseName,
@@ -32,6 +32,47 @@ pub struct MarkArgs {
     /// The agent's control socket (its --control-socket).
     #[arg(long, value_name = "PATH", default_value = socket::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    /// The pin dir of the agent (its --pin-dir).
+    #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+/// `registry-observer detach`: unpins the links (the programs detach) and
+/// the maps, then removes the pin dir. Refused while an agent holds it.
+pub fn detach(args: &DetachArgs) -> ExitCode {
+    if !args.pin_dir.exists() {
+        println!(
+            "registry-observer: nothing to detach: {} does not exist",
+            args.pin_dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let result = pins::PinDir::open(&args.pin_dir).and_then(|dir| {
+        let removed = dir.remove_all()?;
+        dir.remove_dir()?;
+        Ok(removed)
+    });
+    match result {
+        Ok(removed) => {
+            for path in &removed {
+                println!("registry-observer: unpinned {}", path.display());
+            }
+            println!(
+                "registry-observer: detached: {} pin(s) removed, {} is gone",
+                removed.len(),
+                args.pin_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("registry-observer: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -111,8 +152,22 @@ pub struct RunArgs {
     /// report holds every run (observer.runs), a run that was killed shows
     /// as crashed, and the time nobody observed as a gap (observer.gaps).
     /// One agent per DIR; a DIR from another node is refused.
+    /// The kernel programs stay attached when the agent exits (pinned in
+    /// bpffs at --pin-dir), so they observe while no agent runs; the next
+    /// run on DIR drains what they captured, with no gap.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// With --state-dir: the bpffs directory where the maps and links are
+    /// pinned, and adopted by the next run (one agent per pin dir).
+    /// `registry-observer detach` removes them.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = pins::DEFAULT_PIN_DIR,
+        requires = "state_dir"
+    )]
+    pub pin_dir: PathBuf,
 
     /// With --state-dir: how often DIR/report.json (and DIR/junit.xml with
     /// --junit) is rewritten as of now, besides at each phase marker and at
@@ -321,6 +376,7 @@ fn run_options(args: RunArgs, config: Config) -> RunOptions {
         junit: args.junit.or_else(|| config.outputs.junit.clone()),
         ring_buffer_bytes: args.ring_buffer_bytes,
         max_attempts: args.max_attempts,
+        pin_dir: args.state_dir.as_ref().map(|_| args.pin_dir),
         state_dir: args.state_dir,
         snapshot_interval: args.snapshot_interval,
         refuse_programs: args.refuse_programs,

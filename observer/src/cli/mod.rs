@@ -11,7 +11,7 @@ use observer_report::{self as report, diff, merge, text};
 #[cfg(feature = "agent")]
 mod agent;
 #[cfg(feature = "agent")]
-pub use agent::{MarkArgs, RunArgs};
+pub use agent::{DetachArgs, MarkArgs, RunArgs};
 
 /// A macro, not a const, so `concat!` can put it after the run examples.
 macro_rules! exit_codes {
@@ -160,6 +160,21 @@ pub enum Command {
     #[cfg(feature = "agent")]
     Mark(MarkArgs),
 
+    /// Remove the programs a service-mode agent left attached (uninstall).
+    #[command(
+        long_about = "Remove what `run --state-dir` leaves pinned in bpffs so its programs \
+            observe while no agent runs: unpins every link (the kernel detaches the \
+            programs once nothing holds them) and every map, then removes the pin dir. \
+            Refused while an agent runs on the pin dir. The state dir and its record are \
+            kept.",
+        after_help = "Examples:\n  sudo registry-observer detach\n  \
+            sudo registry-observer detach --pin-dir /sys/fs/bpf/ro-test\n\n\
+            Exit codes: 0 detached (or nothing was pinned); 2 an agent holds the pin dir, \
+            or a pin could not be removed."
+    )]
+    #[cfg(feature = "agent")]
+    Detach(DetachArgs),
+
     /// Read reports: summarize, merge nodes into a cluster, diff releases.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -237,6 +252,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => agent::run(*args),
         #[cfg(feature = "agent")]
         Command::Mark(args) => agent::mark(&args),
+        #[cfg(feature = "agent")]
+        Command::Detach(args) => agent::detach(&args),
         Command::Report(command) => match report_command(command) {
             Ok(code) => code,
             Err(message) => {

@@ -15,7 +15,10 @@
 
 use observer_report::{Attempt, PhaseMarker};
 use observer_state::{
-    record::{DurableRecord, DurableState, Ended, Run, RunCounts, RunStart, attempt_record_bytes},
+    record::{
+        DurableRecord, DurableState, Ended, RingCursor, Run, RunCounts, RunStart,
+        attempt_record_bytes,
+    },
     spool::SpoolWriter,
 };
 
@@ -34,6 +37,11 @@ pub struct Durable {
     checkpoint_bytes: u64,
     /// Spool size right after the last checkpoint.
     after_checkpoint: u64,
+    /// The ring position of the kernel record being applied.
+    position: Option<u64>,
+    /// How far the record has applied this run's pinned ring (or the ring
+    /// an earlier run left, until this run applies one of its own).
+    cursor: Option<RingCursor>,
 }
 
 /// What the spool lost, for `observer.losses`.
@@ -46,8 +54,14 @@ pub struct DurableLosses {
 }
 
 impl Durable {
-    pub fn new(writer: SpoolWriter, previous_runs: Vec<Run>) -> Durable {
-        Durable::with_checkpoint_bytes(writer, previous_runs, CHECKPOINT_BYTES)
+    pub fn new(
+        writer: SpoolWriter,
+        previous_runs: Vec<Run>,
+        cursor: Option<RingCursor>,
+    ) -> Durable {
+        let mut durable = Durable::with_checkpoint_bytes(writer, previous_runs, CHECKPOINT_BYTES);
+        durable.cursor = cursor;
+        durable
     }
 
     pub fn with_checkpoint_bytes(
@@ -64,6 +78,8 @@ impl Durable {
             last_counts: None,
             checkpoint_bytes,
             after_checkpoint: 0,
+            position: None,
+            cursor: None,
         }
     }
 
@@ -80,8 +96,34 @@ impl Durable {
         }
     }
 
+    /// The kernel record whose attempts follow (None: none).
+    pub fn ring_position(&mut self, position: Option<u64>) {
+        self.position = position;
+    }
+
     pub fn attempt(&mut self, attempt: &Attempt) {
-        self.append_bytes(&attempt_record_bytes(attempt));
+        let ring = self.this_run.as_ref().and_then(|run| run.ring.clone());
+        let position = self.position.filter(|_| ring.is_some());
+        self.append_bytes(&attempt_record_bytes(attempt, position));
+        if let (Some(ring), Some(position)) = (ring, position) {
+            match &mut self.cursor {
+                Some(cursor) if cursor.ring == ring => {
+                    cursor.applied_through = cursor.applied_through.max(position)
+                }
+                _ => {
+                    self.cursor = Some(RingCursor {
+                        ring,
+                        applied_through: position,
+                    })
+                }
+            }
+        }
+    }
+
+    /// How far the record has applied the pinned ring, for the final
+    /// checkpoint.
+    pub fn ring_cursor(&self) -> Option<RingCursor> {
+        self.cursor.clone()
     }
 
     pub fn phase(&mut self, marker: &PhaseMarker) {
@@ -114,7 +156,8 @@ impl Durable {
             counts: self.last_counts.clone(),
             ended: None,
         }));
-        let state = DurableState::new(attempts.to_vec(), phases.to_vec(), runs);
+        let state = DurableState::new(attempts.to_vec(), phases.to_vec(), runs)
+            .with_ring_cursor(self.cursor.clone());
         match self
             .writer
             .checkpoint(&record_bytes(&DurableRecord::Checkpoint { state }))
@@ -214,12 +257,15 @@ mod tests {
             started_at: fixtures::at(0),
             pid: 42,
             version: "0.1.0".into(),
+            ring: None,
+            lost_while_down: None,
         });
         let mut attempt = fixtures::attempt("boot", "kubelet", "quay.io", 10);
         let counts = |at| RunCounts {
             at: fixtures::at(at),
             events_total: at,
             events_lost: 0,
+            kernel_lost_raw: None,
         };
         let mut checkpoints = 0;
         for second in 1..=200 {

@@ -79,7 +79,6 @@ struct VersionLabels {
 /// The ring buffer between kernel programs and the reader.
 const KERNEL_RING: &str = "kernel_ring";
 /// The queue between the reader and the pipeline.
-const USER_QUEUE: &str = "user_queue";
 /// Registry events the record stage kept in no attempt (`--max-attempts`).
 const ATTEMPTS_TABLE_FULL: LossLabels = LossLabels {
     stage: "record",
@@ -142,7 +141,7 @@ impl Metrics {
         let produced = Family::<StageLabels, Counter>::default();
         registry.register(
             "events_produced",
-            "Events that entered a stage (kernel_ring: records the kernel programs produced; user_queue: records read from the ring)",
+            "Events that entered a stage (kernel_ring: records the kernel programs produced)",
             produced.clone(),
         );
         let delivered = Family::<StageLabels, Counter>::default();
@@ -221,17 +220,8 @@ impl Metrics {
 
         // Health series exist from the start, at zero: an absent series
         // cannot be told apart from a broken scrape.
-        for stage in [KERNEL_RING, USER_QUEUE] {
-            create_series(&produced, &StageLabels { stage });
-            create_series(&delivered, &StageLabels { stage });
-        }
-        create_series(
-            &lost,
-            &LossLabels {
-                stage: USER_QUEUE,
-                reason: "queue_full",
-            },
-        );
+        create_series(&produced, &StageLabels { stage: KERNEL_RING });
+        create_series(&delivered, &StageLabels { stage: KERNEL_RING });
         create_series(&lost, &ATTEMPTS_TABLE_FULL);
         for counter in observer_common::Counter::ALL {
             let labels = LossLabels {
@@ -379,7 +369,6 @@ impl Metrics {
         let _serialized = self.mirror_lock.lock().expect("metrics lock");
         let kernel_lost: u64 = health.kernel_losses.iter().map(|(_, v)| v).sum();
         let ring = StageLabels { stage: KERNEL_RING };
-        let queue = StageLabels { stage: USER_QUEUE };
         mirror(
             &self.produced.get_or_create(&ring),
             health.read.records + kernel_lost,
@@ -403,18 +392,7 @@ impl Metrics {
                 *value,
             );
         }
-        mirror(&self.produced.get_or_create(&queue), health.read.records);
-        mirror(
-            &self.delivered.get_or_create(&queue),
-            health.read.records - health.read.queue_full.min(health.read.records),
-        );
-        mirror(
-            &self.lost.get_or_create(&LossLabels {
-                stage: USER_QUEUE,
-                reason: "queue_full",
-            }),
-            health.read.queue_full,
-        );
+
         mirror(&self.events_file_dropped, health.events_file_dropped);
     }
 
@@ -590,7 +568,7 @@ mod tests {
         let mut health = HealthSnapshot {
             read: ReadStats {
                 records: 100,
-                queue_full: 3,
+                already_applied: 0,
             },
             kernel_losses: vec![("connect_reserve_failed", 5), ("dns_reserve_failed", 0)],
             kernel_truncated: vec![("tcp_truncated", 7)],
@@ -610,9 +588,6 @@ mod tests {
             "registry_observer_events_truncated_total{stage=\"kernel_ring\",reason=\"exec_args_missing\"} 0\n",
             "registry_observer_payload_streams_parsed_total{parser=\"dns_tcp\"} 0\n",
             "registry_observer_payload_streams_not_recognized_total 0\n",
-            "registry_observer_events_produced_total{stage=\"user_queue\"} 100\n",
-            "registry_observer_events_delivered_total{stage=\"user_queue\"} 97\n",
-            "registry_observer_events_lost_total{stage=\"user_queue\",reason=\"queue_full\"} 3\n",
             "registry_observer_events_file_lines_dropped_total 2\n",
             "registry_observer_parse_errors_total{parser=\"dns\"} 0\n",
             "registry_observer_attribution_failures_total{reason=\"process_gone\"} 0\n",

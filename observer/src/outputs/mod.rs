@@ -78,6 +78,12 @@ impl Outputs for Live {
         }
     }
 
+    fn ring_position(&mut self, position: Option<u64>) {
+        if let Some(durable) = &mut self.durable {
+            durable.ring_position(position);
+        }
+    }
+
     fn phase(&mut self, at: SystemTime, marker: &PhaseMarker) {
         if let Some(durable) = &mut self.durable {
             durable.phase(marker);

@@ -1,7 +1,9 @@
-//! What flows into the pipeline, in one queue, in order: kernel records,
-//! resolved addresses, reloaded settings, phase changes, and requests for a
-//! snapshot of its state. One queue means a phase change or a snapshot
-//! lands behind every event read before it was asked for.
+//! What flows into the pipeline: kernel records straight from the ring
+//! ([`KernelFeed`]), and in one queue, in order: resolved addresses,
+//! reloaded settings, phase changes, and requests for a snapshot of its
+//! state. The ring is drained before each phase change or snapshot is
+//! handled, so either lands behind every event captured before it was
+//! asked for.
 
 use std::time::SystemTime;
 
@@ -22,9 +24,25 @@ use crate::{
     sources::resolver::Resolved,
 };
 
+/// Where kernel records come from while the agent runs: the ring buffer
+/// (`bpf::read::KernelRing`), which keeps each record until the pipeline
+/// has applied it. Tests and benchmarks send [`Input::Kernel`] instead.
+pub trait KernelFeed {
+    /// Applies at most `max` records, each with its ring position; returns
+    /// how many were read.
+    fn drain(&mut self, max: usize, apply: &mut dyn FnMut(&[u8], u64)) -> usize;
+}
+
+impl KernelFeed for crate::bpf::read::KernelRing {
+    fn drain(&mut self, max: usize, apply: &mut dyn FnMut(&[u8], u64)) -> usize {
+        crate::bpf::read::KernelRing::drain(self, max, apply)
+    }
+}
+
 #[derive(Debug)]
 pub enum Input {
-    /// One raw ring-buffer record.
+    /// One raw ring-buffer record, without a ring position (tests,
+    /// benchmarks).
     Kernel(Bytes),
     /// The agent resolved a catalog name itself.
     Resolved(Resolved),

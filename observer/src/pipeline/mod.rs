@@ -35,7 +35,7 @@ use crate::{
         classify::{Classifier, Match, registries_conf::RegistriesConf},
         connections::{Connections, Joined},
         decode::Observation,
-        input::Input,
+        input::{Input, KernelFeed},
         phase::PhaseTimeline,
         record::Recorder,
         scope::Scope,
@@ -64,6 +64,10 @@ pub trait Outputs {
     fn tick(&mut self, counts: &RunCounts) -> bool;
     /// The whole state, for the durable record to compact itself.
     fn checkpoint(&mut self, attempts: &[Attempt], phases: &[PhaseMarker]);
+    /// The ring position of the kernel record whose results follow (None:
+    /// a record from the queue): the durable record notes it, so a
+    /// restart skips records whose effect it already holds.
+    fn ring_position(&mut self, _position: Option<u64>) {}
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,6 +82,14 @@ pub struct PipelineStats {
 }
 
 const IPPROTO_TCP: u32 = 6;
+/// Kernel records per round, between looks at the queue: a burst cannot
+/// hold back a snapshot or a phase change for long.
+const RING_BATCH: usize = 4096;
+/// Queued messages per round, between drains of the ring.
+const QUEUE_BATCH: usize = 256;
+/// At the end, at most this many batches: more than a full default ring
+/// (4 MiB of records of at least 64 bytes).
+const FINAL_DRAIN_ROUNDS: usize = 32;
 
 pub struct Pipeline<O: Outputs> {
     pub connections: Connections,
@@ -95,25 +107,65 @@ pub struct Pipeline<O: Outputs> {
 }
 
 impl<O: Outputs> Pipeline<O> {
-    /// Runs until every sender of `queue` is gone, then hands itself back
-    /// so the caller can build the report.
-    pub fn run(mut self, mut queue: mpsc::Receiver<Input>) -> Pipeline<O> {
-        while let Some(input) = queue.blocking_recv() {
-            self.handle(input);
+    /// Reads `feed` and `queue` until every sender of `queue` is gone,
+    /// drains `feed` once more (the programs are detached or left pinned
+    /// by then), and hands itself back so the caller can build the report.
+    pub fn run<F: KernelFeed>(mut self, mut feed: F, mut queue: mpsc::Receiver<Input>) -> Self {
+        loop {
+            let mut busy = self.drain(&mut feed) > 0;
+            for _ in 0..QUEUE_BATCH {
+                match queue.try_recv() {
+                    Ok(input) => {
+                        busy = true;
+                        if matches!(input, Input::Phase(_) | Input::Snapshot(_) | Input::Tick(_)) {
+                            self.drain(&mut feed);
+                        }
+                        self.handle(input);
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        // Bounded: pinned programs (service mode) keep
+                        // producing; what they add now is the next
+                        // agent's to drain.
+                        for _ in 0..FINAL_DRAIN_ROUNDS {
+                            if self.drain(&mut feed) == 0 {
+                                break;
+                            }
+                        }
+                        return self;
+                    }
+                }
+            }
+            if !busy {
+                std::thread::sleep(crate::bpf::read::DRAIN_INTERVAL);
+            }
         }
-        self
+    }
+
+    /// One batch of kernel records; returns how many were read.
+    fn drain<F: KernelFeed>(&mut self, feed: &mut F) -> usize {
+        let read = feed.drain(RING_BATCH, &mut |record, position| {
+            self.outputs.ring_position(Some(position));
+            self.kernel_record(record);
+        });
+        if read > 0 {
+            self.outputs.ring_position(None);
+        }
+        read
+    }
+
+    fn kernel_record(&mut self, record: &[u8]) {
+        self.stats.last_event_at = Some(SystemTime::now());
+        match decode::decode(record) {
+            Ok(Some(observation)) => self.join(observation),
+            Ok(None) => {}
+            Err(error) => self.count_error(&error),
+        }
     }
 
     pub fn handle(&mut self, input: Input) {
         match input {
-            Input::Kernel(bytes) => {
-                self.stats.last_event_at = Some(SystemTime::now());
-                match decode::decode(&bytes) {
-                    Ok(Some(observation)) => self.join(observation),
-                    Ok(None) => {}
-                    Err(error) => self.count_error(&error),
-                }
-            }
+            Input::Kernel(bytes) => self.kernel_record(&bytes),
             Input::Resolved(resolved) => self.classifier.learn_resolved(
                 &resolved.name,
                 &resolved.addresses,

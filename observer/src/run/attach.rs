@@ -9,7 +9,7 @@ use observer_report::HookMissing;
 
 use crate::{
     UsageError,
-    bpf::load::{self, Maps, MissingHook, Probes},
+    bpf::load::{self, LinkAction, Maps, MissingHook, Probes, pins::PinDir},
     pipeline::scope::CommandCgroup,
     run::{RunOptions, report::RunFacts},
 };
@@ -20,22 +20,33 @@ pub struct Attached {
     pub maps: Maps,
     /// `run -- COMMAND`: the cgroup the command runs in.
     pub command_cgroup: Option<CommandCgroup>,
+    /// Service mode: the pin dir, held (locked) until the agent exits.
+    pub pins: Option<PinDir>,
 }
 
-pub async fn attach(cgroup_root: &Path, options: &RunOptions) -> anyhow::Result<Attached> {
+pub async fn attach(
+    cgroup_root: &Path,
+    options: &RunOptions,
+    pins: Option<PinDir>,
+) -> anyhow::Result<Attached> {
     let root = cgroup_root.to_path_buf();
     let ring_buffer_bytes = options.ring_buffer_bytes;
     let refuse = options.refuse_programs.clone();
-    let (probes, maps) = tokio::task::spawn_blocking(move || {
-        load::load_and_attach(&load::LoadRequest {
+    let (loaded, pins) = tokio::task::spawn_blocking(move || {
+        let loaded = load::load_and_attach(&load::LoadRequest {
             cgroup_root: &root,
             ring_buffer_bytes,
             refuse: &refuse,
-        })
+            pins: pins.as_ref(),
+        });
+        (loaded, pins)
     })
     .await
-    .context("the loader task failed")?
-    .map_err(|e| UsageError::new(format!("{e:#}")))?;
+    .context("the loader task failed")?;
+    let (probes, maps) = loaded.map_err(|e| UsageError::new(format!("{e:#}")))?;
+    if let Some(pinning) = &probes.pinning {
+        say_pinning(pinning);
+    }
     let command_cgroup = if options.command.is_empty() {
         None
     } else {
@@ -56,7 +67,45 @@ pub async fn attach(cgroup_root: &Path, options: &RunOptions) -> anyhow::Result<
         probes,
         maps,
         command_cgroup,
+        pins,
     })
+}
+
+/// One line on what service mode adopted and swapped, and a warning for
+/// anything replaced rather than updated.
+fn say_pinning(pinning: &load::Pinning) {
+    if let Some(why) = &pinning.incompatible {
+        eprintln!(
+            "registry-observer: warning: {why}: the pins in {} were removed and recreated; what their ring buffer held is lost (a gap in the record)",
+            pinning.dir.display()
+        );
+    }
+    let count = |wanted: fn(&LinkAction) -> bool| {
+        pinning
+            .links
+            .iter()
+            .filter(|(_, action)| wanted(action))
+            .count()
+    };
+    eprintln!(
+        "registry-observer: service mode: {} in {} ({} link(s) updated to this agent's programs, {} attached, {} replaced); they stay attached when the agent exits (`registry-observer detach` removes them)",
+        if pinning.adopted {
+            "adopted the pinned programs"
+        } else {
+            "pinned the programs"
+        },
+        pinning.dir.display(),
+        count(|a| *a == LinkAction::Updated),
+        count(|a| *a == LinkAction::Attached),
+        count(|a| matches!(a, LinkAction::Replaced(_))),
+    );
+    for (hook, action) in &pinning.links {
+        if let LinkAction::Replaced(why) = action
+            && !why.contains("EINVAL")
+        {
+            eprintln!("registry-observer: warning: the pinned link of {hook} was replaced: {why}");
+        }
+    }
 }
 
 impl Attached {

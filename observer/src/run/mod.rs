@@ -23,13 +23,12 @@ use std::{
 };
 
 use anyhow::Context;
-use aya::maps::{MapData, PerCpuArray};
 use observer_report::{self as report_file, Report, junit, text};
 use observer_state::record::{DurableState, Ended, Run, RunCounts, RunEnd, RunStart};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    bpf::read::{self, ReadCounters},
+    bpf::read::{self, KernelCounters, KernelRing, ReadCounters},
     clock::Clock,
     outputs::{Live, console::Console, durable::Durable, metrics::Metrics},
     pipeline::{
@@ -84,6 +83,8 @@ pub struct RunOptions {
     pub max_attempts: usize,
     /// `--state-dir`: the durable record to continue.
     pub state_dir: Option<PathBuf>,
+    /// With `--state-dir`: where the maps and links are pinned.
+    pub pin_dir: Option<PathBuf>,
     /// How often DIR/report.json is rewritten.
     pub snapshot_interval: Duration,
     /// Test-only: programs the kernel is made to refuse.
@@ -132,6 +133,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         events_log,
         kubernetes: kubernetes_prepared,
         continued,
+        pins,
     } = prepare::prepare(&options).await?;
     let Settings {
         catalog,
@@ -194,12 +196,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let phase_changed = Arc::new(tokio::sync::Notify::new());
     // A continued record goes on in its last phase (a restart during an
     // upgrade is still the upgrade); --phase starts a new record only.
-    let (mut durable, continued_record, restored_attempts, phases) = match continued {
+    let (mut durable, continued_record, restored_attempts, phases, ring_cursor) = match continued {
         Some(continued) => {
             let DurableState {
                 attempts,
                 phases: markers,
                 runs,
+                ring_cursor,
                 ..
             } = continued.state;
             let phases = if markers.is_empty() {
@@ -208,26 +211,54 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 PhaseTimeline::continuing(markers)
             };
             let damaged = continued.damage.len() as u64 + continued.unreadable;
-            let durable = Durable::new(continued.writer, runs.clone());
-            (Some(durable), Some((runs, damaged)), attempts, phases)
+            let durable = Durable::new(continued.writer, runs.clone(), ring_cursor.clone());
+            (
+                Some(durable),
+                Some((runs, damaged)),
+                attempts,
+                phases,
+                ring_cursor,
+            )
         }
         None => (
             None,
             None,
             vec![],
             PhaseTimeline::starting(&options.phase, started_at),
+            None,
         ),
     };
 
-    let attached = attach::attach(&cgroup_root, &options).await?;
+    let attached = attach::attach(&cgroup_root, &options, pins).await?;
     let mut facts = attached.facts(started_at, &options, &cgroup_root);
+    let pinning = attached.probes.pinning.clone();
+
+    let Attached {
+        probes,
+        maps,
+        command_cgroup,
+        pins,
+    } = attached;
+    let kernel_counters = Arc::new(KernelCounters::new(
+        maps.counters,
+        pinning.as_ref().is_some_and(|p| p.adopted),
+    ));
     // The run joins the record once its programs observe: the time before
-    // (a failed start included) stays in the gap.
+    // (a failed start included) stays in the gap, unless the pinned
+    // programs observed it (then only what the full ring lost is).
     if let (Some(durable), Some((previous, damaged))) = (durable.as_mut(), continued_record) {
+        let ring = pinning.as_ref().map(|p| p.ring.clone());
+        let lost_while_down = previous
+            .last()
+            .filter(|run| ring.is_some() && run.start.ring == ring)
+            .and_then(|run| run.counts.as_ref()?.kernel_lost_raw)
+            .map(|before| kernel_counters.baseline_lost().saturating_sub(before));
         let this_run = RunStart {
             started_at: SystemTime::now(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            ring,
+            lost_while_down,
         };
         durable.start(&this_run);
         facts.record = Some(RecordFacts {
@@ -236,33 +267,30 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             damaged,
         });
     }
-    let Attached {
-        probes,
-        maps,
-        command_cgroup,
-    } = attached;
     let read_counters = Arc::new(ReadCounters::default());
-    let kernel_counters: Arc<OnceLock<PerCpuArray<MapData, u64>>> =
-        Arc::new(OnceLock::from(maps.counters));
-    let reader = tokio::spawn(read::run_reader(
-        maps.events,
-        queue_tx.clone(),
-        stop_rx.clone(),
-        Arc::clone(&read_counters),
-    ));
+    // Records the spool holds already (an agent killed between appending
+    // and consuming them) are skipped once, on the same ring only.
+    let applied_through = match (&pinning, ring_cursor) {
+        (Some(pinning), Some(cursor)) if cursor.ring == pinning.ring => {
+            Some(cursor.applied_through)
+        }
+        _ => None,
+    };
+    let ring = KernelRing::new(maps.events, Arc::clone(&read_counters), applied_through)
+        .context("mapping the ring buffer's consumer page")?;
     let _ = live.set(endpoints::Live {
         facts: facts.clone(),
         counts: {
             let kernel_counters = Arc::clone(&kernel_counters);
+            let read_counters = Arc::clone(&read_counters);
+            let pinned = pinning.is_some();
             let cri_status = cri_watcher.status_reader();
             let kubernetes_status = kubernetes_source.status_reader();
             let events_file_dropped = events_log.dropped_counter();
             Box::new(move || StageCounts {
                 read: read_counters.snapshot(),
-                kernel: kernel_counters
-                    .get()
-                    .map(read::kernel_counters)
-                    .unwrap_or_default(),
+                kernel: kernel_counters.since_start(),
+                kernel_lost_raw: pinned.then(|| kernel_counters.raw_lost()),
                 events_file_dropped: events_file_dropped.load(std::sync::atomic::Ordering::Relaxed),
                 cri: cri_status(),
                 kubernetes: kubernetes_status(),
@@ -312,7 +340,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         },
         stats: PipelineStats::default(),
     };
-    let processor = tokio::task::spawn_blocking(move || pipeline.run(queue_rx));
+    let processor = tokio::task::spawn_blocking(move || pipeline.run(ring, queue_rx));
     let resolver = (!options.resolve_interval.is_zero()).then(|| {
         tokio::spawn(resolver::resolve_catalog(
             exact_names,
@@ -348,9 +376,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         ],
         _ => vec![],
     };
-    // From here the reader and the resolver hold the only strong senders:
-    // when they end, the pipeline drains and ends (phase and snapshot
-    // requests hold weak ones, which do not keep it open).
+    // From here the reloader and the resolver hold the only strong
+    // senders: when they end, the pipeline drains the ring and ends (phase
+    // and snapshot requests hold weak ones, which do not keep it open).
     drop(queue_tx);
 
     print_observing(&options, &facts, &endpoints, command_cgroup.as_ref());
@@ -377,8 +405,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
 
     let running = Running {
         probes,
+        pins,
         stop: stop_tx,
-        reader,
+        read: Arc::clone(&read_counters),
         resolver,
         reloader,
         endpoints,
@@ -387,7 +416,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         kubernetes: kubernetes_source,
         stop_intents,
         intents: intent_collector,
-        kernel_counters,
+        kernel_counters: Arc::clone(&kernel_counters),
         durable_tasks,
     };
     let (report, durable) =
@@ -398,7 +427,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         durable::write_report_files(dir, options.junit.is_some(), &report);
     }
     if let (Some(durable), Some(record)) = (durable, &facts.record) {
-        finish_record(durable, record, &report, stopped_by);
+        let kernel_lost_raw = pinning.is_some().then(|| kernel_counters.raw_lost());
+        finish_record(durable, record, &report, stopped_by, kernel_lost_raw);
     }
     Ok(conclude(&options, &report))
 }
@@ -412,14 +442,24 @@ async fn tick_every_second(pipeline: PipelineHandle, live: Arc<OnceLock<endpoint
     loop {
         every.tick().await;
         let Some(live) = live.get() else { continue };
-        if pipeline.tick(run_counts(&(live.counts)())).await.is_err() {
+        let lost_while_down = live
+            .facts
+            .record
+            .as_ref()
+            .map_or(0, RecordFacts::lost_while_down);
+        if pipeline
+            .tick(run_counts(&(live.counts)(), lost_while_down))
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
-/// This run's event counts, for its durable record.
-fn run_counts(counts: &StageCounts) -> RunCounts {
+/// This run's event counts, for its durable record: what the pinned ring
+/// lost before it began draining counts as this run's.
+fn run_counts(counts: &StageCounts, lost_while_down: u64) -> RunCounts {
     let kernel_lost: u64 = counts
         .kernel
         .iter()
@@ -428,21 +468,31 @@ fn run_counts(counts: &StageCounts) -> RunCounts {
         .sum();
     RunCounts {
         at: SystemTime::now(),
-        events_total: counts.read.records + kernel_lost,
-        events_lost: kernel_lost + counts.read.queue_full,
+        events_total: counts.read.records - counts.read.already_applied
+            + kernel_lost
+            + lost_while_down,
+        events_lost: kernel_lost + lost_while_down,
+        kernel_lost_raw: counts.kernel_lost_raw,
     }
 }
 
 /// The run's end in the durable record, and a checkpoint of the whole
 /// record (the final report's attempts and phases, every run) so the next
 /// start replays one record.
-fn finish_record(durable: Durable, record: &RecordFacts, report: &Report, how: RunEnd) {
+fn finish_record(
+    durable: Durable,
+    record: &RecordFacts,
+    report: &Report,
+    how: RunEnd,
+    kernel_lost_raw: Option<u64>,
+) {
     let observer = report.observer.as_ref().expect("a node report");
     let (earlier_total, earlier_lost) = record.earlier_counts();
     let counts = RunCounts {
         at: observer.ended_at,
         events_total: observer.events_total.saturating_sub(earlier_total),
         events_lost: observer.events_lost.saturating_sub(earlier_lost),
+        kernel_lost_raw,
     };
     let ended = Ended {
         at: observer.ended_at,
@@ -454,7 +504,8 @@ fn finish_record(durable: Durable, record: &RecordFacts, report: &Report, how: R
         counts: Some(counts.clone()),
         ended: Some(ended.clone()),
     });
-    let state = DurableState::new(report.attempts.clone(), report.phases.clone(), runs);
+    let state = DurableState::new(report.attempts.clone(), report.phases.clone(), runs)
+        .with_ring_cursor(durable.ring_cursor());
     durable.finish(&counts, ended, state);
 }
 

@@ -8,6 +8,7 @@ use observer_report as report;
 
 use crate::{
     UsageError,
+    bpf::load::pins::PinDir,
     outputs::events_log::EventsLog,
     pipeline::input::Settings,
     run::{
@@ -27,6 +28,8 @@ pub struct Prepared {
     pub kubernetes: kubernetes::Prepared,
     /// `--state-dir`: the record this run continues.
     pub continued: Option<Continued>,
+    /// Service mode: the pin dir, held for the run.
+    pub pins: Option<PinDir>,
 }
 
 pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
@@ -70,6 +73,11 @@ pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
         Some(dir) => Some(durable::open(dir, &options.host_root)?),
         None => None,
     };
+    // After the state dir's lock: the dir's agent is the pins' only reader.
+    let pins = match &options.pin_dir {
+        Some(dir) => Some(PinDir::open(dir).map_err(UsageError::new)?),
+        None => None,
+    };
     let kubernetes = kubernetes::prepare(&access)
         .await
         .map_err(UsageError::new)?;
@@ -79,5 +87,6 @@ pub async fn prepare(options: &RunOptions) -> Result<Prepared, UsageError> {
         events_log,
         kubernetes,
         continued,
+        pins,
     })
 }

@@ -57,6 +57,11 @@ impl RecordFacts {
                 (total + c.events_total, lost + c.events_lost)
             })
     }
+
+    /// What the pinned ring lost before this run began draining it.
+    pub fn lost_while_down(&self) -> u64 {
+        self.this_run.lost_while_down.unwrap_or(0)
+    }
 }
 
 /// The counts kept outside the pipeline, as read when the report is built.
@@ -73,6 +78,9 @@ pub struct StageCounts {
     pub on_behalf_of: OnBehalfOfStats,
     /// The command's exit code, once it has exited.
     pub command_exit_code: Option<i32>,
+    /// Service mode: the pinned loss counters' raw sum, for the durable
+    /// record (the next agent counts what was lost while none ran).
+    pub kernel_lost_raw: Option<u64>,
     /// With `--state-dir`: what the spool lost (records, segments).
     pub state_dir_losses: (u64, u64),
     /// How this run ended; None while it runs.
@@ -111,7 +119,9 @@ pub fn node_report(
         policy.judge(attempt);
     }
     let mut losses = Losses {
-        user_queue: counts.read.queue_full,
+        // The pipeline reads the ring itself: no queue between them loses
+        // records any more (kept in the schema, always 0).
+        user_queue: 0,
         events_file: counts.events_file_dropped,
         attempts_table: not_recorded,
         state_dir: counts.state_dir_losses.0,
@@ -137,7 +147,13 @@ pub fn node_report(
         .record
         .as_ref()
         .map_or((0, 0), RecordFacts::earlier_counts);
-    let events_lost = kernel_lost + losses.user_queue + earlier_lost;
+    // Lost while no agent drained the pinned ring: before this run's
+    // baseline, after the previous run's last counts.
+    let lost_while_down = facts
+        .record
+        .as_ref()
+        .map_or(0, RecordFacts::lost_while_down);
+    let events_lost = kernel_lost + lost_while_down + earlier_lost;
     // A record's start is its first run's (when that run began observing).
     let record_started_at = facts.record.as_ref().map_or(facts.started_at, |r| {
         r.previous
@@ -174,7 +190,10 @@ pub fn node_report(
             hooks: facts.hooks.clone(),
             dns_sender: Some(facts.dns_sender.clone()),
             hooks_missing: facts.hooks_missing.clone(),
-            events_total: counts.read.records + kernel_lost + earlier_total,
+            events_total: counts.read.records - counts.read.already_applied
+                + kernel_lost
+                + lost_while_down
+                + earlier_total,
             events_lost,
             losses,
             parse_errors,
@@ -299,7 +318,7 @@ mod tests {
         let lossy = StageCounts {
             read: ReadStats {
                 records: 100,
-                queue_full: 3,
+                already_applied: 5,
             },
             kernel: Counter::ALL.iter().map(|c| (*c, 1)).collect(),
             events_file_dropped: 4,
@@ -314,10 +333,11 @@ mod tests {
             observer.truncated.len(),
             Counter::ALL.len() - losses_in_kernel as usize
         );
-        assert_eq!(observer.losses.user_queue, 3);
+        assert_eq!(observer.losses.user_queue, 0);
         assert_eq!(observer.losses.events_file, 4);
-        assert_eq!(observer.events_lost, losses_in_kernel + 3);
-        assert_eq!(observer.events_total, 100 + losses_in_kernel);
+        assert_eq!(observer.events_lost, losses_in_kernel);
+        // Records an earlier agent applied (and counted) are not again.
+        assert_eq!(observer.events_total, 100 - 5 + losses_in_kernel);
         assert!(!observer.complete);
 
         let clean = node_report(
@@ -371,6 +391,8 @@ mod tests {
             started_at: fixtures::at(start),
             pid,
             version: "0.1.0".into(),
+            ring: None,
+            lost_while_down: None,
         };
         let crashed = Run {
             start: run(0, 10),
@@ -378,6 +400,7 @@ mod tests {
                 at: fixtures::at(9),
                 events_total: 100,
                 events_lost: 2,
+                kernel_lost_raw: None,
             }),
             ended: None,
         };
@@ -387,6 +410,7 @@ mod tests {
                 at: fixtures::at(30),
                 events_total: 50,
                 events_lost: 0,
+                kernel_lost_raw: None,
             }),
             ended: Some(Ended {
                 at: fixtures::at(30),

@@ -5,7 +5,6 @@
 use std::{sync::Arc, time::SystemTime};
 
 use anyhow::Context;
-use aya::maps::{MapData, PerCpuArray};
 use observer_report::{Report, observer::KubernetesState};
 use observer_state::record::RunEnd;
 use tokio::{
@@ -14,7 +13,10 @@ use tokio::{
 };
 
 use crate::{
-    bpf::{load::Probes, read, read::ReadStats},
+    bpf::{
+        load::{Probes, pins::PinDir},
+        read::{KernelCounters, ReadCounters},
+    },
     correlate,
     outputs::{Live, durable::Durable},
     pipeline::Pipeline,
@@ -32,8 +34,11 @@ use crate::{
 /// Everything running while the agent observes, in the order it stops.
 pub struct Running {
     pub probes: Probes,
+    /// Service mode: the pin dir's lock, released last.
+    pub pins: Option<PinDir>,
     pub stop: watch::Sender<bool>,
-    pub reader: JoinHandle<ReadStats>,
+    /// The ring's counts (the pipeline reads the ring itself).
+    pub read: Arc<ReadCounters>,
     pub resolver: Option<JoinHandle<()>>,
     pub reloader: JoinHandle<()>,
     pub endpoints: Endpoints,
@@ -42,7 +47,7 @@ pub struct Running {
     pub kubernetes: KubernetesSource,
     pub stop_intents: oneshot::Sender<()>,
     pub intents: JoinHandle<(IntentLog, u64)>,
-    pub kernel_counters: Arc<std::sync::OnceLock<PerCpuArray<MapData, u64>>>,
+    pub kernel_counters: Arc<KernelCounters>,
     /// With `--state-dir`: the ticker (counts and fsync each second) and
     /// the report.json writer.
     pub durable_tasks: Vec<JoinHandle<()>>,
@@ -59,8 +64,9 @@ pub async fn stop(
 ) -> anyhow::Result<(Report, Option<Durable>)> {
     let Running {
         probes,
+        pins,
         stop,
-        reader,
+        read,
         resolver,
         reloader,
         endpoints,
@@ -76,9 +82,9 @@ pub async fn stop(
         task.abort();
         let _ = task.await;
     }
+    // Without pins this detaches; pinned programs stay attached.
     drop(probes);
     let _ = stop.send(true);
-    let read_stats = reader.await.context("the ring-buffer reader failed")?;
     if let Some(resolver) = resolver {
         resolver.abort();
         let _ = resolver.await;
@@ -122,10 +128,9 @@ pub async fn stop(
         &images,
         &pod_directory,
     );
-    let kernel = kernel_counters
-        .get()
-        .map(read::kernel_counters)
-        .unwrap_or_default();
+    let read_stats = read.snapshot();
+    let kernel = kernel_counters.since_start();
+    let kernel_lost_raw = pins.as_ref().map(|_| kernel_counters.raw_lost());
     let snapshot = pipeline.snapshot(SystemTime::now());
     let events_file_dropped = pipeline.outputs.events_log.finish();
     let durable = pipeline.outputs.durable.take();
@@ -143,7 +148,9 @@ pub async fn stop(
         command_exit_code,
         state_dir_losses,
         run_end: Some(run_end),
+        kernel_lost_raw,
     };
+    drop(pins);
     Ok((
         node_report(facts, snapshot, counts, Taken::AtTheEnd),
         durable,

@@ -10,22 +10,37 @@
 //! cgroup_skb programs may ask for the current task decides how the packet
 //! programs learn a DNS query's sender ([`DnsSender`]).
 //!
-//! Dropping [`Probes`] detaches every program (aya owns the links), which is
-//! how the agent guarantees nothing stays attached to the root cgroup after
-//! it exits.
+//! Without pins, dropping [`Probes`] detaches every program (aya owns the
+//! links), which is how a plain run guarantees nothing stays attached to
+//! the root cgroup after it exits. With a [`pins::PinDir`] (service mode)
+//! the maps and links live in bpffs: the programs keep observing after the
+//! agent exits, and the next agent adopts them, swapping its freshly loaded
+//! programs into the pinned links (`BPF_LINK_UPDATE`), never attaching a
+//! second copy.
+//!
+//! Either way, each cgroup program is checked among the effective programs
+//! of the cgroup2 root after attaching: one the kernel does not run there
+//! is missing, whatever the attach call said.
 
 pub mod offsets;
+pub mod pins;
 pub mod verifier;
 
-use std::{fmt, fs::File, io, path::Path};
+use std::{
+    fmt,
+    fs::File,
+    io,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, anyhow};
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, MapType, PerCpuArray, RingBuf},
+    maps::{MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        ProgramError, ProgramType,
+        ProgramError, ProgramType, links::FdLink,
     },
     sys::{BpfHelper, SyscallError, is_helper_supported, is_map_supported},
 };
@@ -49,7 +64,9 @@ pub fn valid_ring_buffer_bytes(bytes: u32) -> bool {
 /// How a program is attached.
 #[derive(Clone, Copy)]
 enum Attach {
-    SockAddr,
+    /// A cgroup sock_addr program, of this `bpf_attach_type` (which its
+    /// section names; the number is for BPF_PROG_QUERY).
+    SockAddr(u32),
     Skb(CgroupSkbAttachType),
     /// A BTF tracepoint (tp_btf) of this name.
     Tracepoint(&'static str),
@@ -71,13 +88,13 @@ struct Hook {
 const HOOKS: [Hook; 10] = [
     Hook {
         name: "connect4",
-        attach: Attach::SockAddr,
+        attach: Attach::SockAddr(10),
         sees_attempts: true,
         evidence: "connect() to IPv4 addresses (evidence `connect`) and the TCP first bytes (SNI, HTTP Host) of those connections",
     },
     Hook {
         name: "connect6",
-        attach: Attach::SockAddr,
+        attach: Attach::SockAddr(11),
         sees_attempts: true,
         evidence: "connect() to IPv6 addresses (evidence `connect`) and the TCP first bytes of those connections",
     },
@@ -95,13 +112,13 @@ const HOOKS: [Hook; 10] = [
     },
     Hook {
         name: "sendmsg4",
-        attach: Attach::SockAddr,
+        attach: Attach::SockAddr(14),
         sees_attempts: true,
         evidence: "datagrams sent with an address on unconnected IPv4 UDP sockets (evidence `sendmsg`)",
     },
     Hook {
         name: "sendmsg6",
-        attach: Attach::SockAddr,
+        attach: Attach::SockAddr(15),
         sees_attempts: true,
         evidence: "datagrams sent with an address on unconnected IPv6 UDP sockets (evidence `sendmsg`)",
     },
@@ -182,11 +199,42 @@ pub struct LoadRequest<'a> {
     /// Test-only: programs made to fail verification (see
     /// observer-ebpf's `refuse_if_asked`).
     pub refuse: &'a [String],
+    /// Service mode: pin maps and links here, and adopt what is pinned.
+    pub pins: Option<&'a pins::PinDir>,
 }
 
-/// Attached programs; drop to detach.
+/// What happened to a program's pinned link (service mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkAction {
+    /// No pinned link: attached and pinned.
+    Attached,
+    /// The pinned link now runs this agent's program (BPF_LINK_UPDATE).
+    Updated,
+    /// The pinned link could not be updated (why): a new link was attached
+    /// and pinned first, then the old one unpinned, so for a moment both
+    /// ran (their events may come twice, never not at all).
+    Replaced(String),
+}
+
+/// What service mode found and did in the pin dir.
+#[derive(Clone, Debug)]
+pub struct Pinning {
+    pub dir: PathBuf,
+    /// `<boot id>/<EVENTS map id>`: the ring buffer's identity for its life.
+    pub ring: String,
+    /// The maps were pinned by an earlier agent and are reused.
+    pub adopted: bool,
+    /// Pins of an incompatible layout were removed first (why); what their
+    /// ring held is lost.
+    pub incompatible: Option<String>,
+    pub links: Vec<(&'static str, LinkAction)>,
+}
+
+/// Attached programs; without pins, drop to detach.
 pub struct Probes {
     _ebpf: Ebpf,
+    /// Service mode: what was pinned and adopted.
+    pub pinning: Option<Pinning>,
     /// Names of the programs attached.
     pub attached: Vec<&'static str>,
     /// Programs that could not be attached, with the reason.
@@ -228,12 +276,24 @@ pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Map
         Err(e) => (KernelOffsets::default(), Some(format!("{e:#}"))),
     };
     release_freed_memory();
-    let mut ebpf = EbpfLoader::new()
+    let incompatible = match request.pins {
+        Some(pins) => replace_incompatible_pins(pins, request.ring_buffer_bytes)?,
+        None => None,
+    };
+    let adopted = request.pins.is_some_and(|pins| pins.map("EVENTS").exists());
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("OBSERVER_TGID", &own_tgid, true)
         .override_global("OFFSETS", &offsets, true)
         .override_global("SKB_TASK_CONTEXT", &skb_task_context, true)
         .override_global("REFUSE_PROGRAMS", &refuse_mask, true)
-        .map_max_entries("EVENTS", request.ring_buffer_bytes)
+        .map_max_entries("EVENTS", request.ring_buffer_bytes);
+    if let Some(pins) = request.pins {
+        for name in pins::PINNED_MAPS {
+            loader.map_pin_path(name, pins.map(name));
+        }
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError(explain_object_error(&e, &kernel)))?;
     let cgroup = File::open(request.cgroup_root)
@@ -242,20 +302,20 @@ pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Map
 
     let mut attached = Vec::new();
     let mut missing = Vec::new();
+    let mut links = Vec::new();
     for hook in &HOOKS {
-        let result = match hook.attach {
-            Attach::SockAddr => attach_sock_addr(&mut ebpf, hook.name, &cgroup),
-            Attach::Skb(direction) => attach_skb(&mut ebpf, hook.name, direction, &cgroup),
-            Attach::Tracepoint(tracepoint) => match (&offsets_error, &btf) {
-                (Some(e), _) => Err(Refusal::plain(format!(
-                    "kernel field offsets unavailable: {e}"
-                ))),
-                (None, Err(e)) => Err(Refusal::plain(e.clone())),
-                (None, Ok(btf)) => attach_tracepoint(&mut ebpf, hook.name, tracepoint, btf),
-            },
+        let result = match (hook.attach, &offsets_error, &btf) {
+            (Attach::Tracepoint(_), Some(e), _) => Err(Refusal::plain(format!(
+                "kernel field offsets unavailable: {e}"
+            ))),
+            (Attach::Tracepoint(_), None, Err(e)) => Err(Refusal::plain(e.clone())),
+            (_, _, btf) => attach_hook(&mut ebpf, hook, &cgroup, btf.as_ref().ok(), request.pins),
         };
         match result {
-            Ok(()) => attached.push(hook.name),
+            Ok(action) => {
+                attached.push(hook.name);
+                links.extend(action.map(|action| (hook.name, action)));
+            }
             Err(refusal) => missing.push(MissingHook {
                 hook: hook.name,
                 reason: refusal.reason,
@@ -275,6 +335,22 @@ pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Map
         return Err(LoadError(nothing_attached(&missing, &kernel)).into());
     }
 
+    let pinning = match request.pins {
+        Some(pins) => Some(Pinning {
+            dir: pins.path().to_path_buf(),
+            ring: format!(
+                "{}/{}",
+                boot_id(),
+                MapInfo::from_pin(pins.map("EVENTS"))
+                    .map(|info| info.id())
+                    .context("reading the pinned ring buffer's id")?
+            ),
+            adopted,
+            incompatible,
+            links,
+        }),
+        None => None,
+    };
     let events = ebpf
         .take_map("EVENTS")
         .ok_or_else(|| anyhow!("the eBPF object has no EVENTS map"))?;
@@ -284,6 +360,7 @@ pub fn load_and_attach(request: &LoadRequest<'_>) -> anyhow::Result<(Probes, Map
     Ok((
         Probes {
             _ebpf: ebpf,
+            pinning,
             attached,
             missing,
             dns_sender,
@@ -403,49 +480,319 @@ impl Refusal {
     }
 }
 
-fn attach_sock_addr(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<(), Refusal> {
-    let program: &mut CgroupSockAddr = program(ebpf, name)?;
-    program
-        .load()
-        .map_err(|e| Refusal::from_program_error("loading", &e))?;
+/// Loads one program and attaches it: through aya (which detaches it when
+/// the agent exits), or in service mode through its pinned link. Returns
+/// what happened to the pin, if any.
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    cgroup: &File,
+    btf: Option<&Btf>,
+    pins: Option<&pins::PinDir>,
+) -> Result<Option<LinkAction>, Refusal> {
+    let attach_error = |e: &ProgramError| match hook.attach {
+        Attach::Tracepoint(_) => Refusal::from_program_error("attaching", e),
+        _ => Refusal::from_program_error("attaching to the cgroup2 root", e),
+    };
     // Single through a link coexists with other programs' links; the
     // AllowMultiple link mode is rejected by some kernels (EINVAL).
-    program
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|e| Refusal::from_program_error("attaching to the cgroup2 root", &e))?;
-    Ok(())
+    let (program_id, link, query, swap) = match hook.attach {
+        Attach::SockAddr(attach_type) => {
+            let program: &mut CgroupSockAddr = program(ebpf, hook.name)?;
+            program
+                .load()
+                .map_err(|e| Refusal::from_program_error("loading", &e))?;
+            let id = program_id(program.info())?;
+            let swap = update_pinned(pins, hook.name, program.fd())?;
+            if let Swap::Updated = swap {
+                return verified(
+                    cgroup,
+                    hook,
+                    id,
+                    Some(attach_type),
+                    Some(LinkAction::Updated),
+                );
+            }
+            let link_id = program
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|e| attach_error(&e))?;
+            let link = match pins {
+                Some(_) => Some(fd_link(program.take_link(link_id))?),
+                None => None,
+            };
+            (id, link, Some(attach_type), swap)
+        }
+        Attach::Skb(direction) => {
+            let program: &mut CgroupSkb = program(ebpf, hook.name)?;
+            program
+                .load()
+                .map_err(|e| Refusal::from_program_error("loading", &e))?;
+            let id = program_id(program.info())?;
+            let attach_type = match direction {
+                CgroupSkbAttachType::Ingress => 0,
+                CgroupSkbAttachType::Egress => 1,
+            };
+            let swap = update_pinned(pins, hook.name, program.fd())?;
+            if let Swap::Updated = swap {
+                return verified(
+                    cgroup,
+                    hook,
+                    id,
+                    Some(attach_type),
+                    Some(LinkAction::Updated),
+                );
+            }
+            let link_id = program
+                .attach(cgroup, direction, CgroupAttachMode::Single)
+                .map_err(|e| attach_error(&e))?;
+            let link = match pins {
+                Some(_) => Some(fd_link(program.take_link(link_id))?),
+                None => None,
+            };
+            (id, link, Some(attach_type), swap)
+        }
+        Attach::Tracepoint(tracepoint) => {
+            let btf = btf.ok_or_else(|| Refusal::plain("kernel BTF unavailable".into()))?;
+            let program: &mut BtfTracePoint = program(ebpf, hook.name)?;
+            program
+                .load(tracepoint, btf)
+                .map_err(|e| Refusal::from_program_error("loading", &e))?;
+            let id = program_id(program.info())?;
+            let swap = update_pinned(pins, hook.name, program.fd())?;
+            if let Swap::Updated = swap {
+                return verified(cgroup, hook, id, None, Some(LinkAction::Updated));
+            }
+            let link_id = program.attach().map_err(|e| attach_error(&e))?;
+            let link = match pins {
+                Some(_) => Some(
+                    program
+                        .take_link(link_id)
+                        .map(FdLink::from)
+                        .map_err(|e| attach_error(&e))?,
+                ),
+                None => None,
+            };
+            (id, link, None, swap)
+        }
+    };
+    let action = match (pins, link) {
+        (Some(pins), Some(link)) => {
+            let replacing = match swap {
+                Swap::Replace(why) => Some(why),
+                Swap::Attach | Swap::Updated => None,
+            };
+            Some(pin_link(pins, hook.name, link, replacing)?)
+        }
+        _ => None,
+    };
+    verified(cgroup, hook, program_id, query, action)
 }
 
-fn attach_skb(
-    ebpf: &mut Ebpf,
-    name: &str,
-    direction: CgroupSkbAttachType,
+/// What swapping a program into its pinned link gave.
+enum Swap {
+    /// Done: the pinned link runs the new program.
+    Updated,
+    /// Attach anew: no pins, or no pinned link for this hook.
+    Attach,
+    /// Attach anew and replace the pinned link, which could not be
+    /// updated (why).
+    Replace(String),
+}
+
+/// Tries to swap `program` into the hook's pinned link.
+fn update_pinned(
+    pins: Option<&pins::PinDir>,
+    hook: &str,
+    program: Result<&aya::programs::ProgramFd, ProgramError>,
+) -> Result<Swap, Refusal> {
+    let Some(pins) = pins else {
+        return Ok(Swap::Attach);
+    };
+    let path = pins.link(hook);
+    if !path.exists() {
+        return Ok(Swap::Attach);
+    }
+    let program = program.map_err(|e| Refusal::plain(format!("program {hook} has no fd: {e}")))?;
+    match pins::open_pinned(&path).and_then(|link| pins::update_link(link.as_fd(), program.as_fd()))
+    {
+        Ok(()) => Ok(Swap::Updated),
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+            Ok(Swap::Replace("its cgroup is gone (ENOLINK)".to_string()))
+        }
+        Err(e) => Ok(Swap::Replace(format!(
+            "the kernel cannot update it ({})",
+            errno_text(&e)
+        ))),
+    }
+}
+
+/// Pins a freshly attached link; an older pin of the hook (one that could
+/// not be updated, `replacing` says why) is removed only once the new one
+/// is in place.
+fn pin_link(
+    pins: &pins::PinDir,
+    hook: &str,
+    link: FdLink,
+    replacing: Option<String>,
+) -> Result<LinkAction, Refusal> {
+    let path = pins.link(hook);
+    let Some(why) = replacing.filter(|_| path.exists()) else {
+        link.pin(&path).map_err(|e| {
+            Refusal::plain(format!(
+                "pinning the link at {}: {}",
+                path.display(),
+                with_sources(&e)
+            ))
+        })?;
+        return Ok(LinkAction::Attached);
+    };
+    let staged = pins.new_link(hook);
+    let _ = std::fs::remove_file(&staged);
+    link.pin(&staged).map_err(|e| {
+        Refusal::plain(format!(
+            "pinning the link at {}: {}",
+            staged.display(),
+            with_sources(&e)
+        ))
+    })?;
+    std::fs::remove_file(&path)
+        .and_then(|()| std::fs::rename(&staged, &path))
+        .map_err(|e| {
+            Refusal::plain(format!("replacing the pinned link {}: {e}", path.display()))
+        })?;
+    Ok(LinkAction::Replaced(why))
+}
+
+/// An error with its causes, which aya's pin errors keep apart (the errno
+/// is in the source).
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn fd_link<L>(link: Result<L, ProgramError>) -> Result<FdLink, Refusal>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let link = link.map_err(|e| Refusal::plain(format!("taking the link: {e}")))?;
+    FdLink::try_from(link).map_err(|e| {
+        Refusal::plain(format!(
+            "the kernel attached it without a link, which cannot be pinned ({e}); service mode needs BPF links (Linux >= 5.7)"
+        ))
+    })
+}
+
+fn program_id(info: Result<aya::programs::ProgramInfo, ProgramError>) -> Result<u32, Refusal> {
+    info.map(|info| info.id())
+        .map_err(|e| Refusal::plain(format!("reading the program's id: {e}")))
+}
+
+/// A cgroup program counts as attached only if the kernel runs it on the
+/// cgroup2 root (BPF_PROG_QUERY, effective programs): an attach call that
+/// succeeded on a cgroup nobody is in would otherwise look healthy.
+fn verified(
     cgroup: &File,
-) -> Result<(), Refusal> {
-    let program: &mut CgroupSkb = program(ebpf, name)?;
-    program
-        .load()
-        .map_err(|e| Refusal::from_program_error("loading", &e))?;
-    program
-        .attach(cgroup, direction, CgroupAttachMode::Single)
-        .map_err(|e| Refusal::from_program_error("attaching to the cgroup2 root", &e))?;
-    Ok(())
+    hook: &Hook,
+    program_id: u32,
+    query: Option<u32>,
+    action: Option<LinkAction>,
+) -> Result<Option<LinkAction>, Refusal> {
+    let Some(attach_type) = query else {
+        return Ok(action);
+    };
+    match pins::effective_programs(cgroup.as_fd(), attach_type) {
+        Ok(ids) if ids.contains(&program_id) => Ok(action),
+        Ok(ids) => Err(Refusal::plain(format!(
+            "attached, but not among the programs the kernel runs on the cgroup2 root for {} (program {program_id}; effective: {ids:?})",
+            hook.name
+        ))),
+        Err(e) => Err(Refusal::failed(
+            "checking it runs on the cgroup2 root",
+            "BPF_PROG_QUERY",
+            &e,
+        )),
+    }
 }
 
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    name: &str,
-    tracepoint: &str,
-    btf: &Btf,
-) -> Result<(), Refusal> {
-    let program: &mut BtfTracePoint = program(ebpf, name)?;
-    program
-        .load(tracepoint, btf)
-        .map_err(|e| Refusal::from_program_error("loading", &e))?;
-    program
-        .attach()
-        .map_err(|e| Refusal::from_program_error("attaching", &e))?;
-    Ok(())
+/// Service mode: pinned maps must be what this build creates (aya reuses a
+/// pin without checking). If any is not, every pin goes (links first, so
+/// nothing runs against the removed maps) and the caller starts fresh;
+/// returns why.
+fn replace_incompatible_pins(
+    pins: &pins::PinDir,
+    ring_buffer_bytes: u32,
+) -> Result<Option<String>, LoadError> {
+    let object = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| LoadError(format!("parsing the eBPF object: {e}")))?;
+    let mut mismatch = None;
+    for name in pins::PINNED_MAPS {
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let expected = object
+            .maps
+            .get(name)
+            .ok_or_else(|| LoadError(format!("the eBPF object has no map {name}")))?;
+        let max_entries = if name == "EVENTS" {
+            ring_buffer_bytes
+        } else {
+            expected.max_entries()
+        };
+        let want = (
+            expected.map_type(),
+            expected.key_size(),
+            expected.value_size(),
+            max_entries,
+        );
+        let have = MapInfo::from_pin(&path).map(|info| {
+            (
+                info.map_type().map_or(u32::MAX, |t| t as u32),
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+            )
+        });
+        match have {
+            Ok(have) if have == want => {}
+            Ok(have) => {
+                mismatch = Some(format!(
+                    "the pinned map {name} is not what this build uses (type, key, value, entries: {have:?}, wanted {want:?}{})",
+                    if name == "EVENTS" {
+                        "; a changed --ring-buffer-bytes does this"
+                    } else {
+                        ""
+                    }
+                ));
+                break;
+            }
+            Err(e) => {
+                mismatch = Some(format!("the pinned map {name} cannot be read ({e})"));
+                break;
+            }
+        }
+    }
+    // Links without maps (a half-removed dir) cannot be adopted either.
+    if mismatch.is_none() && !pins.map("EVENTS").exists() && pins.has_pins() {
+        mismatch = Some("the pin dir has links but no ring buffer".to_string());
+    }
+    if mismatch.is_some() {
+        pins.remove_all().map_err(|e| LoadError(e.to_string()))?;
+    }
+    Ok(mismatch)
+}
+
+/// This boot's id (a random UUID per boot): with a map id, it names one
+/// ring buffer for its whole life.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-boot".to_string())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Refusal>
