@@ -517,3 +517,87 @@ fn sigterm_and_restart_swap_the_programs_with_no_gap_and_one_copy() {
         assert!(!root_ids.contains(id), "{hook} detached");
     }
 }
+
+/// A tmpfs of `size` mounted at `path` for one test; unmounted on drop.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let out = output_within(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(path),
+            CLIENT_TIMEOUT,
+        )
+        .expect("mount");
+        assert!(out.status.success(), "mounting a tmpfs: {out:?}");
+        SmallDisk {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// A state dir on a disk that fills up: the agent goes on observing, says
+/// so once, counts every record it could not write
+/// (`observer.losses.state_dir`), and its final report (written elsewhere)
+/// still holds every lookup; the run is incomplete (exit 3).
+#[test]
+fn a_full_state_dir_disk_is_counted_and_the_agent_goes_on() {
+    require_root_and_tools(TESTBED_TOOLS);
+    require_root_and_tools(&["python3", "mount", "umount"]);
+    let testbed = Testbed::start().expect("starting the testbed");
+    let dir = testbed.temp_dir();
+    let state = dir.join("state");
+    let _disk = SmallDisk::mount(&state, "256k");
+    let pins = TestPins::new("full");
+    let report = dir.join("full.json");
+    let agent = start(&state, &pins, &report, &dir.join("full.sock"));
+    let cgroup = TestCgroup::create("state-full");
+    let client = output_within(
+        testbed
+            .netns_command_in(&cgroup, "python3")
+            .env("RES_OPTIONS", "attempts:1 timeout:5")
+            .args(["-c", LOOKUP_LOOP, "300", "4"]),
+        Duration::from_secs(60),
+    )
+    .expect("the lookup loop");
+    assert!(client.status.success(), "{client:?}");
+    let made: u64 = String::from_utf8_lossy(&client.stdout)
+        .trim()
+        .parse()
+        .expect("the loop's count");
+    // Each lookup appends an attempt record of about a kilobyte: far more
+    // than 256 KiB.
+    assert!(made > 600, "{made}");
+    assert!(
+        agent.wait_for_stdout("quay.io", Duration::from_secs(10)),
+        "still observing"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let stopped = agent.stop();
+    assert_eq!(stopped.status.code(), Some(3), "incomplete: {stopped:?}");
+    assert_eq!(
+        stopped.stderr.matches("the state dir's spool:").count(),
+        1,
+        "said once: {}",
+        stopped.stderr
+    );
+    assert_valid_report(&report);
+    let report = read_report(&report);
+    assert_eq!(queries_recorded(&report, &cgroup), made, "every lookup");
+    let losses = &report["observer"]["losses"];
+    assert!(
+        losses["state_dir"].as_u64().unwrap() > 0,
+        "records not written are counted: {losses:#}"
+    );
+    assert_eq!(report["observer"]["complete"], false);
+}

@@ -112,7 +112,11 @@ impl<O: Outputs> Pipeline<O> {
     /// by then), and hands itself back so the caller can build the report.
     pub fn run<F: KernelFeed>(mut self, mut feed: F, mut queue: mpsc::Receiver<Input>) -> Self {
         loop {
-            let mut busy = self.drain(&mut feed) > 0;
+            // Polled like the kernel submits, without wakeups: a ring read
+            // to its end waits a drain interval, so records are handled in
+            // batches instead of a thread spinning on every one; a full
+            // batch means more are waiting.
+            let mut busy = self.drain(&mut feed) == RING_BATCH;
             for _ in 0..QUEUE_BATCH {
                 match queue.try_recv() {
                     Ok(input) => {

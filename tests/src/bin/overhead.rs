@@ -14,11 +14,19 @@
 //! ratio; the median ratio is the result, so slow drifts of the machine
 //! cancel out. Order alternates within pairs too.
 //!
+//! - `connect-service`: `connect` with the agent in service mode
+//!   (`--state-dir`, programs pinned; detached after each round so the
+//!   rounds without it have nothing attached);
+//! - `restart`: not a ratio: how long a service-mode agent takes from its
+//!   start to observing when it adopts pins (with connects the kernel
+//!   captured while it was down waiting in the ring) against a first start
+//!   that creates them, and how many records it drained.
+//!
 //! - `rss`: not a ratio: the agent's resident memory (peak, from
 //!   /proc/PID/status VmHWM) while connects arrive at a steady rate of about
 //!   10,000 events per second for 20 seconds.
 //!
-//! Usage: overhead [--workload connect|udp|tcp-bulk|rss|all] [--pairs N] [--scale F]
+//! Usage: overhead [--workload connect|connect-service|udp|tcp-bulk|restart|rss|all] [--pairs N] [--scale F]
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -33,8 +41,16 @@ use std::{
 
 use observer_tests::{Agent, agent_binary, require_root_and_tools};
 
-const USAGE: &str =
-    "usage: overhead [--workload connect|udp|tcp-bulk|rss|all] [--pairs N] [--scale F]";
+const USAGE: &str = "usage: overhead [--workload connect|connect-service|udp|tcp-bulk|restart|rss|all] [--pairs N] [--scale F]";
+
+const ALL: [&str; 6] = [
+    "connect",
+    "connect-service",
+    "udp",
+    "tcp-bulk",
+    "restart",
+    "rss",
+];
 
 struct Options {
     workloads: Vec<&'static str>,
@@ -45,7 +61,7 @@ struct Options {
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
-        workloads: vec!["connect", "udp", "tcp-bulk", "rss"],
+        workloads: ALL.to_vec(),
         pairs: 11,
         scale: 1.0,
     };
@@ -72,12 +88,11 @@ fn parse_options() -> Result<Options, String> {
             }
             "--workload" => {
                 options.workloads = match value("--workload")?.as_str() {
-                    "connect" => vec!["connect"],
-                    "udp" => vec!["udp"],
-                    "tcp-bulk" => vec!["tcp-bulk"],
-                    "rss" => vec!["rss"],
-                    "all" => vec!["connect", "udp", "tcp-bulk", "rss"],
-                    other => return Err(format!("unknown workload {other:?}; {USAGE}")),
+                    "all" => ALL.to_vec(),
+                    name => match ALL.iter().find(|w| **w == name) {
+                        Some(workload) => vec![*workload],
+                        None => return Err(format!("unknown workload {name:?}; {USAGE}")),
+                    },
                 }
             }
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
@@ -214,11 +229,26 @@ fn tcp_bulk(megabytes: usize) -> Duration {
     started.elapsed()
 }
 
-fn with_observer(report: &str, workload: &dyn Fn() -> Duration) -> Duration {
-    let agent = Agent::start(&["--report", report, "--catalog-resolve-interval", "0"]);
+/// One round with the agent. In service mode its programs stay attached
+/// after it stops, so they are detached after the round: a round without
+/// the observer must have nothing attached (left attached, they fill their
+/// ring buffer with nobody draining it, which the next agent reports).
+fn with_observer(
+    report: &str,
+    service: Option<&ServiceMode>,
+    workload: &dyn Fn() -> Duration,
+) -> Duration {
+    let mut args = vec!["--report", report, "--catalog-resolve-interval", "0"];
+    if let Some(service) = service {
+        args.extend(service.args());
+    }
+    let agent = Agent::start(&args);
     let elapsed = workload();
     let output = agent.stop();
     assert!(output.status.success(), "agent failed: {output:?}");
+    if let Some(service) = service {
+        service.detach();
+    }
     elapsed
 }
 
@@ -230,11 +260,12 @@ fn measure(
     units: usize,
     pairs: usize,
     report: &str,
+    service: Option<&ServiceMode>,
     workload: &dyn Fn() -> Duration,
 ) -> f64 {
     // Warm caches and the agent's first load.
     workload();
-    with_observer(report, workload);
+    with_observer(report, service, workload);
     let mut ratios = Vec::with_capacity(pairs);
     let (mut total_without, mut total_with) = (Duration::ZERO, Duration::ZERO);
     println!("\n{name}: {pairs} pairs of {units} {unit}");
@@ -242,9 +273,9 @@ fn measure(
     for pair in 0..pairs {
         let (without, with) = if pair % 2 == 0 {
             let without = workload();
-            (without, with_observer(report, workload))
+            (without, with_observer(report, service, workload))
         } else {
-            let with = with_observer(report, workload);
+            let with = with_observer(report, service, workload);
             (workload(), with)
         };
         total_without += without;
@@ -331,6 +362,109 @@ fn rss(report: &str, per_second: usize, seconds: u64) {
     );
 }
 
+/// A state dir and pin dir for service-mode rounds, removed at the end.
+struct ServiceMode {
+    state: std::path::PathBuf,
+    pins: String,
+}
+
+impl ServiceMode {
+    fn new(name: &str) -> ServiceMode {
+        let id = std::process::id();
+        let state = std::env::temp_dir().join(format!("ro-bench-state-{name}-{id}"));
+        let _ = std::fs::remove_dir_all(&state);
+        ServiceMode {
+            state,
+            pins: format!("/sys/fs/bpf/ro-bench-{name}-{id}"),
+        }
+    }
+
+    fn args(&self) -> Vec<&str> {
+        vec![
+            "--state-dir",
+            self.state.to_str().unwrap(),
+            "--pin-dir",
+            &self.pins,
+            "--metrics-addr",
+            "off",
+        ]
+    }
+
+    /// `registry-observer detach` and the state dir removed: the next
+    /// round starts from nothing.
+    fn detach(&self) {
+        let output = std::process::Command::new(agent_binary())
+            .args(["detach", "--pin-dir", &self.pins])
+            .output()
+            .expect("registry-observer detach");
+        assert!(output.status.success(), "detach: {output:?}");
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+impl Drop for ServiceMode {
+    /// A benchmark that panics leaves nothing attached either.
+    fn drop(&mut self) {
+        if std::path::Path::new(&self.pins).exists() {
+            let _ = std::process::Command::new(agent_binary())
+                .args(["detach", "--pin-dir", &self.pins])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+/// Start-to-observing of a service-mode agent: the first start (pins
+/// created), then `rounds` restarts that adopt them with `backlog` connects
+/// captured while no agent ran, each drained by the new agent.
+fn restart(report: &str, backlog: usize, rounds: usize) {
+    let server = Server::start();
+    let service = ServiceMode::new("restart");
+    let mut args = vec!["--report", report, "--catalog-resolve-interval", "0"];
+    args.extend(service.args());
+    let started = Instant::now();
+    let agent = Agent::start(&args);
+    let first = started.elapsed();
+    assert!(agent.stop().status.success());
+    println!(
+        "
+restart: first start (programs loaded, attached, pinned): {:.0} ms",
+        first.as_secs_f64() * 1e3
+    );
+    println!("round  backlog(connects)  start-to-observing(ms)  events drained");
+    let mut times = Vec::new();
+    let events_total = || -> u64 {
+        let report_json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(report).expect("report"))
+                .expect("report is JSON");
+        report_json["observer"]["events_total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let mut total_before = events_total();
+    for round in 0..rounds {
+        connect_loop(server.addr, backlog);
+        let started = Instant::now();
+        let agent = Agent::start(&args);
+        let elapsed = started.elapsed();
+        assert!(agent.stop().status.success());
+        let total = events_total();
+        println!(
+            "{round:>5}  {backlog:>17}  {:>22.0}  {}",
+            elapsed.as_secs_f64() * 1e3,
+            total - total_before
+        );
+        total_before = total;
+        times.push(elapsed.as_secs_f64() * 1e3);
+    }
+    println!(
+        "restart: median start-to-observing when adopting {:.0} ms (first start {:.0} ms)",
+        median(&mut times),
+        first.as_secs_f64() * 1e3
+    );
+    service.detach();
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let mid = values.len() / 2;
@@ -361,15 +495,45 @@ fn main() {
             "connect" => {
                 let server = Server::start();
                 let count = scaled(20_000.0);
-                measure("connect", "connect", count, options.pairs, &report, &|| {
-                    connect_loop(server.addr, count)
-                })
+                measure(
+                    "connect",
+                    "connect",
+                    count,
+                    options.pairs,
+                    &report,
+                    None,
+                    &|| connect_loop(server.addr, count),
+                )
+            }
+            "connect-service" => {
+                let server = Server::start();
+                let count = scaled(20_000.0);
+                let service = ServiceMode::new("connect");
+                measure(
+                    "connect-service",
+                    "connect",
+                    count,
+                    options.pairs,
+                    &report,
+                    Some(&service),
+                    &|| connect_loop(server.addr, count),
+                )
+            }
+            "restart" => {
+                restart(&report, scaled(20_000.0), options.pairs.min(5));
+                continue;
             }
             "udp" => {
                 let count = scaled(100_000.0);
-                measure("udp", "datagram", count, options.pairs, &report, &|| {
-                    udp_loop(count)
-                })
+                measure(
+                    "udp",
+                    "datagram",
+                    count,
+                    options.pairs,
+                    &report,
+                    None,
+                    &|| udp_loop(count),
+                )
             }
             "tcp-bulk" => {
                 let megabytes = scaled(2048.0);
@@ -379,6 +543,7 @@ fn main() {
                     megabytes,
                     options.pairs,
                     &report,
+                    None,
                     &|| tcp_bulk(megabytes),
                 )
             }

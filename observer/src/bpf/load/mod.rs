@@ -490,91 +490,136 @@ fn attach_hook(
     btf: Option<&Btf>,
     pins: Option<&pins::PinDir>,
 ) -> Result<Option<LinkAction>, Refusal> {
-    let attach_error = |e: &ProgramError| match hook.attach {
-        Attach::Tracepoint(_) => Refusal::from_program_error("attaching", e),
-        _ => Refusal::from_program_error("attaching to the cgroup2 root", e),
-    };
-    // Single through a link coexists with other programs' links; the
-    // AllowMultiple link mode is rejected by some kernels (EINVAL).
-    let (program_id, link, query, swap) = match hook.attach {
+    match hook.attach {
         Attach::SockAddr(attach_type) => {
             let program: &mut CgroupSockAddr = program(ebpf, hook.name)?;
-            program
-                .load()
-                .map_err(|e| Refusal::from_program_error("loading", &e))?;
-            let id = program_id(program.info())?;
-            let swap = update_pinned(pins, hook.name, program.fd())?;
-            if let Swap::Updated = swap {
-                return verified(
-                    cgroup,
-                    hook,
-                    id,
-                    Some(attach_type),
-                    Some(LinkAction::Updated),
-                );
-            }
-            let link_id = program
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(|e| attach_error(&e))?;
-            let link = match pins {
-                Some(_) => Some(fd_link(program.take_link(link_id))?),
-                None => None,
-            };
-            (id, link, Some(attach_type), swap)
+            attach_with(program, hook, cgroup, pins, Some(attach_type))
         }
         Attach::Skb(direction) => {
-            let program: &mut CgroupSkb = program(ebpf, hook.name)?;
-            program
-                .load()
-                .map_err(|e| Refusal::from_program_error("loading", &e))?;
-            let id = program_id(program.info())?;
             let attach_type = match direction {
                 CgroupSkbAttachType::Ingress => 0,
                 CgroupSkbAttachType::Egress => 1,
             };
-            let swap = update_pinned(pins, hook.name, program.fd())?;
-            if let Swap::Updated = swap {
-                return verified(
-                    cgroup,
-                    hook,
-                    id,
-                    Some(attach_type),
-                    Some(LinkAction::Updated),
-                );
-            }
-            let link_id = program
-                .attach(cgroup, direction, CgroupAttachMode::Single)
-                .map_err(|e| attach_error(&e))?;
-            let link = match pins {
-                Some(_) => Some(fd_link(program.take_link(link_id))?),
-                None => None,
-            };
-            (id, link, Some(attach_type), swap)
+            let program: &mut CgroupSkb = program(ebpf, hook.name)?;
+            attach_with(
+                &mut SkbHook(program, direction),
+                hook,
+                cgroup,
+                pins,
+                Some(attach_type),
+            )
         }
         Attach::Tracepoint(tracepoint) => {
             let btf = btf.ok_or_else(|| Refusal::plain("kernel BTF unavailable".into()))?;
             let program: &mut BtfTracePoint = program(ebpf, hook.name)?;
-            program
-                .load(tracepoint, btf)
-                .map_err(|e| Refusal::from_program_error("loading", &e))?;
-            let id = program_id(program.info())?;
-            let swap = update_pinned(pins, hook.name, program.fd())?;
-            if let Swap::Updated = swap {
-                return verified(cgroup, hook, id, None, Some(LinkAction::Updated));
-            }
-            let link_id = program.attach().map_err(|e| attach_error(&e))?;
-            let link = match pins {
-                Some(_) => Some(
-                    program
-                        .take_link(link_id)
-                        .map(FdLink::from)
-                        .map_err(|e| attach_error(&e))?,
-                ),
-                None => None,
-            };
-            (id, link, None, swap)
+            attach_with(
+                &mut TracepointHook(program, tracepoint, btf),
+                hook,
+                cgroup,
+                pins,
+                None,
+            )
         }
-    };
+    }
+}
+
+/// What attaching needs of each kind of program; aya's program types share
+/// these steps without a common trait.
+trait Attachable {
+    fn load_program(&mut self) -> Result<(), ProgramError>;
+    fn program_info(&self) -> Result<aya::programs::ProgramInfo, ProgramError>;
+    fn program_fd(&self) -> Result<&aya::programs::ProgramFd, ProgramError>;
+    /// Attaches; with `keep`, takes the link from aya (which would detach
+    /// it at exit) to be pinned.
+    fn attach_link(&mut self, cgroup: &File, keep: bool) -> Result<Option<FdLink>, Refusal>;
+}
+
+fn attach_error(step: &str) -> impl Fn(ProgramError) -> Refusal + '_ {
+    move |e| Refusal::from_program_error(step, &e)
+}
+
+const ON_ROOT: &str = "attaching to the cgroup2 root";
+
+// Single through a link coexists with other programs' links; the
+// AllowMultiple link mode is rejected by some kernels (EINVAL).
+impl Attachable for CgroupSockAddr {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+    fn program_info(&self) -> Result<aya::programs::ProgramInfo, ProgramError> {
+        self.info()
+    }
+    fn program_fd(&self) -> Result<&aya::programs::ProgramFd, ProgramError> {
+        self.fd()
+    }
+    fn attach_link(&mut self, cgroup: &File, keep: bool) -> Result<Option<FdLink>, Refusal> {
+        let id = self
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(attach_error(ON_ROOT))?;
+        keep.then(|| fd_link(self.take_link(id))).transpose()
+    }
+}
+
+struct SkbHook<'a>(&'a mut CgroupSkb, CgroupSkbAttachType);
+
+impl Attachable for SkbHook<'_> {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.0.load()
+    }
+    fn program_info(&self) -> Result<aya::programs::ProgramInfo, ProgramError> {
+        self.0.info()
+    }
+    fn program_fd(&self) -> Result<&aya::programs::ProgramFd, ProgramError> {
+        self.0.fd()
+    }
+    fn attach_link(&mut self, cgroup: &File, keep: bool) -> Result<Option<FdLink>, Refusal> {
+        let id = self
+            .0
+            .attach(cgroup, self.1, CgroupAttachMode::Single)
+            .map_err(attach_error(ON_ROOT))?;
+        keep.then(|| fd_link(self.0.take_link(id))).transpose()
+    }
+}
+
+struct TracepointHook<'a>(&'a mut BtfTracePoint, &'static str, &'a Btf);
+
+impl Attachable for TracepointHook<'_> {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.0.load(self.1, self.2)
+    }
+    fn program_info(&self) -> Result<aya::programs::ProgramInfo, ProgramError> {
+        self.0.info()
+    }
+    fn program_fd(&self) -> Result<&aya::programs::ProgramFd, ProgramError> {
+        self.0.fd()
+    }
+    fn attach_link(&mut self, _cgroup: &File, keep: bool) -> Result<Option<FdLink>, Refusal> {
+        let id = self.0.attach().map_err(attach_error("attaching"))?;
+        keep.then(|| {
+            self.0
+                .take_link(id)
+                .map(FdLink::from)
+                .map_err(attach_error("attaching"))
+        })
+        .transpose()
+    }
+}
+
+/// Load, then swap into the pinned link or attach (and pin), then verify.
+fn attach_with(
+    program: &mut impl Attachable,
+    hook: &Hook,
+    cgroup: &File,
+    pins: Option<&pins::PinDir>,
+    query: Option<u32>,
+) -> Result<Option<LinkAction>, Refusal> {
+    program.load_program().map_err(attach_error("loading"))?;
+    let program_id = program_id(program.program_info())?;
+    let swap = update_pinned(pins, hook.name, program.program_fd())?;
+    if let Swap::Updated = swap {
+        return verified(cgroup, hook, program_id, query, Some(LinkAction::Updated));
+    }
+    let link = program.attach_link(cgroup, pins.is_some())?;
     let action = match (pins, link) {
         (Some(pins), Some(link)) => {
             let replacing = match swap {
