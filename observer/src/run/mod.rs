@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     bpf::read::{self, KernelCounters, KernelRing, ReadCounters},
     clock::Clock,
+    control::notify::{self, Notifier},
     outputs::{Live, console::Console, durable::Durable, metrics::Metrics},
     pipeline::{
         Pipeline, PipelineStats,
@@ -382,6 +383,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     drop(queue_tx);
 
     print_observing(&options, &facts, &endpoints, command_cgroup.as_ref());
+    let watchdog = tell_systemd_ready(&facts, pipeline_handle.clone());
 
     // A command that exits ends the run cleanly.
     let mut stopped_by = RunEnd::Clean;
@@ -403,6 +405,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         code
     });
 
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+        let _ = watchdog.await;
+    }
+    if let Some(notifier) = Notifier::from_env() {
+        let _ = notifier.send("STOPPING=1");
+    }
     let running = Running {
         probes,
         pins,
@@ -507,6 +516,42 @@ fn finish_record(
     let state = DurableState::new(report.attempts.clone(), report.phases.clone(), runs)
         .with_ring_cursor(durable.ring_cursor());
     durable.finish(&counts, ended, state);
+}
+
+/// Under systemd (`Type=notify`): ready now that every hook is attached
+/// and the pipeline runs; with `WatchdogSec=`, a task that pings only
+/// after the pipeline answered, so a stuck pipeline gets the agent
+/// restarted. Returns the watchdog task.
+fn tell_systemd_ready(
+    facts: &report::RunFacts,
+    pipeline: PipelineHandle,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let notifier = Notifier::from_env()?;
+    let status = if facts.hooks_missing.is_empty() {
+        "observing, every hook attached".to_string()
+    } else {
+        format!(
+            "observing, incomplete: {} hook(s) not attached",
+            facts.hooks_missing.len()
+        )
+    };
+    if let Err(e) = notifier.send(&format!("READY=1\nSTATUS={status}")) {
+        eprintln!("registry-observer: warning: cannot tell systemd it is ready: {e}");
+    }
+    let interval = notify::watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )?;
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            if pipeline.counters().await.is_err() {
+                return;
+            }
+            let _ = notifier.send("WATCHDOG=1");
+        }
+    }))
 }
 
 /// The line that says the agent is observing, and what and where.

@@ -1,0 +1,94 @@
+//! The node service's unit, `deploy/systemd/registry-observer.service`,
+//! as systemd itself reads it: `systemd-analyze verify` accepts it (with
+//! ExecStart pointed at the binary under test, as an install would), and
+//! its `systemd-analyze security` exposure stays at or below the level
+//! docs/design/STATE-DIR.md reports. Booting a node with it is the VM
+//! tests' (issue 14).
+//!
+//! systemd-analyze is required; the tests fail, never skip, without it.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use observer_tests::{agent_binary, output_within, require_root_and_tools, workspace_root};
+
+/// The unit as installed: ExecStart names `binary`.
+fn installed_unit(dir: &Path, binary: &Path) -> std::path::PathBuf {
+    let text =
+        std::fs::read_to_string(workspace_root().join("deploy/systemd/registry-observer.service"))
+            .expect("the unit file");
+    assert!(text.contains("ExecStart=/usr/local/bin/registry-observer run --state-dir"));
+    let path = dir.join("registry-observer.service");
+    std::fs::write(
+        &path,
+        text.replace("/usr/local/bin/registry-observer", binary.to_str().unwrap()),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn systemd_accepts_the_unit() {
+    require_root_and_tools(&["systemd-analyze"]);
+    let dir = tempfile::tempdir().unwrap();
+    let unit = installed_unit(dir.path(), &agent_binary());
+    let out = output_within(
+        Command::new("systemd-analyze").arg("verify").arg(&unit),
+        Duration::from_secs(60),
+    )
+    .expect("systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !stderr.contains("registry-observer.service"),
+        "no complaint about the unit: {stderr}"
+    );
+    // A unit with a typo is named (systemd ignores the line and exits 0,
+    // so the stderr check above is the one that catches it).
+    let broken = dir.path().join("broken.service");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&unit)
+            .unwrap()
+            .replace("Type=notify", "Type=notfy"),
+    )
+    .unwrap();
+    let out = output_within(
+        Command::new("systemd-analyze").arg("verify").arg(&broken),
+        Duration::from_secs(60),
+    )
+    .expect("systemd-analyze verify");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Failed to parse service type"),
+        "{out:?}"
+    );
+}
+
+/// The exposure score systemd gives the unit (0 safest, 10 least): kept at
+/// 4.7 or below; what it still allows and why is in docs/design/STATE-DIR.md.
+#[test]
+fn the_units_exposure_stays_low() {
+    require_root_and_tools(&["systemd-analyze"]);
+    let dir = tempfile::tempdir().unwrap();
+    let unit = installed_unit(dir.path(), &agent_binary());
+    let out = output_within(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(&unit),
+        Duration::from_secs(60),
+    )
+    .expect("systemd-analyze security");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let score: f64 = text
+        .lines()
+        .find_map(|line| {
+            line.split("Overall exposure level for registry-observer.service: ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no exposure level in: {text}"));
+    assert!(score <= 4.7, "exposure {score}: {text}");
+}
