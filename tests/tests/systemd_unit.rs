@@ -92,3 +92,56 @@ fn the_units_exposure_stays_low() {
         .unwrap_or_else(|| panic!("no exposure level in: {text}"));
     assert!(score <= 4.7, "exposure {score}: {text}");
 }
+
+/// The agent under a notify socket, as systemd runs a `Type=notify` unit
+/// with `WatchdogSec=`: `READY=1` (with its status) once it is observing,
+/// `WATCHDOG=1` pings at half the interval while it runs, `STOPPING=1`
+/// when it stops. The socket is the test's own; systemd is not running
+/// here (PID 1 is not systemd), which is what this stands in for.
+#[test]
+fn the_agent_tells_its_service_manager_ready_alive_and_stopping() {
+    require_root_and_tools(&["env"]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let report = dir.path().join("report.json");
+    let control = dir.path().join("control.sock");
+    let binary = agent_binary();
+    let notify_socket = format!("NOTIFY_SOCKET={}", socket_path.display());
+    let mut agent = observer_tests::Service::spawn(
+        Path::new("env"),
+        &[
+            &notify_socket,
+            "WATCHDOG_USEC=1000000",
+            binary.to_str().unwrap(),
+            "run",
+            "--report",
+            report.to_str().unwrap(),
+            "--metrics-addr",
+            "off",
+            "--control-socket",
+            control.to_str().unwrap(),
+            "--catalog-resolve-interval",
+            "0",
+        ],
+        libc::SIGINT,
+    );
+    agent.wait_ready(observer_tests::OBSERVING_PREFIX, Duration::from_secs(120));
+    let mut buffer = [0u8; 512];
+    let mut next = || {
+        let n = manager.recv(&mut buffer).expect("a notify message");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\nSTATUS=observing"), "{ready:?}");
+    assert_eq!(next(), "WATCHDOG=1", "pinged at half of 1 s");
+    assert_eq!(next(), "WATCHDOG=1");
+    let out = agent.stop_within(Duration::from_secs(60));
+    assert!(out.status.success(), "{out:?}");
+    // Pings that were on their way may come first; bounded.
+    let stopping = (0..5).map(|_| next()).find(|m| m != "WATCHDOG=1");
+    assert_eq!(stopping.as_deref(), Some("STOPPING=1"));
+}
