@@ -102,6 +102,24 @@ pub struct RingCursor {
     pub applied_through: u64,
 }
 
+impl RingCursor {
+    /// Notes that the record at `position` of `ring` was applied: the
+    /// cursor moves forward on the same ring and starts anew on another.
+    pub fn advance(cursor: &mut Option<RingCursor>, ring: &str, position: u64) {
+        match cursor {
+            Some(cursor) if cursor.ring == ring => {
+                cursor.applied_through = cursor.applied_through.max(position);
+            }
+            _ => {
+                *cursor = Some(RingCursor {
+                    ring: ring.to_string(),
+                    applied_through: position,
+                })
+            }
+        }
+    }
+}
+
 /// One agent run on the dir, as the record knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
@@ -226,17 +244,7 @@ impl DurableState {
                     ring_position,
                     self.runs.last().and_then(|run| run.start.ring.as_ref()),
                 ) {
-                    match &mut self.ring_cursor {
-                        Some(cursor) if cursor.ring == *ring => {
-                            cursor.applied_through = cursor.applied_through.max(*position);
-                        }
-                        _ => {
-                            self.ring_cursor = Some(RingCursor {
-                                ring: ring.clone(),
-                                applied_through: *position,
-                            })
-                        }
-                    }
+                    RingCursor::advance(&mut self.ring_cursor, ring, *position);
                 }
                 let key = AttemptKey::of(attempt);
                 match self.index.get(&key) {

@@ -356,6 +356,27 @@ while time.monotonic() - start < seconds:
 print(done)
 "#;
 
+/// [`LOOKUP_LOOP`] in the testbed's namespace, in `cgroup`.
+fn lookup_loop(testbed: &Testbed, cgroup: &TestCgroup, rate: u32, seconds: u32) -> Command {
+    let mut command = testbed.netns_command_in(cgroup, "python3");
+    command.env("RES_OPTIONS", "attempts:1 timeout:5").args([
+        "-c",
+        LOOKUP_LOOP,
+        &rate.to_string(),
+        &seconds.to_string(),
+    ]);
+    command
+}
+
+/// The lookups the loop says it made; it must have ended well.
+fn lookups_made(client: &std::process::Output) -> u64 {
+    assert!(client.status.success(), "{client:?}");
+    String::from_utf8_lossy(&client.stdout)
+        .trim()
+        .parse()
+        .expect("the loop's count")
+}
+
 /// The DNS queries for quay.io from `cgroup`, summed over its attempts.
 fn queries_recorded(report: &Value, cgroup: &TestCgroup) -> u64 {
     attempts_for(report, "quay.io", cgroup)
@@ -388,10 +409,7 @@ fn kill_9_under_load_loses_and_doubles_nothing() {
     let pins = TestPins::new("load");
     let agent = start(&state, &pins, &dir.join("killed.json"), &socket);
     let cgroup = TestCgroup::create("state-load");
-    let client = testbed
-        .netns_command_in(&cgroup, "python3")
-        .env("RES_OPTIONS", "attempts:1 timeout:5")
-        .args(["-c", LOOKUP_LOOP, "400", "20"])
+    let client = lookup_loop(&testbed, &cgroup, 400, 20)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -402,12 +420,7 @@ fn kill_9_under_load_loses_and_doubles_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     let report = dir.join("final.json");
     let agent = start(&state, &pins, &report, &socket);
-    let client = client.wait_with_output().expect("the lookup loop");
-    assert!(client.status.success(), "{client:?}");
-    let made: u64 = String::from_utf8_lossy(&client.stdout)
-        .trim()
-        .parse()
-        .expect("the loop's count");
+    let made = lookups_made(&client.wait_with_output().expect("the lookup loop"));
     assert!(made >= 20 * 200, "several hundred a second: {made}");
     // Until the agent has drained the last of them (bounded).
     let snapshot = state_report_until(&state, |r| queries_recorded(r, &cgroup) >= made);
@@ -431,9 +444,10 @@ fn kill_9_under_load_loses_and_doubles_nothing() {
 
 /// A SIGTERM'd agent leaves its programs attached; the next one swaps its
 /// own into the pinned links (each start loads its programs afresh, with
-/// its own frozen globals, so a newer build takes the same path): every hook keeps one link, now running the new
-/// program, the old programs are gone from the cgroup2 root, and what
-/// happened between the two runs is in the record. `detach` then removes
+/// its own frozen globals, so a newer build takes the same path): every
+/// hook keeps one link, now running the new program, the old programs are
+/// gone from the cgroup2 root, and what happened between the two runs is
+/// in the record. `detach` then removes
 /// every pin and program.
 #[test]
 fn sigterm_and_restart_swap_the_programs_with_no_gap_and_one_copy() {
@@ -562,19 +576,13 @@ fn a_full_state_dir_disk_is_counted_and_the_agent_goes_on() {
     let report = dir.join("full.json");
     let agent = start(&state, &pins, &report, &dir.join("full.sock"));
     let cgroup = TestCgroup::create("state-full");
-    let client = output_within(
-        testbed
-            .netns_command_in(&cgroup, "python3")
-            .env("RES_OPTIONS", "attempts:1 timeout:5")
-            .args(["-c", LOOKUP_LOOP, "300", "4"]),
-        Duration::from_secs(60),
-    )
-    .expect("the lookup loop");
-    assert!(client.status.success(), "{client:?}");
-    let made: u64 = String::from_utf8_lossy(&client.stdout)
-        .trim()
-        .parse()
-        .expect("the loop's count");
+    let made = lookups_made(
+        &output_within(
+            &mut lookup_loop(&testbed, &cgroup, 300, 4),
+            Duration::from_secs(60),
+        )
+        .expect("the lookup loop"),
+    );
     // Each lookup appends an attempt record of about a kilobyte: far more
     // than 256 KiB.
     assert!(made > 600, "{made}");

@@ -26,16 +26,21 @@ fn installed_unit(dir: &Path, binary: &Path) -> std::path::PathBuf {
     path
 }
 
+/// `systemd-analyze ARGS UNIT`, bounded.
+fn systemd_analyze(args: &[&str], unit: &Path) -> std::process::Output {
+    output_within(
+        Command::new("systemd-analyze").args(args).arg(unit),
+        Duration::from_secs(60),
+    )
+    .expect("systemd-analyze")
+}
+
 #[test]
 fn systemd_accepts_the_unit() {
     require_root_and_tools(&["systemd-analyze"]);
     let dir = tempfile::tempdir().unwrap();
     let unit = installed_unit(dir.path(), &agent_binary());
-    let out = output_within(
-        Command::new("systemd-analyze").arg("verify").arg(&unit),
-        Duration::from_secs(60),
-    )
-    .expect("systemd-analyze verify");
+    let out = systemd_analyze(&["verify"], &unit);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -52,11 +57,7 @@ fn systemd_accepts_the_unit() {
             .replace("Type=notify", "Type=notfy"),
     )
     .unwrap();
-    let out = output_within(
-        Command::new("systemd-analyze").arg("verify").arg(&broken),
-        Duration::from_secs(60),
-    )
-    .expect("systemd-analyze verify");
+    let out = systemd_analyze(&["verify"], &broken);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Failed to parse service type"),
         "{out:?}"
@@ -70,13 +71,7 @@ fn the_units_exposure_stays_low() {
     require_root_and_tools(&["systemd-analyze"]);
     let dir = tempfile::tempdir().unwrap();
     let unit = installed_unit(dir.path(), &agent_binary());
-    let out = output_within(
-        Command::new("systemd-analyze")
-            .args(["security", "--offline=yes"])
-            .arg(&unit),
-        Duration::from_secs(60),
-    )
-    .expect("systemd-analyze security");
+    let out = systemd_analyze(&["security", "--offline=yes"], &unit);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let score: f64 = text

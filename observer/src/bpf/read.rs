@@ -81,26 +81,30 @@ impl KernelRing {
     /// Hands at most `max` records to `apply` with their positions, each
     /// consumed only after `apply` returns; returns how many were read.
     pub fn drain(&mut self, max: usize, apply: &mut dyn FnMut(&[u8], u64)) -> usize {
-        let mut read = 0;
+        let (mut read, mut skipped) = (0, 0);
         while read < max {
             // The kernel's consumer position before this record: past
             // every record consumed so far, so increasing per record.
             let position = self.consumer.position();
             let Some(item) = self.ring.next() else { break };
             read += 1;
-            self.counters.records.fetch_add(1, Ordering::Relaxed);
             match self.applied_through {
-                Some(through) if position <= through => {
-                    self.counters
-                        .already_applied
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+                Some(through) if position <= through => skipped += 1,
                 _ => {
                     self.applied_through = None;
                     apply(&item, position);
                 }
             }
             drop(item);
+        }
+        // Once per batch, not per record: /metrics reads them meanwhile.
+        self.counters
+            .records
+            .fetch_add(read as u64, Ordering::Relaxed);
+        if skipped > 0 {
+            self.counters
+                .already_applied
+                .fetch_add(skipped, Ordering::Relaxed);
         }
         read
     }

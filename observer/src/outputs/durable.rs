@@ -102,21 +102,15 @@ impl Durable {
     }
 
     pub fn attempt(&mut self, attempt: &Attempt) {
-        let ring = self.this_run.as_ref().and_then(|run| run.ring.clone());
-        let position = self.position.filter(|_| ring.is_some());
+        let position = self
+            .position
+            .filter(|_| self.this_run.as_ref().is_some_and(|run| run.ring.is_some()));
         self.append_bytes(&attempt_record_bytes(attempt, position));
-        if let (Some(ring), Some(position)) = (ring, position) {
-            match &mut self.cursor {
-                Some(cursor) if cursor.ring == ring => {
-                    cursor.applied_through = cursor.applied_through.max(position)
-                }
-                _ => {
-                    self.cursor = Some(RingCursor {
-                        ring,
-                        applied_through: position,
-                    })
-                }
-            }
+        if let (Some(ring), Some(position)) = (
+            self.this_run.as_ref().and_then(|run| run.ring.as_deref()),
+            position,
+        ) {
+            RingCursor::advance(&mut self.cursor, ring, position);
         }
     }
 

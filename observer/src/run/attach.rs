@@ -88,7 +88,7 @@ fn say_pinning(pinning: &load::Pinning) {
             .count()
     };
     eprintln!(
-        "registry-observer: service mode: {} in {} ({} link(s) updated to this agent's programs, {} attached, {} replaced); they stay attached when the agent exits (`registry-observer detach` removes them)",
+        "registry-observer: service mode: {} in {} ({} link(s) updated to this agent's programs, {} attached, {} tracing link(s) attached anew, {} replaced); they stay attached when the agent exits (`registry-observer detach` removes them)",
         if pinning.adopted {
             "adopted the pinned programs"
         } else {
@@ -97,12 +97,11 @@ fn say_pinning(pinning: &load::Pinning) {
         pinning.dir.display(),
         count(|a| *a == LinkAction::Updated),
         count(|a| *a == LinkAction::Attached),
+        count(|a| *a == LinkAction::Reattached),
         count(|a| matches!(a, LinkAction::Replaced(_))),
     );
     for (hook, action) in &pinning.links {
-        if let LinkAction::Replaced(why) = action
-            && !why.contains("EINVAL")
-        {
+        if let LinkAction::Replaced(why) = action {
             eprintln!("registry-observer: warning: the pinned link of {hook} was replaced: {why}");
         }
     }

@@ -383,7 +383,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     drop(queue_tx);
 
     print_observing(&options, &facts, &endpoints, command_cgroup.as_ref());
-    let watchdog = tell_systemd_ready(&facts, pipeline_handle.clone());
+    // Under systemd (`Type=notify`); None otherwise.
+    let notifier = Notifier::from_env().map(Arc::new);
+    let watchdog = notifier
+        .as_ref()
+        .and_then(|notifier| tell_systemd_ready(notifier, &facts, pipeline_handle.clone()));
 
     // A command that exits ends the run cleanly.
     let mut stopped_by = RunEnd::Clean;
@@ -409,7 +413,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         watchdog.abort();
         let _ = watchdog.await;
     }
-    if let Some(notifier) = Notifier::from_env() {
+    if let Some(notifier) = &notifier {
         let _ = notifier.send("STOPPING=1");
     }
     let running = Running {
@@ -518,15 +522,15 @@ fn finish_record(
     durable.finish(&counts, ended, state);
 }
 
-/// Under systemd (`Type=notify`): ready now that every hook is attached
-/// and the pipeline runs; with `WatchdogSec=`, a task that pings only
+/// Tells systemd the agent is ready, now that every hook is attached and
+/// the pipeline runs; with `WatchdogSec=`, starts a task that pings only
 /// after the pipeline answered, so a stuck pipeline gets the agent
 /// restarted. Returns the watchdog task.
 fn tell_systemd_ready(
+    notifier: &Arc<Notifier>,
     facts: &report::RunFacts,
     pipeline: PipelineHandle,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let notifier = Notifier::from_env()?;
     let status = if facts.hooks_missing.is_empty() {
         "observing, every hook attached".to_string()
     } else {
@@ -543,6 +547,7 @@ fn tell_systemd_ready(
         std::env::var("WATCHDOG_PID").ok().as_deref(),
         std::process::id(),
     )?;
+    let notifier = Arc::clone(notifier);
     Some(tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;

@@ -130,7 +130,6 @@ pub async fn stop(
     );
     let read_stats = read.snapshot();
     let kernel = kernel_counters.since_start();
-    let kernel_lost_raw = pins.as_ref().map(|_| kernel_counters.raw_lost());
     let snapshot = pipeline.snapshot(SystemTime::now());
     let events_file_dropped = pipeline.outputs.events_log.finish();
     let durable = pipeline.outputs.durable.take();
@@ -148,7 +147,9 @@ pub async fn stop(
         command_exit_code,
         state_dir_losses,
         run_end: Some(run_end),
-        kernel_lost_raw,
+        // For the durable record's ticks only; the run's end record reads
+        // the counters itself (`finish_record`).
+        kernel_lost_raw: None,
     };
     drop(pins);
     Ok((

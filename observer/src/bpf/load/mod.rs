@@ -210,9 +210,11 @@ pub enum LinkAction {
     Attached,
     /// The pinned link now runs this agent's program (BPF_LINK_UPDATE).
     Updated,
-    /// The pinned link could not be updated (why): a new link was attached
-    /// and pinned first, then the old one unpinned, so for a moment both
-    /// ran (their events may come twice, never not at all).
+    /// A tracing (tp_btf) link, which the kernel cannot update: a new link
+    /// was attached and pinned first, then the old one unpinned, so for a
+    /// moment both ran (their events may come twice, never not at all).
+    Reattached,
+    /// A cgroup link that could not be updated (why), replaced the same way.
     Replaced(String),
 }
 
@@ -615,7 +617,8 @@ fn attach_with(
 ) -> Result<Option<LinkAction>, Refusal> {
     program.load_program().map_err(attach_error("loading"))?;
     let program_id = program_id(program.program_info())?;
-    let swap = update_pinned(pins, hook.name, program.program_fd())?;
+    // Cgroup hooks are the ones with an effective-program query.
+    let swap = update_pinned(pins, hook.name, query.is_some(), program.program_fd())?;
     if let Swap::Updated = swap {
         return verified(cgroup, hook, program_id, query, Some(LinkAction::Updated));
     }
@@ -639,15 +642,24 @@ enum Swap {
     Updated,
     /// Attach anew: no pins, or no pinned link for this hook.
     Attach,
-    /// Attach anew and replace the pinned link, which could not be
-    /// updated (why).
-    Replace(String),
+    /// Attach anew and replace the pinned link.
+    Replace(Replacing),
 }
 
-/// Tries to swap `program` into the hook's pinned link.
+/// Why a pinned link is replaced rather than updated.
+enum Replacing {
+    /// Tracing links have no update in the kernel (EINVAL): expected.
+    Tracing,
+    /// A cgroup link the update failed on (why).
+    NotUpdated(String),
+}
+
+/// Tries to swap `program` into the hook's pinned link; a tracing link
+/// (`updatable` false) is not even tried.
 fn update_pinned(
     pins: Option<&pins::PinDir>,
     hook: &str,
+    updatable: bool,
     program: Result<&aya::programs::ProgramFd, ProgramError>,
 ) -> Result<Swap, Refusal> {
     let Some(pins) = pins else {
@@ -657,17 +669,20 @@ fn update_pinned(
     if !path.exists() {
         return Ok(Swap::Attach);
     }
+    if !updatable {
+        return Ok(Swap::Replace(Replacing::Tracing));
+    }
     let program = program.map_err(|e| Refusal::plain(format!("program {hook} has no fd: {e}")))?;
     match pins::open_pinned(&path).and_then(|link| pins::update_link(link.as_fd(), program.as_fd()))
     {
         Ok(()) => Ok(Swap::Updated),
-        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
-            Ok(Swap::Replace("its cgroup is gone (ENOLINK)".to_string()))
-        }
-        Err(e) => Ok(Swap::Replace(format!(
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => Ok(Swap::Replace(
+            Replacing::NotUpdated("its cgroup is gone (ENOLINK)".to_string()),
+        )),
+        Err(e) => Ok(Swap::Replace(Replacing::NotUpdated(format!(
             "the kernel cannot update it ({})",
             errno_text(&e)
-        ))),
+        )))),
     }
 }
 
@@ -678,34 +693,38 @@ fn pin_link(
     pins: &pins::PinDir,
     hook: &str,
     link: FdLink,
-    replacing: Option<String>,
+    replacing: Option<Replacing>,
 ) -> Result<LinkAction, Refusal> {
     let path = pins.link(hook);
-    let Some(why) = replacing.filter(|_| path.exists()) else {
-        link.pin(&path).map_err(|e| {
-            Refusal::plain(format!(
-                "pinning the link at {}: {}",
-                path.display(),
-                with_sources(&e)
-            ))
-        })?;
-        return Ok(LinkAction::Attached);
+    let replacing = replacing.filter(|_| path.exists());
+    // A replacement is pinned beside the old link first: the hook is never
+    // without one.
+    let target = match replacing {
+        Some(_) => pins.new_link(hook),
+        None => path.clone(),
     };
-    let staged = pins.new_link(hook);
-    let _ = std::fs::remove_file(&staged);
-    link.pin(&staged).map_err(|e| {
+    if replacing.is_some() {
+        let _ = std::fs::remove_file(&target);
+    }
+    link.pin(&target).map_err(|e| {
         Refusal::plain(format!(
             "pinning the link at {}: {}",
-            staged.display(),
+            target.display(),
             with_sources(&e)
         ))
     })?;
+    let Some(why) = replacing else {
+        return Ok(LinkAction::Attached);
+    };
     std::fs::remove_file(&path)
-        .and_then(|()| std::fs::rename(&staged, &path))
+        .and_then(|()| std::fs::rename(&target, &path))
         .map_err(|e| {
             Refusal::plain(format!("replacing the pinned link {}: {e}", path.display()))
         })?;
-    Ok(LinkAction::Replaced(why))
+    Ok(match why {
+        Replacing::Tracing => LinkAction::Reattached,
+        Replacing::NotUpdated(why) => LinkAction::Replaced(why),
+    })
 }
 
 /// An error with its causes, which aya's pin errors keep apart (the errno
@@ -772,15 +791,23 @@ fn replace_incompatible_pins(
     pins: &pins::PinDir,
     ring_buffer_bytes: u32,
 ) -> Result<Option<String>, LoadError> {
-    let object = aya_obj::Object::parse(OBJECT)
-        .map_err(|e| LoadError(format!("parsing the eBPF object: {e}")))?;
+    // Parsed only when there is a pinned map to compare with.
+    let mut object = None;
     let mut mismatch = None;
     for name in pins::PINNED_MAPS {
         let path = pins.map(name);
         if !path.exists() {
             continue;
         }
+        if object.is_none() {
+            object = Some(
+                aya_obj::Object::parse(OBJECT)
+                    .map_err(|e| LoadError(format!("parsing the eBPF object: {e}")))?,
+            );
+        }
         let expected = object
+            .as_ref()
+            .expect("parsed above")
             .maps
             .get(name)
             .ok_or_else(|| LoadError(format!("the eBPF object has no map {name}")))?;
